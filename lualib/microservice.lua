@@ -1,0 +1,132 @@
+-- microservice: the Lua API of the runtime (require "microservice").
+--
+-- Calls that wait (sleep, call) yield the coroutine of the current RPC, subscription handler or
+-- spawned function; the runtime resumes it when the timer fires or the reply arrives, so the code
+-- reads as synchronous and other calls go on meanwhile. The C side is microservice.core.
+local core = require "microservice.core"
+
+local M = {}
+
+M.null = core.null -- JSON null (the same value as cjson.null)
+
+--- JSON with the wire codec's guarantees (exact integers up to 2^53, [] stays an array).
+M.json = {
+  encode = core.json_encode,
+  decode = core.json_decode,
+  null = core.null,
+  --- Marks t (default: a new table) as a JSON array, so that it encodes as [] when empty.
+  array = function(t) return setmetatable(t or {}, core.array_mt) end,
+}
+
+-- rpc --------------------------------------------------------------------------------------------
+
+local rpc_mt = core.rpc_mt
+rpc_mt.__call = function(self, ...) return self.fn(...) end
+
+local function parameter_names(fn)
+  local info = debug.getinfo(fn, "u")
+  local params, i = {}, 1
+  while true do
+    local name = debug.getlocal(fn, i)
+    if not name or (info.nparams and i > info.nparams) then break end
+    params[i] = name
+    i = i + 1
+  end
+  return params, info.isvararg and true or false
+end
+
+local function make_rpc(fn, spec)
+  if type(fn) ~= "function" then
+    error("rpc expects a function, got " .. type(fn), 3)
+  end
+  local params, vararg = parameter_names(fn)
+  return setmetatable({ fn = fn, params = params, vararg = vararg, spec = spec }, rpc_mt)
+end
+
+--- Marks fn as an RPC: rpc(fn), or rpc{ options }(fn).
+-- Positional args fill the parameters in order, kwargs fill them by name; a parameter named
+-- self receives the service table; a last parameter named kwargs receives the leftover keywords.
+function M.rpc(fn_or_spec)
+  if type(fn_or_spec) == "table" and getmetatable(fn_or_spec) ~= rpc_mt then
+    return function(fn) return make_rpc(fn, fn_or_spec) end
+  end
+  return make_rpc(fn_or_spec, nil)
+end
+
+--- True when v was made by rpc().
+function M.is_rpc(v) return getmetatable(v) == rpc_mt end
+
+-- errors -----------------------------------------------------------------------------------------
+
+local error_mt = core.error_mt
+
+--- Raises an application error: the caller gets this URI, args and kwargs, with code as the HTTP
+-- status (default 400). args may be a message string.
+function M.error(uri, args, kwargs, code)
+  if type(uri) ~= "string" then error("microservice.error expects a URI string", 2) end
+  if type(args) == "string" then args = { args } end
+  args = setmetatable(args or {}, getmetatable(args) or core.array_mt)
+  error(setmetatable({ uri = uri, args = args, kwargs = kwargs or {}, code = code }, error_mt), 0)
+end
+
+--- True when e is an error raised by microservice.error or by a failed call.
+function M.is_error(e) return getmetatable(e) == error_mt end
+
+-- waiting calls ----------------------------------------------------------------------------------
+
+--- Suspends the current call for the given number of seconds; other calls go on.
+M.sleep = core.sleep
+
+--- Calls an RPC over NATS: returns its args and kwargs, or raises the remote error (an error
+-- value with uri, args, kwargs and code; catch it with pcall). opts.timeout in seconds.
+function M.call(procedure, args, kwargs, opts)
+  local timeout = opts and opts.timeout
+  local ok, a, k = core.call(procedure, args, kwargs, timeout)
+  if ok then return a, k end
+  error(a, 0)
+end
+
+--- Publishes [args, kwargs] on a NATS subject (the original example's send_message).
+M.publish = core.publish
+
+--- Calls fn(args, kwargs, subject) for every message on subject (NATS wildcards allowed), each
+-- in its own coroutine. Returns a subscription with :unsubscribe(). With queue, the processes
+-- subscribed with the same queue name share the messages.
+function M.subscribe(subject, fn, queue)
+  local id = core.subscribe(subject, fn, queue)
+  return {
+    id = id,
+    subject = subject,
+    unsubscribe = function() return core.unsubscribe(id) end,
+  }
+end
+
+--- Runs fn(...) in a new coroutine, from the next turn of the loop. Errors are logged.
+M.spawn = core.spawn
+
+--- The current call: { procedure = "service.method", in_task = true } (or in_task = false).
+M.context = core.context
+
+--- Seconds on the loop's clock (monotonic, updated once per loop turn).
+M.now = core.now
+
+-- log --------------------------------------------------------------------------------------------
+
+local function log_at(level)
+  return function(...)
+    local n = select("#", ...)
+    local parts = {}
+    for i = 1, n do parts[i] = tostring((select(i, ...))) end
+    core.log(level, table.concat(parts, " "))
+  end
+end
+
+--- log.debug/info/warn/error(...), or log(...) for info: one line, tagged with the current RPC.
+M.log = setmetatable({
+  debug = log_at("debug"),
+  info = log_at("info"),
+  warn = log_at("warn"),
+  error = log_at("error"),
+}, { __call = function(self, ...) return self.info(...) end })
+
+return M

@@ -1,0 +1,395 @@
+/* http_gateway.c: owns libh2o on the runtime's loop: the listener, h2o's configuration and
+ * context, the accepted connections, and the requests waiting for a NATS reply.
+ *
+ * POST /<service>.<method> is validated here (so a malformed body never crosses the bus) and
+ * becomes a NATS request with the body as it came; the reply's body goes back as it came, with the
+ * status taken from its Nats-Service-Error-Code header. A request whose client goes away is noticed
+ * through a shared allocation in the request's pool: its dispose callback cancels the pending
+ * NATS request, so no reply is ever written to a freed request. h2o itself answers 413 over the
+ * body limit (max_request_entity_size). */
+#include "http_gateway.h"
+
+#include <h2o.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "codec.h"
+#include "log.h"
+#include "nats_bridge.h"
+#include "rpc_error.h"
+#include "scheduler.h"
+#include "services.h"
+
+#define TAG "http"
+#define LISTEN_BACKLOG 4096
+#define MAX_SUBJECT 256
+
+struct http_gateway {
+    runtime *rt;
+    h2o_globalconf_t config;
+    h2o_context_t ctx;
+    h2o_accept_ctx_t accept_ctx;
+    bool ctx_ready;
+    uv_tcp_t listener;
+    bool listening;
+    uv_timer_t close_timer;
+    int connections;
+    int inflight;
+    uint64_t close_started;
+    void (*on_closed)(void *arg);
+    void *on_closed_arg;
+};
+
+struct gw_handler {
+    h2o_handler_t super;
+    struct http_gateway *gw;
+};
+
+/* One request waiting for NATS; lives in the request's pool (see the top of the file). */
+typedef struct gw_call {
+    struct http_gateway *gw;
+    h2o_req_t *req;
+    nb_request *nbreq;
+    bool pending;
+} gw_call;
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Payload Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return status < 400 ? "OK" : status < 500 ? "Client Error" : "Server Error";
+    }
+}
+
+static void respond(h2o_req_t *req, int status, const char *body, size_t len)
+{
+    req->res.status = status;
+    req->res.reason = reason_phrase(status);
+    req->res.content_length = len;
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                   H2O_STRLIT("application/json"));
+    h2o_send_inline(req, body, len);
+}
+
+static void respond_error_status(struct http_gateway *gw, h2o_req_t *req, int status,
+                                 const char *uri, const char *message)
+{
+    codec_buf *buf = services_scratch(gw->rt->services);
+    if (rpc_error_body(buf, uri, message) != 0) {
+        respond(req, 500, "{}", 2);
+        return;
+    }
+    respond(req, status, buf->data, buf->len);
+}
+
+static void respond_error(struct http_gateway *gw, h2o_req_t *req, const char *uri,
+                          const char *message)
+{
+    respond_error_status(gw, req, rpc_error_code(uri), uri, message);
+}
+
+/* ---- the RPC route ---- */
+
+static void call_dispose(void *p)
+{
+    gw_call *call = p;
+    if (!call->pending) return;
+    /* the client went away (or the connection closed) before the reply */
+    call->pending = false;
+    call->gw->inflight--;
+    nb_request_cancel(call->nbreq);
+}
+
+static int reply_status(natsMsg *reply)
+{
+    const char *code = NULL;
+    if (natsMsgHeader_Get(reply, HDR_SERVICE_ERROR_CODE, &code) != NATS_OK || !code) return 200;
+    int status = atoi(code);
+    return (status >= 200 && status <= 599) ? status : 500;
+}
+
+static void on_reply(void *udata, enum nb_status status, natsMsg *reply)
+{
+    gw_call *call = udata;
+    struct http_gateway *gw = call->gw;
+    call->pending = false;
+    gw->inflight--;
+    h2o_req_t *req = call->req;
+    switch (status) {
+    case NB_OK:
+        respond(req, reply_status(reply), natsMsg_GetData(reply),
+                (size_t)natsMsg_GetDataLength(reply));
+        natsMsg_Destroy(reply);
+        break;
+    case NB_NO_RESPONDERS:
+        respond_error(gw, req, URI_NO_SUCH_PROCEDURE, "no service answers this procedure");
+        break;
+    case NB_TIMEOUT:
+        respond_error(gw, req, URI_TIMEOUT, "no reply within the call timeout");
+        break;
+    case NB_UNAVAILABLE:
+        respond_error(gw, req, URI_UNAVAILABLE, "the bus is unavailable");
+        break;
+    default:
+        respond_error(gw, req, URI_RUNTIME_ERROR, "the request could not be sent");
+    }
+}
+
+/* ?timeout=SECONDS overrides the default call timeout (bounded to [0.001, 3600]). */
+static double request_timeout(struct http_gateway *gw, h2o_req_t *req)
+{
+    double timeout = gw->rt->cfg.call_timeout;
+    if (req->query_at == SIZE_MAX) return timeout;
+    const char *q = req->path.base + req->query_at + 1;
+    size_t qlen = req->path.len - req->query_at - 1;
+    char buf[128];
+    snprintf(buf, sizeof buf, "%.*s", (int)(qlen < sizeof buf ? qlen : sizeof buf - 1), q);
+    for (char *tok = strtok(buf, "&"); tok; tok = strtok(NULL, "&")) {
+        if (strncmp(tok, "timeout=", 8) != 0) continue;
+        char *end;
+        double v = strtod(tok + 8, &end);
+        if (end != tok + 8 && v > 0) timeout = v < 0.001 ? 0.001 : v > 3600 ? 3600 : v;
+    }
+    return timeout;
+}
+
+static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, h2o_iovec_t path)
+{
+    codec_error err;
+    if (codec_decode_envelope(NULL, req->entity.base, req->entity.len, gw->rt->cfg.max_depth,
+                              &err) != 0) {
+        respond_error(gw, req, URI_INVALID_ARGUMENT, err.msg);
+        return 0;
+    }
+    char subject[MAX_SUBJECT];
+    snprintf(subject, sizeof subject, "%.*s", (int)path.len - 1, path.base + 1);
+    gw_call *call = h2o_mem_alloc_shared(&req->pool, sizeof *call, call_dispose);
+    call->gw = gw;
+    call->req = req;
+    call->pending = false;
+    int rc = nats_bridge_request(gw->rt->nats, subject, req->entity.base, req->entity.len, NULL,
+                                 request_timeout(gw, req), on_reply, call, &call->nbreq);
+    if (rc != NB_OK) {
+        respond_error(gw, req, rc == NB_UNAVAILABLE ? URI_UNAVAILABLE : URI_RUNTIME_ERROR,
+                      rc == NB_UNAVAILABLE ? "the bus is unavailable"
+                                           : "the request could not be sent");
+        return 0;
+    }
+    call->pending = true;
+    gw->inflight++;
+    return 0;
+}
+
+/* "/<service>.<method>": one path segment with a dot inside. */
+static bool is_rpc_path(h2o_iovec_t path)
+{
+    if (path.len < 4 || path.len > MAX_SUBJECT || path.base[0] != '/' || path.base[1] == '.')
+        return false;
+    if (memchr(path.base + 1, '/', path.len - 1)) return false;
+    return memchr(path.base + 1, '.', path.len - 1) != NULL && path.base[path.len - 1] != '.';
+}
+
+static bool frontend_has(struct http_gateway *gw, h2o_iovec_t path)
+{
+    char file[4096];
+    struct stat st;
+    snprintf(file, sizeof file, "%s%.*s", gw->rt->cfg.frontend_dir, (int)path.len, path.base);
+    return stat(file, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static void respond_health(struct http_gateway *gw, h2o_req_t *req)
+{
+    runtime *rt = gw->rt;
+    bool ok = nats_bridge_ready(rt->nats) && !rt->shutting_down;
+    char body[512];
+    int n = snprintf(body, sizeof body,
+                     "{\"status\":\"%s\",\"nats\":\"%s\",\"rpcs\":%d,\"inflight\":%d,"
+                     "\"http_inflight\":%d,\"shutting_down\":%s}",
+                     ok ? "ok" : "unavailable", nats_bridge_state(rt->nats),
+                     services_rpc_count(rt->services), sched_inflight(rt->sched), gw->inflight,
+                     rt->shutting_down ? "true" : "false");
+    respond(req, ok ? 200 : 503, body, (size_t)n);
+}
+
+static int on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    struct http_gateway *gw = ((struct gw_handler *)self)->gw;
+    h2o_iovec_t path = req->path_normalized;
+    if (h2o_memis(path.base, path.len, H2O_STRLIT("/healthz"))) {
+        respond_health(gw, req);
+        return 0;
+    }
+    if (!is_rpc_path(path)) return -1;
+    if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"))) {
+        if (frontend_has(gw, path)) return -1; /* a static file such as /app.js */
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, H2O_STRLIT("POST"));
+        respond_error_status(gw, req, 405, URI_INVALID_ARGUMENT, "method not allowed: use POST");
+        return 0;
+    }
+    return handle_rpc(gw, req, path);
+}
+
+/* ---- connections ---- */
+
+/* h2o's socket takes over handle->data, so the gateway is found through this wrapper. */
+typedef struct gw_conn {
+    uv_tcp_t tcp; /* first: the handle h2o closes is this struct */
+    struct http_gateway *gw;
+} gw_conn;
+
+static void connection_closed(uv_handle_t *h)
+{
+    gw_conn *conn = (gw_conn *)h;
+    conn->gw->connections--;
+    free(conn);
+}
+
+static void on_accept(uv_stream_t *listener, int status)
+{
+    struct http_gateway *gw = listener->data;
+    if (status != 0) return;
+    gw_conn *conn = calloc(1, sizeof *conn);
+    if (!conn) return;
+    uv_tcp_init(listener->loop, &conn->tcp);
+    conn->gw = gw;
+    gw->connections++;
+    if (uv_accept(listener, (uv_stream_t *)&conn->tcp) != 0) {
+        uv_close((uv_handle_t *)&conn->tcp, connection_closed);
+        return;
+    }
+    uv_tcp_nodelay(&conn->tcp, 1);
+    h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)&conn->tcp, connection_closed);
+    h2o_accept(&gw->accept_ctx, sock);
+}
+
+struct http_gateway *http_gateway_new(runtime *rt)
+{
+    struct http_gateway *gw = calloc(1, sizeof *gw);
+    if (!gw) return NULL;
+    gw->rt = rt;
+    h2o_config_init(&gw->config);
+    gw->config.max_request_entity_size = rt->cfg.body_limit;
+    h2o_hostconf_t *host =
+        h2o_config_register_host(&gw->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_pathconf_t *root = h2o_config_register_path(host, "/", 0);
+    struct gw_handler *handler = (void *)h2o_create_handler(root, sizeof *handler);
+    handler->super.on_req = on_req;
+    handler->gw = gw;
+    struct stat st;
+    if (rt->cfg.frontend_dir && stat(rt->cfg.frontend_dir, &st) == 0 && S_ISDIR(st.st_mode)) {
+        static const char *index_files[] = {"index.html", NULL};
+        h2o_file_register(root, rt->cfg.frontend_dir, index_files, NULL, 0);
+    } else {
+        log_info(TAG, "no frontend folder at %s; GET / is 404", rt->cfg.frontend_dir);
+    }
+    h2o_context_init(&gw->ctx, &rt->loop, &gw->config);
+    gw->ctx_ready = true;
+    gw->accept_ctx.ctx = &gw->ctx;
+    gw->accept_ctx.hosts = gw->config.hosts;
+    uv_timer_init(&rt->loop, &gw->close_timer);
+    gw->close_timer.data = gw;
+    return gw;
+}
+
+int http_gateway_listen(struct http_gateway *g)
+{
+    runtime *rt = g->rt;
+    struct sockaddr_storage addr;
+    int rc = strchr(rt->cfg.http_host, ':')
+                 ? uv_ip6_addr(rt->cfg.http_host, rt->cfg.http_port, (struct sockaddr_in6 *)&addr)
+                 : uv_ip4_addr(rt->cfg.http_host, rt->cfg.http_port, (struct sockaddr_in *)&addr);
+    if (rc != 0) {
+        log_error(TAG, "bad listen address %s:%d: %s", rt->cfg.http_host, rt->cfg.http_port,
+                  uv_strerror(rc));
+        return -1;
+    }
+    uv_tcp_init(&rt->loop, &g->listener);
+    g->listener.data = g;
+    g->listening = true;
+    rc = uv_tcp_bind(&g->listener, (struct sockaddr *)&addr, 0);
+    if (rc == 0) rc = uv_listen((uv_stream_t *)&g->listener, LISTEN_BACKLOG, on_accept);
+    if (rc != 0) {
+        log_error(TAG, "cannot listen on %s:%d: %s", rt->cfg.http_host, rt->cfg.http_port,
+                  uv_strerror(rc));
+        return -1;
+    }
+    log_info(TAG, "listening on http://%s:%d", rt->cfg.http_host, rt->cfg.http_port);
+    return 0;
+}
+
+static void listener_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+void http_gateway_stop_accepting(struct http_gateway *g)
+{
+    if (g->listening) {
+        g->listening = false;
+        uv_close((uv_handle_t *)&g->listener, listener_closed);
+    }
+    if (g->ctx_ready) h2o_context_request_shutdown(&g->ctx);
+}
+
+int http_gateway_inflight(struct http_gateway *g)
+{
+    return g->inflight;
+}
+
+static void close_timer_closed(uv_handle_t *h)
+{
+    struct http_gateway *gw = h->data;
+    if (gw->on_closed) gw->on_closed(gw->on_closed_arg);
+}
+
+/* Waits (up to 2 s) for the connections to close before h2o's context goes away. */
+static void close_tick(uv_timer_t *t)
+{
+    struct http_gateway *gw = t->data;
+    bool waited_enough = uv_now(t->loop) - gw->close_started > 2000;
+    if (gw->connections > 0 && !waited_enough) return;
+    uv_timer_stop(t);
+    if (gw->connections == 0) {
+        h2o_context_dispose(&gw->ctx);
+        gw->ctx_ready = false;
+    } else {
+        log_warn(TAG, "%d connections still open at exit", gw->connections);
+    }
+    uv_close((uv_handle_t *)t, close_timer_closed);
+}
+
+void http_gateway_close(struct http_gateway *g, void (*on_closed)(void *arg), void *arg)
+{
+    g->on_closed = on_closed;
+    g->on_closed_arg = arg;
+    http_gateway_stop_accepting(g);
+    g->close_started = uv_now(&g->rt->loop);
+    uv_timer_start(&g->close_timer, close_tick, 0, 20);
+}
+
+void http_gateway_free(struct http_gateway *g)
+{
+    if (!g) return;
+    if (!g->ctx_ready) h2o_config_dispose(&g->config);
+    free(g);
+}

@@ -1,0 +1,19 @@
+/* http_gateway.h: the HTTP side (libh2o on the runtime's loop): POST /<service>.<method> to NATS,
+ * /healthz, and the static frontend. */
+#ifndef MICROSERVICE_HTTP_GATEWAY_H
+#define MICROSERVICE_HTTP_GATEWAY_H
+
+#include "runtime.h"
+
+struct http_gateway *http_gateway_new(runtime *rt);
+/* Binds and listens on cfg.http_host:http_port. 0 or -1 (logged). */
+int http_gateway_listen(struct http_gateway *g);
+/* Stops accepting and asks open connections to close once their requests are answered. */
+void http_gateway_stop_accepting(struct http_gateway *g);
+/* Requests still waiting for their reply. */
+int http_gateway_inflight(struct http_gateway *g);
+/* Closes every handle; on_closed runs on the loop when they are all released. */
+void http_gateway_close(struct http_gateway *g, void (*on_closed)(void *arg), void *arg);
+void http_gateway_free(struct http_gateway *g);
+
+#endif

@@ -1,0 +1,418 @@
+/* lua_api.c: owns the Lua state's set-up and the C side of the Lua API (microservice.core):
+ * sleep, call, publish, subscribe, spawn, log, json, context. lualib/microservice.lua wraps these
+ * into the public API; this file and services.c are the whole C<->Lua boundary.
+ *
+ * Waiting functions (sleep, call) follow the cosocket pattern: they start the I/O, record a
+ * sched_op and yield; the I/O callback pushes the results and resumes through the scheduler. */
+#include "lua_api.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+#include "log.h"
+#include "lualib_embedded.h"
+#include "nats_bridge.h"
+#include "rpc_error.h"
+#include "scheduler.h"
+#include "services.h"
+
+int luaopen_cjson(lua_State *L); /* from liblua5.1-cjson.a */
+
+static const char RUNTIME_KEY = 0; /* registry key (its address) for the runtime pointer */
+
+runtime *lua_api_runtime(lua_State *L)
+{
+    lua_pushlightuserdata(L, (void *)&RUNTIME_KEY);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    runtime *rt = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return rt;
+}
+
+bool lua_api_is_app_error(lua_State *L, int idx)
+{
+    if (!lua_istable(L, idx) || !lua_getmetatable(L, idx)) return false;
+    luaL_getmetatable(L, MS_ERROR_MT);
+    bool same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    return same;
+}
+
+void lua_api_push_error(lua_State *L, const char *uri, const char *message, int code)
+{
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, uri);
+    lua_setfield(L, -2, "uri");
+    lua_createtable(L, 1, 0);
+    luaL_getmetatable(L, CODEC_ARRAY_MT);
+    lua_setmetatable(L, -2);
+    lua_pushstring(L, message);
+    lua_rawseti(L, -2, 1);
+    lua_setfield(L, -2, "args");
+    lua_newtable(L);
+    lua_setfield(L, -2, "kwargs");
+    lua_pushinteger(L, code);
+    lua_setfield(L, -2, "code");
+    luaL_getmetatable(L, MS_ERROR_MT);
+    lua_setmetatable(L, -2);
+}
+
+/* ---- sleep ---- */
+
+typedef struct sleep_op {
+    sched_op base;
+    uv_timer_t timer;
+} sleep_op;
+
+static void sleep_free_cb(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void sleep_cancel(sched_op *op)
+{
+    sleep_op *s = (sleep_op *)op;
+    uv_close((uv_handle_t *)&s->timer, sleep_free_cb);
+}
+
+static void sleep_done_cb(uv_timer_t *timer)
+{
+    sleep_op *s = timer->data;
+    uv_close((uv_handle_t *)&s->timer, sleep_free_cb);
+    if (sched_op_target(&s->base)) sched_op_resume(&s->base, 0);
+}
+
+static int core_sleep(lua_State *L)
+{
+    double seconds = luaL_checknumber(L, 1);
+    if (!(seconds >= 0)) return luaL_argerror(L, 1, "seconds must be a number >= 0");
+    runtime *rt = lua_api_runtime(L);
+    sleep_op *s = calloc(1, sizeof *s);
+    if (!s) return luaL_error(L, "out of memory");
+    s->base.cancel = sleep_cancel;
+    uv_timer_init(&rt->loop, &s->timer);
+    s->timer.data = s;
+    uv_timer_start(&s->timer, sleep_done_cb, (uint64_t)(seconds * 1000.0 + 0.5), 0);
+    return sched_yield_op(L, &s->base);
+}
+
+/* ---- call ---- */
+
+typedef struct call_op {
+    sched_op base;
+    nb_request *req;
+    runtime *rt;
+} call_op;
+
+static void call_cancel(sched_op *op)
+{
+    call_op *c = (call_op *)op;
+    if (c->req) nb_request_cancel(c->req);
+    free(c);
+}
+
+/* Turns an error reply's body {"error": uri, "args": [...], "kwargs": {...}} into an error value.
+ */
+static void push_remote_error(lua_State *co, runtime *rt, natsMsg *reply)
+{
+    const char *code_text = NULL;
+    natsMsgHeader_Get(reply, HDR_SERVICE_ERROR_CODE, &code_text);
+    int code = code_text ? atoi(code_text) : 500;
+    codec_error err;
+    if (codec_decode(co, natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply),
+                     rt->cfg.max_depth, &err) == 0) {
+        if (lua_istable(co, -1)) {
+            lua_getfield(co, -1, "error");
+            if (lua_type(co, -1) == LUA_TSTRING) {
+                lua_setfield(co, -2, "uri");
+                lua_pushinteger(co, code);
+                lua_setfield(co, -2, "code");
+                luaL_getmetatable(co, MS_ERROR_MT);
+                lua_setmetatable(co, -2);
+                return;
+            }
+            lua_pop(co, 1);
+        }
+        lua_pop(co, 1);
+    }
+    const char *text = NULL;
+    natsMsgHeader_Get(reply, HDR_SERVICE_ERROR, &text);
+    lua_api_push_error(co, URI_RUNTIME_ERROR, text ? text : "malformed error reply", code);
+}
+
+static void call_reply_cb(void *udata, enum nb_status status, natsMsg *reply)
+{
+    call_op *c = udata;
+    c->req = NULL;
+    lua_State *co = sched_op_target(&c->base);
+    if (!co) {
+        if (reply) natsMsg_Destroy(reply);
+        free(c);
+        return;
+    }
+    int nret = 2;
+    const char *code = NULL;
+    if (status == NB_OK && natsMsgHeader_Get(reply, HDR_SERVICE_ERROR_CODE, &code) == NATS_OK) {
+        lua_pushboolean(co, 0);
+        push_remote_error(co, c->rt, reply);
+    } else if (status == NB_OK) {
+        codec_error err;
+        lua_pushboolean(co, 1);
+        if (codec_decode_envelope(co, natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply),
+                                  c->rt->cfg.max_depth, &err) == 0) {
+            nret = 3;
+        } else {
+            lua_pop(co, 1);
+            lua_pushboolean(co, 0);
+            lua_api_push_error(co, URI_RUNTIME_ERROR, err.msg, 500);
+        }
+    } else {
+        lua_pushboolean(co, 0);
+        switch (status) {
+        case NB_NO_RESPONDERS:
+            lua_api_push_error(co, URI_NO_SUCH_PROCEDURE, "no service answers this procedure", 404);
+            break;
+        case NB_TIMEOUT:
+            lua_api_push_error(co, URI_TIMEOUT, "no reply within the call timeout", 504);
+            break;
+        default:
+            lua_api_push_error(co, URI_UNAVAILABLE, "the bus is unavailable", 503);
+        }
+    }
+    if (reply) natsMsg_Destroy(reply);
+    sched_op_resume(&c->base, nret);
+    free(c);
+}
+
+/* Encodes args (idx a) and kwargs (idx k) as an envelope into the shared buffer, or raises. */
+static codec_buf *encode_envelope_arg(lua_State *L, runtime *rt, int a, int k)
+{
+    codec_buf *buf = services_scratch(rt->services);
+    codec_error err;
+    if (codec_encode_envelope(L, lua_isnoneornil(L, a) ? 0 : a, lua_isnoneornil(L, k) ? 0 : k, buf,
+                              rt->cfg.max_depth, &err) != 0) {
+        luaL_error(L, "cannot encode the arguments: %s", err.msg);
+        return NULL;
+    }
+    return buf;
+}
+
+static int core_call(lua_State *L)
+{
+    runtime *rt = lua_api_runtime(L);
+    const char *procedure = luaL_checkstring(L, 1);
+    double timeout = luaL_optnumber(L, 4, rt->cfg.call_timeout);
+    const char *err;
+    if (!sched_current(L, &err)) return luaL_error(L, "%s", err);
+    codec_buf *buf = encode_envelope_arg(L, rt, 2, 3);
+    call_op *c = calloc(1, sizeof *c);
+    if (!c) return luaL_error(L, "out of memory");
+    c->base.cancel = call_cancel;
+    c->rt = rt;
+    int rc = nats_bridge_request(rt->nats, procedure, buf->data, buf->len, NULL, timeout,
+                                 call_reply_cb, c, &c->req);
+    if (rc != NB_OK) {
+        free(c);
+        lua_pushboolean(L, 0);
+        lua_api_push_error(L, URI_UNAVAILABLE, "the bus is unavailable", 503);
+        return 2;
+    }
+    return sched_yield_op(L, &c->base);
+}
+
+/* ---- publish ---- */
+
+static int core_publish(lua_State *L)
+{
+    runtime *rt = lua_api_runtime(L);
+    const char *subject = luaL_checkstring(L, 1);
+    codec_buf *buf = encode_envelope_arg(L, rt, 2, 3);
+    int rc = nats_bridge_publish(rt->nats, subject, NULL, buf->data, buf->len, NULL);
+    if (rc != NB_OK) {
+        lua_api_push_error(L, URI_UNAVAILABLE, "the bus is unavailable", 503);
+        return lua_error(L);
+    }
+    return 0;
+}
+
+/* ---- subscribe, spawn ---- */
+
+static int core_subscribe(lua_State *L)
+{
+    runtime *rt = lua_api_runtime(L);
+    const char *subject = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    const char *queue = luaL_optstring(L, 3, NULL);
+    lua_pushvalue(L, 2);
+    int id = services_subscribe(rt->services, L, subject, queue);
+    if (id < 0) return luaL_error(L, "cannot subscribe %s", subject);
+    lua_pushinteger(L, id);
+    return 1;
+}
+
+static int core_unsubscribe(lua_State *L)
+{
+    runtime *rt = lua_api_runtime(L);
+    lua_pushboolean(L, services_unsubscribe(rt->services, (int)luaL_checkinteger(L, 1)) == 0);
+    return 1;
+}
+
+static int core_spawn(lua_State *L)
+{
+    runtime *rt = lua_api_runtime(L);
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    if (services_spawn(rt->services, L, 1, lua_gettop(L) - 1) != 0)
+        return luaL_error(L, "cannot spawn: out of memory");
+    return 0;
+}
+
+/* ---- log, json, context ---- */
+
+static int core_log(lua_State *L)
+{
+    int level = log_level_parse(luaL_checkstring(L, 1));
+    const char *msg = luaL_checkstring(L, 2);
+    if (level < 0) level = LOG_INFO;
+    task *t = lua_getexdata(L);
+    const char *tag = (t && t->label) ? t->label : "lua";
+    if ((int)log_get_level() <= level) log_msg(level, tag, "%s", msg);
+    return 0;
+}
+
+static int core_json_encode(lua_State *L)
+{
+    runtime *rt = lua_api_runtime(L);
+    luaL_checkany(L, 1);
+    codec_buf *buf = services_scratch(rt->services);
+    codec_error err;
+    if (codec_encode(L, 1, buf, rt->cfg.max_depth, &err) != 0)
+        return luaL_error(L, "json.encode: %s", err.msg);
+    lua_pushlstring(L, buf->data, buf->len);
+    return 1;
+}
+
+static int core_json_decode(lua_State *L)
+{
+    runtime *rt = lua_api_runtime(L);
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    codec_error err;
+    if (codec_decode(L, s, len, rt->cfg.max_depth, &err) != 0)
+        return luaL_error(L, "json.decode: %s", err.msg);
+    return 1;
+}
+
+static int core_context(lua_State *L)
+{
+    task *t = sched_current(L, NULL);
+    lua_createtable(L, 0, 2);
+    if (t && t->label) {
+        lua_pushstring(L, t->label);
+        lua_setfield(L, -2, "procedure");
+    }
+    lua_pushboolean(L, t != NULL);
+    lua_setfield(L, -2, "in_task");
+    return 1;
+}
+
+static int core_now(lua_State *L)
+{
+    runtime *rt = lua_api_runtime(L);
+    lua_pushnumber(L, (double)uv_now(&rt->loop) / 1000.0);
+    return 1;
+}
+
+static int error_tostring(lua_State *L)
+{
+    lua_getfield(L, 1, "uri");
+    lua_getfield(L, 1, "args");
+    if (lua_istable(L, -1)) {
+        lua_rawgeti(L, -1, 1);
+        if (lua_isstring(L, -1)) {
+            lua_pushfstring(L, "%s: %s", lua_tostring(L, -4), lua_tostring(L, -1));
+            return 1;
+        }
+    }
+    lua_pushstring(L, lua_isstring(L, 2) ? lua_tostring(L, 2) : "error");
+    return 1;
+}
+
+static int open_core(lua_State *L)
+{
+    static const luaL_Reg fns[] = {
+        {"sleep", core_sleep},
+        {"call", core_call},
+        {"publish", core_publish},
+        {"subscribe", core_subscribe},
+        {"unsubscribe", core_unsubscribe},
+        {"spawn", core_spawn},
+        {"log", core_log},
+        {"json_encode", core_json_encode},
+        {"json_decode", core_json_decode},
+        {"context", core_context},
+        {"now", core_now},
+        {NULL, NULL},
+    };
+    lua_newtable(L);
+    for (const luaL_Reg *f = fns; f->name; f++) {
+        lua_pushcfunction(L, f->func);
+        lua_setfield(L, -2, f->name);
+    }
+    lua_pushlightuserdata(L, NULL);
+    lua_setfield(L, -2, "null");
+    luaL_getmetatable(L, CODEC_ARRAY_MT);
+    lua_setfield(L, -2, "array_mt");
+    luaL_getmetatable(L, MS_ERROR_MT);
+    lua_setfield(L, -2, "error_mt");
+    luaL_getmetatable(L, MS_RPC_MT);
+    lua_setfield(L, -2, "rpc_mt");
+    return 1;
+}
+
+/* package.preload loader for an embedded lualib module (upvalue: its index). */
+static int load_embedded(lua_State *L)
+{
+    const struct lualib_module *m = &lualib_modules[lua_tointeger(L, lua_upvalueindex(1))];
+    if (luaL_loadbuffer(L, m->source, m->len, m->chunkname) != 0) return lua_error(L);
+    lua_pushstring(L, m->name);
+    lua_call(L, 1, 1);
+    return 1;
+}
+
+static void register_preloads(lua_State *L)
+{
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, open_core);
+    lua_setfield(L, -2, "microservice.core");
+    lua_pushcfunction(L, luaopen_cjson);
+    lua_setfield(L, -2, "cjson");
+    for (int i = 0; lualib_modules[i].name; i++) {
+        lua_pushinteger(L, i);
+        lua_pushcclosure(L, load_embedded, 1);
+        lua_setfield(L, -2, lualib_modules[i].name);
+    }
+    lua_pop(L, 2);
+}
+
+lua_State *lua_api_new_state(runtime *rt)
+{
+    lua_State *L = luaL_newstate();
+    if (!L) return NULL;
+    luaL_openlibs(L);
+    lua_pushlightuserdata(L, (void *)&RUNTIME_KEY);
+    lua_pushlightuserdata(L, rt);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+    codec_init(L);
+    luaL_newmetatable(L, MS_ERROR_MT);
+    lua_pushcfunction(L, error_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, MS_RPC_MT);
+    lua_pop(L, 1);
+    register_preloads(L);
+    return L;
+}

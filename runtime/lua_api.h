@@ -1,0 +1,23 @@
+/* lua_api.h: the Lua state of the runtime and the C functions behind require "microservice"
+ * (the module microservice.core, wrapped by lualib/microservice.lua). */
+#ifndef MICROSERVICE_LUA_API_H
+#define MICROSERVICE_LUA_API_H
+
+#include <stdbool.h>
+#include <lua.h>
+
+#include "runtime.h"
+
+#define MS_ERROR_MT "microservice.error" /* metatable of microservice.error(...) values */
+#define MS_RPC_MT "microservice.rpc"     /* metatable of rpc(fn) values */
+
+/* Creates the Lua state: standard libraries, codec, cjson and lualib in package.preload. */
+lua_State *lua_api_new_state(runtime *rt);
+/* Is the value at idx an application error (created by microservice.error or a failed call)? */
+bool lua_api_is_app_error(lua_State *L, int idx);
+/* Pushes an application error value {uri=, args={message}, kwargs={}, code=}. */
+void lua_api_push_error(lua_State *L, const char *uri, const char *message, int code);
+/* The runtime that owns L (stored in the registry). */
+runtime *lua_api_runtime(lua_State *L);
+
+#endif

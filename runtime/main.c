@@ -1,0 +1,184 @@
+/* main.c: owns the command line (flags, environment defaults, usage) and the process start. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "runtime.h"
+
+static void usage(FILE *out)
+{
+    fprintf(
+        out,
+        "usage: microservice [--http HOST:PORT|off] [--nats URL[,URL...]] [--postgres CONNINFO]\n"
+        "                    [--frontend DIR] [--workers N] [--log-level LEVEL]\n"
+        "                    [--call-timeout S] [--drain-timeout S] [--body-limit BYTES]\n"
+        "                    [--max-depth N] [--max-inflight N] [SERVICES_DIR]\n"
+        "\n"
+        "  --http HOST:PORT   HTTP gateway, frontend and /websocket (default 127.0.0.1:5000);\n"
+        "                     'off' runs services only\n"
+        "  --nats URL         NATS server(s) (default $NATS_URL or nats://127.0.0.1:4222)\n"
+        "  --postgres CONN    PostgreSQL conninfo (default $DATABASE_URL)\n"
+        "  --frontend DIR     static files served at / (default ./frontend)\n"
+        "  --workers N        worker processes (default 1)\n"
+        "  --log-level L      debug, info, warn or error (default info)\n"
+        "  --call-timeout S   default RPC timeout in seconds (default 60)\n"
+        "  --drain-timeout S  how long SIGTERM waits for calls in flight (default 10)\n"
+        "  --body-limit B     largest request body in bytes (default 1048576)\n"
+        "  --max-depth N      deepest JSON nesting accepted (default 64)\n"
+        "  --max-inflight N   concurrent calls before NATS intake pauses (default 32768)\n"
+        "  SERVICES_DIR       folder of *.lua service scripts (default ./services)\n");
+}
+
+static int parse_http(runtime_config *cfg, const char *arg)
+{
+    if (strcmp(arg, "off") == 0) {
+        cfg->http_enabled = false;
+        return 0;
+    }
+    const char *colon = strrchr(arg, ':');
+    if (!colon || colon == arg) return -1;
+    size_t hostlen = (size_t)(colon - arg);
+    if (arg[0] == '[' && hostlen >= 2 && arg[hostlen - 1] == ']') { /* [::1]:5000 */
+        arg++;
+        hostlen -= 2;
+    }
+    if (hostlen >= sizeof cfg->http_host) return -1;
+    memcpy(cfg->http_host, arg, hostlen);
+    cfg->http_host[hostlen] = '\0';
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port < 0 || port > 65535) return -1;
+    cfg->http_port = (int)port;
+    cfg->http_enabled = true;
+    return 0;
+}
+
+static int parse_number(const char *arg, double min, double max, double *out)
+{
+    char *end;
+    double v = strtod(arg, &end);
+    if (end == arg || *end || v < min || v > max) return -1;
+    *out = v;
+    return 0;
+}
+
+enum {
+    OPT_HTTP = 1000,
+    OPT_NATS,
+    OPT_POSTGRES,
+    OPT_FRONTEND,
+    OPT_WORKERS,
+    OPT_LOG_LEVEL,
+    OPT_CALL_TIMEOUT,
+    OPT_DRAIN_TIMEOUT,
+    OPT_BODY_LIMIT,
+    OPT_MAX_DEPTH,
+    OPT_MAX_INFLIGHT,
+};
+
+static int parse_args(int argc, char **argv, runtime_config *cfg)
+{
+    static const struct option opts[] = {
+        {"http", required_argument, NULL, OPT_HTTP},
+        {"nats", required_argument, NULL, OPT_NATS},
+        {"postgres", required_argument, NULL, OPT_POSTGRES},
+        {"frontend", required_argument, NULL, OPT_FRONTEND},
+        {"workers", required_argument, NULL, OPT_WORKERS},
+        {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+        {"call-timeout", required_argument, NULL, OPT_CALL_TIMEOUT},
+        {"drain-timeout", required_argument, NULL, OPT_DRAIN_TIMEOUT},
+        {"body-limit", required_argument, NULL, OPT_BODY_LIMIT},
+        {"max-depth", required_argument, NULL, OPT_MAX_DEPTH},
+        {"max-inflight", required_argument, NULL, OPT_MAX_INFLIGHT},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    double v;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_HTTP:
+            if (parse_http(cfg, optarg) != 0) {
+                fprintf(stderr, "microservice: --http wants HOST:PORT or off, got '%s'\n", optarg);
+                return -1;
+            }
+            break;
+        case OPT_NATS:
+            cfg->nats_url = optarg;
+            break;
+        case OPT_POSTGRES:
+            cfg->postgres = optarg;
+            break;
+        case OPT_FRONTEND:
+            cfg->frontend_dir = optarg;
+            break;
+        case OPT_WORKERS:
+            if (parse_number(optarg, 1, 1, &v) != 0) {
+                fprintf(stderr, "microservice: --workers: only 1 is supported in this version\n");
+                return -1;
+            }
+            cfg->workers = (int)v;
+            break;
+        case OPT_LOG_LEVEL: {
+            int level = log_level_parse(optarg);
+            if (level < 0) {
+                fprintf(stderr, "microservice: --log-level wants debug, info, warn or error\n");
+                return -1;
+            }
+            log_set_level(level);
+            break;
+        }
+        case OPT_CALL_TIMEOUT:
+            if (parse_number(optarg, 0.001, 86400, &cfg->call_timeout) != 0) goto bad_number;
+            break;
+        case OPT_DRAIN_TIMEOUT:
+            if (parse_number(optarg, 0, 86400, &cfg->drain_timeout) != 0) goto bad_number;
+            break;
+        case OPT_BODY_LIMIT:
+            if (parse_number(optarg, 64, 1 << 30, &v) != 0) goto bad_number;
+            cfg->body_limit = (size_t)v;
+            break;
+        case OPT_MAX_DEPTH:
+            if (parse_number(optarg, 1, 1000, &v) != 0) goto bad_number;
+            cfg->max_depth = (int)v;
+            break;
+        case OPT_MAX_INFLIGHT:
+            if (parse_number(optarg, 1, 1 << 22, &v) != 0) goto bad_number;
+            cfg->max_inflight = (int)v;
+            break;
+        case 'h':
+            usage(stdout);
+            exit(0);
+        default:
+            usage(stderr);
+            return -1;
+        }
+        continue;
+    bad_number:
+        fprintf(stderr, "microservice: bad value '%s' for --%s\n", optarg, opts[c - OPT_HTTP].name);
+        return -1;
+    }
+    if (optind < argc) cfg->services_dir = argv[optind++];
+    if (optind < argc) {
+        fprintf(stderr, "microservice: unexpected argument '%s'\n", argv[optind]);
+        return -1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    runtime_config cfg;
+    runtime_config_defaults(&cfg);
+    if (parse_args(argc, argv, &cfg) != 0) return 2;
+    signal(SIGPIPE, SIG_IGN);
+    static runtime rt; /* big (loop, handles); lives for the whole process */
+    if (runtime_init(&rt, &cfg) != 0) {
+        log_error("runtime", "start-up failed");
+        return 1;
+    }
+    return runtime_run(&rt);
+}

@@ -1,0 +1,724 @@
+/* nats_bridge.c: owns the nats.c connection (on the libuv loop through nats.c's adapter), every
+ * subscription, the request inbox and its table of pending replies.
+ *
+ * The thread boundary. nats.c reads and parses the socket on the loop thread, but it runs
+ * asynchronous subscription callbacks and connection-state callbacks on threads of its own. Lua
+ * and h2o must only be touched on the loop thread, so:
+ *   - Service subscriptions are synchronous: nats.c queues their messages (bounded by the
+ *     subscription's pending limits; beyond them it drops and reports a slow consumer) and a
+ *     uv_check handle drains them right after each poll phase, on the loop thread, with no thread
+ *     hop at all. A uv_idle handle keeps the loop turning while a backlog remains.
+ *   - The request inbox has to be asynchronous: nats.c turns a "no responders" status into an
+ *     error without the message for synchronous subscriptions, so we would not know which request
+ *     it answered. Its callback (nats.c thread) appends to a bounded ring under a mutex and wakes
+ *     the loop with uv_async_send; the loop takes the whole ring in one batch. When the ring is
+ *     full the reply is dropped (counted) and its request times out.
+ *   - Connection-state callbacks only wake the loop (uv_async); the loop reads the state itself.
+ * Nothing here blocks the loop: requests are a publish plus an entry in the pending table, with a
+ * uv_timer for the timeout. */
+#include "nats_bridge.h"
+
+#include <nats/adapters/libuv.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "scheduler.h"
+
+#define TAG "nats"
+#define SUB_PENDING_MSGS 65536
+#define SUB_PENDING_BYTES (64 * 1024 * 1024)
+#define DRAIN_BUDGET 512 /* messages per loop iteration, over all subscriptions */
+#define INBOX_RING 65536
+#define PROBE_TIMEOUT_S 2.0
+
+struct nb_sub {
+    nats_bridge *nb;
+    natsSubscription *sub;
+    nb_msg_fn fn;
+    void *udata;
+    char *subject;
+    bool drain_requested; /* nb_sub_drain was called */
+    bool dead;            /* nats.c closed it: nothing more will come */
+    nb_sub *prev, *next;
+};
+
+struct nb_request {
+    nats_bridge *nb;
+    uint64_t id;
+    uv_timer_t timer;
+    nb_reply_fn fn;
+    void *udata;
+    nb_request *hnext; /* hash chain */
+};
+
+struct nats_bridge {
+    runtime *rt;
+    natsOptions *opts;
+    natsConnection *nc;
+    char inbox[64]; /* "_INBOX.<nuid>" */
+    natsSubscription *inbox_sub;
+    uint64_t next_id;
+
+    /* pending requests: id -> request, chained hash table (ids are sequential) */
+    nb_request **buckets;
+    size_t nbuckets;
+    int pending;
+
+    /* service subscriptions, drained from check_handle */
+    nb_sub *subs;
+    int nsubs;
+    uv_check_t check_handle;
+    uv_idle_t idle_handle;
+
+    /* inbox ring: written by nats.c's thread, taken by the loop */
+    pthread_mutex_t ring_mu;
+    natsMsg **ring;
+    size_t ring_len;
+    uint64_t ring_dropped;
+    uv_async_t inbox_async;
+
+    /* connection state: nats.c threads only raise flags and wake the loop */
+    uv_async_t state_async;
+    atomic_bool closed_seen;
+    bool was_connected;
+    bool ever_connected;
+    bool confirmed;
+    nb_request *probe;
+
+    bool closing;
+    void (*on_closed)(void *arg);
+    void *on_closed_arg;
+    int handles_open;
+};
+
+static void fail_all_pending(nats_bridge *nb, enum nb_status status);
+static void send_probe(nats_bridge *nb);
+
+/* ---- pending table ---- */
+
+static int table_grow(nats_bridge *nb)
+{
+    size_t n = nb->nbuckets ? nb->nbuckets * 2 : 1024;
+    nb_request **b = calloc(n, sizeof *b);
+    if (!b) return -1;
+    for (size_t i = 0; i < nb->nbuckets; i++) {
+        nb_request *r = nb->buckets[i];
+        while (r) {
+            nb_request *next = r->hnext;
+            r->hnext = b[r->id & (n - 1)];
+            b[r->id & (n - 1)] = r;
+            r = next;
+        }
+    }
+    free(nb->buckets);
+    nb->buckets = b;
+    nb->nbuckets = n;
+    return 0;
+}
+
+static int table_put(nats_bridge *nb, nb_request *r)
+{
+    if ((size_t)nb->pending >= nb->nbuckets && table_grow(nb) != 0) return -1;
+    nb_request **slot = &nb->buckets[r->id & (nb->nbuckets - 1)];
+    r->hnext = *slot;
+    *slot = r;
+    nb->pending++;
+    return 0;
+}
+
+/* Removes and returns the request with that id, or NULL. */
+static nb_request *table_take(nats_bridge *nb, uint64_t id)
+{
+    if (!nb->nbuckets) return NULL;
+    nb_request **p = &nb->buckets[id & (nb->nbuckets - 1)];
+    for (; *p; p = &(*p)->hnext) {
+        if ((*p)->id == id) {
+            nb_request *r = *p;
+            *p = r->hnext;
+            nb->pending--;
+            return r;
+        }
+    }
+    return NULL;
+}
+
+/* ---- requests ---- */
+
+static void request_free_cb(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+/* The one end of every request: out of the table, timer closed, memory freed with the timer. */
+static void request_end(nb_request *r, enum nb_status status, natsMsg *reply)
+{
+    nb_reply_fn fn = r->fn;
+    void *udata = r->udata;
+    if (r->nb->probe == r) r->nb->probe = NULL;
+    uv_timer_stop(&r->timer);
+    uv_close((uv_handle_t *)&r->timer, request_free_cb);
+    if (fn) {
+        fn(udata, status, reply);
+    } else if (reply) {
+        natsMsg_Destroy(reply);
+    }
+}
+
+static void request_timeout_cb(uv_timer_t *t)
+{
+    nb_request *r = t->data;
+    nb_request *taken = table_take(r->nb, r->id);
+    if (taken) request_end(taken, NB_TIMEOUT, NULL);
+}
+
+void nb_request_cancel(nb_request *r)
+{
+    nb_request *taken = table_take(r->nb, r->id);
+    if (!taken) return;
+    taken->fn = NULL;
+    request_end(taken, NB_ERROR, NULL);
+}
+
+static int publish_msg(nats_bridge *nb, const char *subject, const char *reply, const char *data,
+                       size_t len, const char *const *headers)
+{
+    natsStatus st;
+    if ((!headers || !headers[0]) && !reply) {
+        st = natsConnection_Publish(nb->nc, subject, data, (int)len);
+    } else if (!headers || !headers[0]) {
+        st = natsConnection_PublishRequest(nb->nc, subject, reply, data, (int)len);
+    } else {
+        natsMsg *m = NULL;
+        st = natsMsg_Create(&m, subject, reply, data, (int)len);
+        for (int i = 0; st == NATS_OK && headers[i] && headers[i + 1]; i += 2)
+            st = natsMsgHeader_Set(m, headers[i], headers[i + 1]);
+        if (st == NATS_OK) st = natsConnection_PublishMsg(nb->nc, m);
+        natsMsg_Destroy(m);
+    }
+    if (st == NATS_OK) return NB_OK;
+    if (!nats_bridge_connected(nb)) return NB_UNAVAILABLE;
+    log_warn(TAG, "publish to %s failed: %s", subject, natsStatus_GetText(st));
+    return NB_ERROR;
+}
+
+int nats_bridge_publish(nats_bridge *nb, const char *subject, const char *reply, const char *data,
+                        size_t len, const char *const *headers)
+{
+    if (!nb->nc || nb->closing || !nats_bridge_connected(nb)) return NB_UNAVAILABLE;
+    return publish_msg(nb, subject, reply, data, len, headers);
+}
+
+static nb_request *request_new(nats_bridge *nb, double timeout_s, nb_reply_fn fn, void *udata)
+{
+    nb_request *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->nb = nb;
+    r->id = ++nb->next_id;
+    r->fn = fn;
+    r->udata = udata;
+    if (table_put(nb, r) != 0) {
+        free(r);
+        return NULL;
+    }
+    uv_timer_init(&nb->rt->loop, &r->timer);
+    r->timer.data = r;
+    uint64_t ms = timeout_s <= 0 ? 1 : (uint64_t)(timeout_s * 1000.0 + 0.5);
+    uv_timer_start(&r->timer, request_timeout_cb, ms ? ms : 1, 0);
+    return r;
+}
+
+int nats_bridge_request(nats_bridge *nb, const char *subject, const char *data, size_t len,
+                        const char *const *headers, double timeout_s, nb_reply_fn fn, void *udata,
+                        nb_request **out)
+{
+    *out = NULL;
+    if (!nb->nc || nb->closing || !nats_bridge_connected(nb)) return NB_UNAVAILABLE;
+    nb_request *r = request_new(nb, timeout_s, fn, udata);
+    if (!r) return NB_ERROR;
+    char reply[96];
+    snprintf(reply, sizeof reply, "%s.%llu", nb->inbox, (unsigned long long)r->id);
+    int rc = publish_msg(nb, subject, reply, data, len, headers);
+    if (rc != NB_OK) {
+        table_take(nb, r->id);
+        r->fn = NULL;
+        request_end(r, rc, NULL);
+        return rc;
+    }
+    *out = r;
+    return NB_OK;
+}
+
+int nats_bridge_pending_requests(nats_bridge *nb)
+{
+    return nb->pending;
+}
+
+const char *nats_bridge_inbox(nats_bridge *nb)
+{
+    return nb->inbox;
+}
+
+static void fail_all_pending(nats_bridge *nb, enum nb_status status)
+{
+    for (size_t i = 0; i < nb->nbuckets; i++) {
+        while (nb->buckets[i]) {
+            nb_request *r = nb->buckets[i];
+            nb->buckets[i] = r->hnext;
+            nb->pending--;
+            request_end(r, status, NULL);
+        }
+    }
+}
+
+/* ---- the inbox: nats.c thread -> ring -> loop ---- */
+
+static void inbox_msg_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    nats_bridge *nb = closure;
+    bool queued = false;
+    pthread_mutex_lock(&nb->ring_mu);
+    if (nb->ring_len < INBOX_RING) {
+        nb->ring[nb->ring_len++] = msg;
+        queued = true;
+    } else {
+        nb->ring_dropped++;
+    }
+    pthread_mutex_unlock(&nb->ring_mu);
+    if (!queued) natsMsg_Destroy(msg);
+    uv_async_send(&nb->inbox_async);
+}
+
+static void deliver_reply(nats_bridge *nb, natsMsg *msg)
+{
+    const char *subject = natsMsg_GetSubject(msg);
+    const char *dot = strrchr(subject, '.');
+    uint64_t id = dot ? strtoull(dot + 1, NULL, 10) : 0;
+    nb_request *r = table_take(nb, id);
+    if (!r) { /* late (timed out or cancelled) */
+        natsMsg_Destroy(msg);
+        return;
+    }
+    if (natsMsg_IsNoResponders(msg)) {
+        natsMsg_Destroy(msg);
+        request_end(r, NB_NO_RESPONDERS, NULL);
+        return;
+    }
+    request_end(r, NB_OK, msg);
+}
+
+static void inbox_async_cb(uv_async_t *a)
+{
+    nats_bridge *nb = a->data;
+    natsMsg *batch[256];
+    for (;;) {
+        size_t n = 0;
+        pthread_mutex_lock(&nb->ring_mu);
+        n = nb->ring_len < 256 ? nb->ring_len : 256;
+        /* take from the front to keep replies in arrival order */
+        memcpy(batch, nb->ring, n * sizeof *batch);
+        memmove(nb->ring, nb->ring + n, (nb->ring_len - n) * sizeof *batch);
+        nb->ring_len -= n;
+        uint64_t dropped = nb->ring_dropped;
+        nb->ring_dropped = 0;
+        pthread_mutex_unlock(&nb->ring_mu);
+        if (dropped)
+            log_warn(TAG, "inbox queue full: %llu replies dropped", (unsigned long long)dropped);
+        if (n == 0) break;
+        for (size_t i = 0; i < n; i++)
+            deliver_reply(nb, batch[i]);
+    }
+}
+
+/* ---- service subscriptions, drained on the loop thread ---- */
+
+static void sub_free(nb_sub *s)
+{
+    nats_bridge *nb = s->nb;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        nb->subs = s->next;
+    if (s->next) s->next->prev = s->prev;
+    nb->nsubs--;
+    natsSubscription_Destroy(s->sub);
+    free(s->subject);
+    free(s);
+}
+
+/* Delivers up to budget messages of one subscription; returns how many it delivered. */
+static int drain_one(nb_sub *s, int budget, bool *backlog)
+{
+    int n = 0;
+    while (n < budget) {
+        natsMsg *m = NULL;
+        natsStatus st = natsSubscription_NextMsg(&m, s->sub, 0);
+        if (st == NATS_OK) {
+            n++;
+            s->fn(s->udata, m);
+            continue;
+        }
+        if (st == NATS_SLOW_CONSUMER) {
+            log_warn(TAG, "subscription %s: slow consumer, nats.c dropped messages", s->subject);
+            continue;
+        }
+        if (st != NATS_TIMEOUT || !natsSubscription_IsValid(s->sub)) s->dead = true;
+        return n;
+    }
+    int pending = 0;
+    if (natsSubscription_GetPending(s->sub, &pending, NULL) == NATS_OK && pending > 0)
+        *backlog = true;
+    return n;
+}
+
+/* An active idle handle only keeps the poll phase from blocking while a backlog remains. */
+static void idle_cb(uv_idle_t *h)
+{
+    (void)h;
+}
+
+static bool intake_paused(nats_bridge *nb)
+{
+    return sched_inflight(nb->rt->sched) >= nb->rt->cfg.max_inflight;
+}
+
+/* A drained subscription is done once nats.c says so and we took every message it holds. */
+static bool sub_finished(nb_sub *s)
+{
+    if (s->dead || !natsSubscription_IsValid(s->sub)) return s->drain_requested;
+    if (!s->drain_requested) return false;
+    int pending = 0;
+    natsSubscription_GetPending(s->sub, &pending, NULL);
+    return pending == 0 && natsSubscription_DrainCompletionStatus(s->sub) != NATS_ILLEGAL_STATE;
+}
+
+static void check_cb(uv_check_t *h)
+{
+    nats_bridge *nb = h->data;
+    bool backlog = false;
+    int budget = DRAIN_BUDGET;
+    for (nb_sub *s = nb->subs; s;) {
+        nb_sub *next = s->next;
+        if (intake_paused(nb)) {
+            /* resumed by nats_bridge_kick when a call ends */
+            uv_idle_stop(&nb->idle_handle);
+            return;
+        }
+        if (budget > 0)
+            budget -= drain_one(s, budget, &backlog);
+        else
+            backlog = true;
+        if (sub_finished(s)) sub_free(s);
+        s = next;
+    }
+    if (backlog)
+        uv_idle_start(&nb->idle_handle, idle_cb);
+    else
+        uv_idle_stop(&nb->idle_handle);
+}
+
+void nats_bridge_kick(nats_bridge *nb)
+{
+    if (!nb->closing && nb->nsubs > 0) uv_idle_start(&nb->idle_handle, idle_cb);
+}
+
+nb_sub *nats_bridge_subscribe(nats_bridge *nb, const char *subject, const char *queue, nb_msg_fn fn,
+                              void *udata)
+{
+    if (!nb->nc || nb->closing) return NULL;
+    nb_sub *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->subject = strdup(subject);
+    natsStatus st = queue ? natsConnection_QueueSubscribeSync(&s->sub, nb->nc, subject, queue)
+                          : natsConnection_SubscribeSync(&s->sub, nb->nc, subject);
+    if (st == NATS_OK)
+        st = natsSubscription_SetPendingLimits(s->sub, SUB_PENDING_MSGS, SUB_PENDING_BYTES);
+    if (st != NATS_OK || !s->subject) {
+        log_error(TAG, "cannot subscribe %s: %s", subject, natsStatus_GetText(st));
+        natsSubscription_Destroy(s->sub);
+        free(s->subject);
+        free(s);
+        return NULL;
+    }
+    s->nb = nb;
+    s->fn = fn;
+    s->udata = udata;
+    s->next = nb->subs;
+    if (nb->subs) nb->subs->prev = s;
+    nb->subs = s;
+    nb->nsubs++;
+    return s;
+}
+
+void nb_sub_drain(nb_sub *s)
+{
+    if (s->drain_requested) return;
+    s->drain_requested = true;
+    natsStatus st = natsSubscription_Drain(s->sub);
+    if (st != NATS_OK) { /* not connected: nothing more will come */
+        natsSubscription_Unsubscribe(s->sub);
+    }
+    nats_bridge_kick(s->nb);
+}
+
+void nb_sub_close(nb_sub *s)
+{
+    natsSubscription_Unsubscribe(s->sub);
+    sub_free(s);
+}
+
+int nats_bridge_sub_count(nats_bridge *nb)
+{
+    return nb->nsubs;
+}
+
+/* ---- connection state ---- */
+
+static void wake_cb(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    nats_bridge *nb = closure;
+    uv_async_send(&nb->state_async);
+}
+
+static void closed_cb(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    nats_bridge *nb = closure;
+    atomic_store(&nb->closed_seen, true);
+    uv_async_send(&nb->state_async);
+}
+
+bool nats_bridge_connected(nats_bridge *nb)
+{
+    return nb->nc && natsConnection_Status(nb->nc) == NATS_CONN_STATUS_CONNECTED;
+}
+
+bool nats_bridge_ready(nats_bridge *nb)
+{
+    return nb->confirmed && nats_bridge_connected(nb);
+}
+
+const char *nats_bridge_state(nats_bridge *nb)
+{
+    if (!nb->nc) return "closed";
+    switch (natsConnection_Status(nb->nc)) {
+    case NATS_CONN_STATUS_CONNECTED:
+        return "connected";
+    case NATS_CONN_STATUS_CONNECTING:
+        return "connecting";
+    case NATS_CONN_STATUS_RECONNECTING:
+        return nb->ever_connected ? "reconnecting" : "connecting";
+    case NATS_CONN_STATUS_DRAINING_SUBS:
+    case NATS_CONN_STATUS_DRAINING_PUBS:
+        return "draining";
+    case NATS_CONN_STATUS_CLOSED:
+        return "closed";
+    default:
+        return "disconnected";
+    }
+}
+
+static void probe_done(void *udata, enum nb_status status, natsMsg *reply)
+{
+    nats_bridge *nb = udata;
+    if (reply) natsMsg_Destroy(reply);
+    if (status == NB_OK) {
+        if (!nb->confirmed)
+            log_info(TAG, "ready: %d subscriptions confirmed by the server", nb->nsubs);
+        nb->confirmed = true;
+    } else if (status == NB_TIMEOUT && nats_bridge_connected(nb)) {
+        send_probe(nb);
+    }
+}
+
+/* A message to our own inbox: when it comes back, the server has processed every SUB sent
+ * before it on this connection. */
+static void send_probe(nats_bridge *nb)
+{
+    if (nb->probe || nb->closing || !nats_bridge_connected(nb)) return;
+    nb_request *r = request_new(nb, PROBE_TIMEOUT_S, probe_done, nb);
+    if (!r) return;
+    char subject[96];
+    snprintf(subject, sizeof subject, "%s.%llu", nb->inbox, (unsigned long long)r->id);
+    if (publish_msg(nb, subject, NULL, NULL, 0, NULL) != NB_OK) {
+        table_take(nb, r->id);
+        r->fn = NULL;
+        request_end(r, NB_ERROR, NULL);
+        return;
+    }
+    nb->probe = r;
+}
+
+void nats_bridge_confirm(nats_bridge *nb)
+{
+    nb->confirmed = false;
+    if (nb->probe) nb_request_cancel(nb->probe);
+    send_probe(nb);
+}
+
+static void finish_close(nats_bridge *nb);
+
+static void state_async_cb(uv_async_t *a)
+{
+    nats_bridge *nb = a->data;
+    if (atomic_load(&nb->closed_seen)) {
+        finish_close(nb);
+        return;
+    }
+    bool connected = nats_bridge_connected(nb);
+    if (connected && !nb->was_connected) {
+        const char *url = "?";
+        char buf[256];
+        if (natsConnection_GetConnectedUrl(nb->nc, buf, sizeof buf) == NATS_OK) url = buf;
+        log_info(TAG, "%s %s", nb->ever_connected ? "reconnected to" : "connected to", url);
+        nb->ever_connected = true;
+        nb->was_connected = true;
+        send_probe(nb);
+    } else if (!connected && nb->was_connected) {
+        nb->was_connected = false;
+        nb->confirmed = false;
+        log_warn(TAG, "disconnected (%s); %d pending requests fail as unavailable",
+                 nats_bridge_state(nb), nb->pending);
+        fail_all_pending(nb, NB_UNAVAILABLE);
+    }
+}
+
+/* ---- life cycle ---- */
+
+nats_bridge *nats_bridge_new(runtime *rt)
+{
+    nats_bridge *nb = calloc(1, sizeof *nb);
+    if (!nb) return NULL;
+    nb->rt = rt;
+    nb->ring = calloc(INBOX_RING, sizeof *nb->ring);
+    if (!nb->ring) {
+        free(nb);
+        return NULL;
+    }
+    pthread_mutex_init(&nb->ring_mu, NULL);
+    uv_check_init(&rt->loop, &nb->check_handle);
+    uv_idle_init(&rt->loop, &nb->idle_handle);
+    uv_async_init(&rt->loop, &nb->inbox_async, inbox_async_cb);
+    uv_async_init(&rt->loop, &nb->state_async, state_async_cb);
+    nb->check_handle.data = nb->idle_handle.data = nb;
+    nb->inbox_async.data = nb->state_async.data = nb;
+    nb->handles_open = 4;
+    uv_check_start(&nb->check_handle, check_cb);
+    return nb;
+}
+
+static natsStatus configure(nats_bridge *nb)
+{
+    natsOptions *o = nb->opts;
+    natsStatus st = natsOptions_SetURL(o, nb->rt->cfg.nats_url);
+    if (st == NATS_OK)
+        st = natsOptions_SetEventLoop(o, &nb->rt->loop, natsLibuv_Attach, natsLibuv_Read,
+                                      natsLibuv_Write, natsLibuv_Detach);
+    /* without SendAsap every flush waits about 1 ms in nats.c's flusher thread */
+    if (st == NATS_OK) st = natsOptions_SetSendAsap(o, true);
+    if (st == NATS_OK) st = natsOptions_SetMaxReconnect(o, -1);
+    if (st == NATS_OK) st = natsOptions_SetReconnectWait(o, 250);
+    if (st == NATS_OK) st = natsOptions_SetTimeout(o, 2000);
+    if (st == NATS_OK) st = natsOptions_SetDisconnectedCB(o, wake_cb, nb);
+    if (st == NATS_OK) st = natsOptions_SetReconnectedCB(o, wake_cb, nb);
+    if (st == NATS_OK) st = natsOptions_SetClosedCB(o, closed_cb, nb);
+    /* an unreachable server at start is retried in the background like a reconnect */
+    if (st == NATS_OK) st = natsOptions_SetRetryOnFailedConnect(o, true, wake_cb, nb);
+    return st;
+}
+
+int nats_bridge_connect(nats_bridge *nb)
+{
+    natsLibuv_Init();
+    natsLibuv_SetThreadLocalLoop(&nb->rt->loop);
+    natsStatus st = natsOptions_Create(&nb->opts);
+    if (st == NATS_OK) st = configure(nb);
+    if (st != NATS_OK) {
+        log_error(TAG, "bad NATS options (%s): %s", nb->rt->cfg.nats_url, natsStatus_GetText(st));
+        return -1;
+    }
+    st = natsConnection_Connect(&nb->nc, nb->opts);
+    if (st == NATS_NOT_YET_CONNECTED) {
+        log_warn(TAG, "%s not reachable yet; retrying in the background", nb->rt->cfg.nats_url);
+    } else if (st != NATS_OK) {
+        log_error(TAG, "cannot connect to %s: %s", nb->rt->cfg.nats_url, natsStatus_GetText(st));
+        return -1;
+    }
+    natsInbox *inbox = NULL;
+    if (natsInbox_Create(&inbox) != NATS_OK) return -1;
+    snprintf(nb->inbox, sizeof nb->inbox, "%s", (const char *)inbox);
+    natsInbox_Destroy(inbox);
+    char wildcard[80];
+    snprintf(wildcard, sizeof wildcard, "%s.*", nb->inbox);
+    st = natsConnection_Subscribe(&nb->inbox_sub, nb->nc, wildcard, inbox_msg_cb, nb);
+    if (st == NATS_OK)
+        st = natsSubscription_SetPendingLimits(nb->inbox_sub, SUB_PENDING_MSGS, SUB_PENDING_BYTES);
+    if (st != NATS_OK) {
+        log_error(TAG, "cannot subscribe the request inbox: %s", natsStatus_GetText(st));
+        return -1;
+    }
+    if (nats_bridge_connected(nb)) {
+        uv_async_send(&nb->state_async);
+    }
+    return 0;
+}
+
+static void handle_closed_cb(uv_handle_t *h)
+{
+    nats_bridge *nb = h->data;
+    if (--nb->handles_open == 0 && nb->on_closed) nb->on_closed(nb->on_closed_arg);
+}
+
+/* On the loop after nats.c said the connection is closed: nothing of nats.c calls us any more. */
+static void finish_close(nats_bridge *nb)
+{
+    if (!nb->closing || !nb->nc) return;
+    fail_all_pending(nb, NB_UNAVAILABLE);
+    while (nb->subs)
+        sub_free(nb->subs);
+    natsSubscription_Destroy(nb->inbox_sub);
+    nb->inbox_sub = NULL;
+    natsConnection_Destroy(nb->nc);
+    nb->nc = NULL;
+    inbox_async_cb(&nb->inbox_async); /* release what the ring still holds */
+    uv_close((uv_handle_t *)&nb->check_handle, handle_closed_cb);
+    uv_close((uv_handle_t *)&nb->idle_handle, handle_closed_cb);
+    uv_close((uv_handle_t *)&nb->inbox_async, handle_closed_cb);
+    uv_close((uv_handle_t *)&nb->state_async, handle_closed_cb);
+    log_info(TAG, "connection closed");
+}
+
+void nats_bridge_close(nats_bridge *nb, void (*on_closed)(void *arg), void *arg)
+{
+    nb->closing = true;
+    nb->on_closed = on_closed;
+    nb->on_closed_arg = arg;
+    if (!nb->nc) {
+        nb->nc = NULL;
+        atomic_store(&nb->closed_seen, true);
+        uv_close((uv_handle_t *)&nb->check_handle, handle_closed_cb);
+        uv_close((uv_handle_t *)&nb->idle_handle, handle_closed_cb);
+        uv_close((uv_handle_t *)&nb->inbox_async, handle_closed_cb);
+        uv_close((uv_handle_t *)&nb->state_async, handle_closed_cb);
+        return;
+    }
+    /* Drain flushes every reply we already queued and then closes; closed_cb follows. */
+    natsStatus st = NATS_ILLEGAL_STATE;
+    if (nats_bridge_connected(nb)) st = natsConnection_DrainTimeout(nb->nc, 2000);
+    if (st != NATS_OK) natsConnection_Close(nb->nc);
+}
+
+void nats_bridge_free(nats_bridge *nb)
+{
+    if (!nb) return;
+    if (nb->opts) natsOptions_Destroy(nb->opts);
+    pthread_mutex_destroy(&nb->ring_mu);
+    free(nb->ring);
+    free(nb->buckets);
+    free(nb);
+}

@@ -1,0 +1,74 @@
+/* nats_bridge.h: the NATS connection of the process, its subscriptions, the request inbox with
+ * its pending replies, and the hand-off of every message to the loop thread. */
+#ifndef MICROSERVICE_NATS_BRIDGE_H
+#define MICROSERVICE_NATS_BRIDGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <nats/nats.h>
+
+#include "runtime.h"
+
+enum nb_status {
+    NB_OK = 0,
+    NB_NO_RESPONDERS, /* nobody subscribes the subject */
+    NB_TIMEOUT,       /* no reply in time */
+    NB_UNAVAILABLE,   /* the bus is down (or went down while waiting) */
+    NB_ERROR,         /* anything else nats.c refused (logged) */
+};
+
+typedef struct nats_bridge nats_bridge;
+typedef struct nb_sub nb_sub;
+typedef struct nb_request nb_request;
+
+/* A message for a subscription, on the loop thread. The callee owns msg (natsMsg_Destroy). */
+typedef void (*nb_msg_fn)(void *udata, natsMsg *msg);
+/* The end of a request, on the loop thread, exactly once unless cancelled. reply is non-NULL for
+ * NB_OK only and owned by the callee. */
+typedef void (*nb_reply_fn)(void *udata, enum nb_status status, natsMsg *reply);
+
+nats_bridge *nats_bridge_new(runtime *rt);
+/* Starts connecting; an unreachable server is retried in the background. -1 on a bad URL. */
+int nats_bridge_connect(nats_bridge *nb);
+bool nats_bridge_connected(nats_bridge *nb);
+/* Connected, and every subscription made so far is known to be registered by the server. */
+bool nats_bridge_ready(nats_bridge *nb);
+/* "connecting", "connected", "reconnecting", "disconnected", "draining", "closed". */
+const char *nats_bridge_state(nats_bridge *nb);
+/* Asks the server to confirm every subscription made so far (see nats_bridge_ready). */
+void nats_bridge_confirm(nats_bridge *nb);
+
+/* queue may be NULL. The subscription is read on the loop thread, at most the configured number of
+ * messages pending in nats.c (beyond that nats.c drops them and reports a slow consumer). */
+nb_sub *nats_bridge_subscribe(nats_bridge *nb, const char *subject, const char *queue, nb_msg_fn fn,
+                              void *udata);
+/* Removes interest but keeps delivering what the server already sent; frees itself when done. */
+void nb_sub_drain(nb_sub *s);
+/* Unsubscribes at once and frees. */
+void nb_sub_close(nb_sub *s);
+/* Subscriptions still open or draining. */
+int nats_bridge_sub_count(nats_bridge *nb);
+/* The intake paused because too many calls are in flight; call when one ends. */
+void nats_bridge_kick(nats_bridge *nb);
+
+/* headers: NULL or a NULL-terminated list of name, value pairs. Returns NB_OK, NB_UNAVAILABLE
+ * or NB_ERROR. */
+int nats_bridge_publish(nats_bridge *nb, const char *subject, const char *reply, const char *data,
+                        size_t len, const char *const *headers);
+/* Never blocks: sends and returns; fn runs later. When the bus is down, returns NB_UNAVAILABLE
+ * at once and fn never runs. */
+int nats_bridge_request(nats_bridge *nb, const char *subject, const char *data, size_t len,
+                        const char *const *headers, double timeout_s, nb_reply_fn fn, void *udata,
+                        nb_request **out);
+/* fn will not run; safe from inside other callbacks. */
+void nb_request_cancel(nb_request *r);
+int nats_bridge_pending_requests(nats_bridge *nb);
+/* Where this connection's requests get their replies ("_INBOX.<nuid>"). */
+const char *nats_bridge_inbox(nats_bridge *nb);
+
+/* Flushes what is queued, closes the connection and every handle; on_closed runs on the loop once
+ * everything is released. */
+void nats_bridge_close(nats_bridge *nb, void (*on_closed)(void *arg), void *arg);
+void nats_bridge_free(nats_bridge *nb);
+
+#endif

@@ -1,0 +1,159 @@
+/* runtime.c: owns the runtime struct and the order of things: start-up (Lua, NATS, services,
+ * HTTP), signals, and the drain on SIGTERM/SIGINT:
+ *   1. stop accepting HTTP connections and drain the RPC subscriptions (what the server already
+ *      sent is still served);
+ *   2. wait until no call is in flight, bounded by --drain-timeout; what is left is cancelled and
+ *      answered 503;
+ *   3. drain and close NATS (queued replies are flushed), then HTTP, then the loop ends. */
+#include "runtime.h"
+
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http_gateway.h"
+#include "log.h"
+#include "lua_api.h"
+#include "nats_bridge.h"
+#include "scheduler.h"
+#include "services.h"
+
+#define TAG "runtime"
+
+void runtime_config_defaults(runtime_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->http_enabled = true;
+    snprintf(cfg->http_host, sizeof cfg->http_host, "127.0.0.1");
+    cfg->http_port = 5000;
+    const char *nats = getenv("NATS_URL");
+    cfg->nats_url = (nats && nats[0]) ? nats : "nats://127.0.0.1:4222";
+    const char *pg = getenv("DATABASE_URL");
+    cfg->postgres = (pg && pg[0]) ? pg : NULL;
+    cfg->frontend_dir = "./frontend";
+    cfg->services_dir = "./services";
+    cfg->workers = 1;
+    cfg->body_limit = 1024 * 1024;
+    cfg->max_depth = 64;
+    cfg->call_timeout = 60.0;
+    cfg->drain_timeout = 10.0;
+    cfg->max_inflight = 32768;
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    runtime *rt = h->data;
+    if (rt->shutting_down) {
+        log_warn(TAG, "second %s: exiting at once", signum == SIGINT ? "SIGINT" : "SIGTERM");
+        exit(1);
+    }
+    log_info(TAG, "%s: draining (up to %.1f s)", signum == SIGINT ? "SIGINT" : "SIGTERM",
+             rt->cfg.drain_timeout);
+    runtime_shutdown(rt);
+}
+
+int runtime_init(runtime *rt, const runtime_config *cfg)
+{
+    memset(rt, 0, sizeof *rt);
+    rt->cfg = *cfg;
+    if (uv_loop_init(&rt->loop) != 0) return -1;
+    rt->L = lua_api_new_state(rt);
+    rt->sched = rt->L ? sched_new(rt) : NULL;
+    rt->nats = rt->sched ? nats_bridge_new(rt) : NULL;
+    rt->services = rt->nats ? services_new(rt) : NULL;
+    if (!rt->services) {
+        log_error(TAG, "out of memory at start-up");
+        return -1;
+    }
+    if (cfg->postgres)
+        log_warn(TAG, "PostgreSQL is not built into this version; --postgres is ignored");
+    if (nats_bridge_connect(rt->nats) != 0) return -1;
+    if (services_load_dir(rt->services, cfg->services_dir) < 0) return -1;
+    if (cfg->http_enabled) {
+        rt->http = http_gateway_new(rt);
+        if (!rt->http || http_gateway_listen(rt->http) != 0) return -1;
+    }
+    uv_signal_init(&rt->loop, &rt->sigint);
+    uv_signal_init(&rt->loop, &rt->sigterm);
+    rt->sigint.data = rt->sigterm.data = rt;
+    uv_signal_start(&rt->sigint, on_signal, SIGINT);
+    uv_signal_start(&rt->sigterm, on_signal, SIGTERM);
+    uv_timer_init(&rt->loop, &rt->drain_timer);
+    rt->drain_timer.data = rt;
+    return 0;
+}
+
+bool runtime_idle(runtime *rt)
+{
+    if (sched_inflight(rt->sched) > 0) return false;
+    if (rt->http && http_gateway_inflight(rt->http) > 0) return false;
+    return nats_bridge_sub_count(rt->nats) == 0;
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+static void http_closed(void *arg)
+{
+    runtime *rt = arg;
+    rt->finished = true;
+    uv_close((uv_handle_t *)&rt->sigint, handle_closed);
+    uv_close((uv_handle_t *)&rt->sigterm, handle_closed);
+    uv_close((uv_handle_t *)&rt->drain_timer, handle_closed);
+    log_info(TAG, "stopped");
+}
+
+static void nats_closed(void *arg)
+{
+    runtime *rt = arg;
+    if (rt->http)
+        http_gateway_close(rt->http, http_closed, rt);
+    else
+        http_closed(rt);
+}
+
+static void drain_tick(uv_timer_t *t)
+{
+    runtime *rt = t->data;
+    bool idle = runtime_idle(rt);
+    if (!idle && uv_now(&rt->loop) < rt->drain_deadline) return;
+    uv_timer_stop(t);
+    if (!idle) {
+        log_warn(TAG, "drain deadline reached: cancelling %d calls in flight",
+                 sched_inflight(rt->sched));
+        sched_cancel_all(rt->sched);
+    }
+    nats_bridge_close(rt->nats, nats_closed, rt);
+}
+
+void runtime_shutdown(runtime *rt)
+{
+    if (rt->shutting_down) return;
+    rt->shutting_down = true;
+    if (rt->http) http_gateway_stop_accepting(rt->http);
+    services_drain(rt->services);
+    rt->drain_deadline = uv_now(&rt->loop) + (uint64_t)(rt->cfg.drain_timeout * 1000.0);
+    uv_timer_start(&rt->drain_timer, drain_tick, 0, 10);
+}
+
+int runtime_run(runtime *rt)
+{
+    uv_run(&rt->loop, UV_RUN_DEFAULT);
+    /* Everything of ours is closed; anything left belongs to a library that keeps a handle. */
+    int rc = rt->finished ? rt->exit_code : 1;
+    sched_free(rt->sched);
+    rt->sched = NULL;
+    services_free(rt->services);
+    rt->services = NULL;
+    http_gateway_free(rt->http);
+    rt->http = NULL;
+    lua_close(rt->L);
+    rt->L = NULL;
+    nats_bridge_free(rt->nats);
+    rt->nats = NULL;
+    if (uv_loop_close(&rt->loop) != 0) log_debug(TAG, "loop closed with handles still open");
+    nats_Close();
+    return rc;
+}

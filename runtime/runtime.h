@@ -1,0 +1,58 @@
+/* runtime.h: the one runtime struct. Every piece of mutable state of the process hangs off it:
+ * the loop, the Lua state and each subsystem, which owns its own handles and allocations. */
+#ifndef MICROSERVICE_RUNTIME_H
+#define MICROSERVICE_RUNTIME_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <uv.h>
+#include <lua.h>
+
+typedef struct runtime_config {
+    bool http_enabled;
+    char http_host[256];
+    int http_port;
+    const char *nats_url; /* one URL or a comma-separated list */
+    const char *postgres; /* NULL: no database */
+    const char *frontend_dir;
+    const char *services_dir;
+    int workers;
+    size_t body_limit;    /* bytes, HTTP and NATS request bodies */
+    int max_depth;        /* JSON nesting */
+    double call_timeout;  /* seconds, default for HTTP and Lua calls */
+    double drain_timeout; /* seconds, for SIGTERM */
+    int max_inflight;     /* concurrent RPC coroutines before NATS intake pauses */
+} runtime_config;
+
+struct scheduler;
+struct nats_bridge;
+struct http_gateway;
+struct services;
+
+typedef struct runtime {
+    uv_loop_t loop;
+    lua_State *L;
+    runtime_config cfg;
+    struct scheduler *sched;
+    struct nats_bridge *nats;
+    struct http_gateway *http;
+    struct services *services;
+    uv_signal_t sigint, sigterm;
+    uv_timer_t drain_timer;
+    uint64_t drain_deadline; /* uv_now() ms */
+    bool shutting_down;
+    bool finished; /* set once every subsystem is closed */
+    int exit_code;
+} runtime;
+
+void runtime_config_defaults(runtime_config *cfg);
+/* Builds every subsystem in order; on failure logs why, cleans up and returns -1. */
+int runtime_init(runtime *rt, const runtime_config *cfg);
+/* Runs the loop until shutdown completes; returns the process exit code. */
+int runtime_run(runtime *rt);
+/* SIGTERM path: stop accepting, let in-flight work finish (bounded), drain NATS, then stop. */
+void runtime_shutdown(runtime *rt);
+/* True when nothing is in flight any more (used by the drain). */
+bool runtime_idle(runtime *rt);
+
+#endif

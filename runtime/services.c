@@ -1,0 +1,562 @@
+/* services.c: owns the service scripts and everything they declare: the RPC registry (one NATS
+ * queue subscription per RPC, subject and queue group "<service>.<method>"), subscriptions made
+ * with microservice.subscribe, and spawned functions. It turns a NATS message into a task (decode
+ * the envelope, bind the parameters, start the coroutine) and a task's end into the reply. */
+#include "services.h"
+
+#include <dirent.h>
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "lua_api.h"
+#include "nats_bridge.h"
+#include "rpc_binding.h"
+#include "rpc_error.h"
+#include "scheduler.h"
+
+#define TAG "services"
+
+typedef struct rpc_entry {
+    struct services *svcs;
+    char *subject; /* "<service>.<method>", also the queue group and the task label */
+    rpc_binding binding;
+    int fn_ref;
+    int svc_ref;
+    nb_sub *sub;
+    uint64_t calls, errors;
+    struct rpc_entry *next;
+} rpc_entry;
+
+typedef struct lua_sub {
+    struct services *svcs;
+    int id;
+    char *subject;
+    int fn_ref;
+    nb_sub *sub;
+    int tasks; /* running handlers; the entry lives until they end */
+    bool unsubscribed;
+    struct lua_sub *next;
+} lua_sub;
+
+/* What a running call needs at its end; owned by the task (its udata). */
+typedef struct call_ctx {
+    struct services *svcs;
+    rpc_entry *rpc;
+    lua_sub *sub;
+    char reply[]; /* reply subject, "" when the message had none */
+} call_ctx;
+
+struct services {
+    runtime *rt;
+    rpc_entry *rpcs;
+    int nrpcs;
+    lua_sub *subs;
+    int next_sub_id;
+    codec_buf scratch;
+};
+
+struct services *services_new(runtime *rt)
+{
+    struct services *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->rt = rt;
+    codec_buf_init(&s->scratch);
+    return s;
+}
+
+codec_buf *services_scratch(struct services *s)
+{
+    codec_buf_reset(&s->scratch);
+    return &s->scratch;
+}
+
+int services_rpc_count(struct services *s)
+{
+    return s->nrpcs;
+}
+
+/* ---- replies ---- */
+
+static void reply_error(struct services *s, const char *reply, const char *uri, const char *msg,
+                        int code)
+{
+    codec_buf *buf = services_scratch(s);
+    if (rpc_error_body(buf, uri, msg) != 0) return;
+    char line[256], codetext[16];
+    rpc_error_header_text(line, sizeof line, msg);
+    snprintf(codetext, sizeof codetext, "%d", code);
+    const char *headers[] = {HDR_SERVICE_ERROR, line, HDR_SERVICE_ERROR_CODE, codetext, NULL};
+    nats_bridge_publish(s->rt->nats, reply, NULL, buf->data, buf->len, headers);
+}
+
+/* The error value at the top of co (microservice.error or a failed call) as a reply. */
+static void reply_app_error(struct services *s, const char *reply, lua_State *co)
+{
+    int e = lua_gettop(co);
+    lua_getfield(co, e, "uri");
+    const char *uri = lua_type(co, -1) == LUA_TSTRING ? lua_tostring(co, -1) : URI_RUNTIME_ERROR;
+    lua_getfield(co, e, "code");
+    int code = lua_isnumber(co, -1) ? (int)lua_tointeger(co, -1) : 400;
+    if (code < 100 || code > 599) code = 400;
+    lua_getfield(co, e, "args");
+    lua_getfield(co, e, "kwargs");
+    const char *msg = uri;
+    if (lua_istable(co, -2)) {
+        lua_rawgeti(co, -2, 1);
+        if (lua_type(co, -1) == LUA_TSTRING) msg = lua_tostring(co, -1);
+        lua_pop(co, 1); /* still referenced by args */
+    }
+    /* {"error": uri, "args": args, "kwargs": kwargs}, args always an array */
+    lua_createtable(co, 0, 3);
+    lua_pushvalue(co, e + 1);
+    lua_setfield(co, -2, "error");
+    if (!lua_istable(co, e + 3)) {
+        lua_newtable(co);
+        lua_replace(co, e + 3);
+    }
+    if (!lua_getmetatable(co, e + 3)) {
+        luaL_getmetatable(co, CODEC_ARRAY_MT);
+        lua_setmetatable(co, e + 3);
+    } else {
+        lua_pop(co, 1);
+    }
+    lua_pushvalue(co, e + 3);
+    lua_setfield(co, -2, "args");
+    if (lua_istable(co, e + 4)) {
+        lua_pushvalue(co, e + 4);
+        lua_setfield(co, -2, "kwargs");
+    } else {
+        lua_newtable(co);
+        lua_setfield(co, -2, "kwargs");
+    }
+    codec_buf *buf = services_scratch(s);
+    codec_error err;
+    if (codec_encode(co, -1, buf, s->rt->cfg.max_depth, &err) != 0) {
+        reply_error(s, reply, uri, msg, code);
+        return;
+    }
+    char line[256], codetext[16];
+    rpc_error_header_text(line, sizeof line, msg);
+    snprintf(codetext, sizeof codetext, "%d", code);
+    const char *headers[] = {HDR_SERVICE_ERROR, line, HDR_SERVICE_ERROR_CODE, codetext, NULL};
+    nats_bridge_publish(s->rt->nats, reply, NULL, buf->data, buf->len, headers);
+}
+
+static void reply_result(struct services *s, const char *reply, lua_State *co, int nres,
+                         const char *label)
+{
+    int base = lua_gettop(co) - nres;
+    codec_buf *buf = services_scratch(s);
+    codec_error err;
+    if (codec_encode_envelope(co, nres >= 1 ? base + 1 : 0, nres >= 2 ? base + 2 : 0, buf,
+                              s->rt->cfg.max_depth, &err) == 0) {
+        nats_bridge_publish(s->rt->nats, reply, NULL, buf->data, buf->len, NULL);
+        return;
+    }
+    log_error(label, "cannot encode the result: %s", err.msg);
+    char msg[300];
+    snprintf(msg, sizeof msg, "cannot encode the result: %s", err.msg);
+    reply_error(s, reply, URI_RUNTIME_ERROR, msg, 500);
+}
+
+static void lua_sub_release(lua_sub *ls);
+
+/* Logs an application error that has nobody to answer to. */
+static void log_app_error(const char *label, lua_State *co)
+{
+    lua_getfield(co, -1, "uri");
+    lua_getfield(co, -2, "args");
+    const char *msg = "";
+    if (lua_istable(co, -1)) {
+        lua_rawgeti(co, -1, 1);
+        if (lua_type(co, -1) == LUA_TSTRING) msg = lua_tostring(co, -1);
+        lua_pop(co, 1);
+    }
+    log_warn(label, "error %s: %s", lua_isstring(co, -2) ? lua_tostring(co, -2) : "?", msg);
+    lua_pop(co, 2);
+}
+
+static void call_done(task *t, enum task_end how, lua_State *co, int nres)
+{
+    call_ctx *c = t->udata;
+    struct services *s = c->svcs;
+    if (c->rpc) {
+        c->rpc->calls++;
+        if (how != TASK_OK) c->rpc->errors++;
+    }
+    if (how == TASK_APP_ERROR && !c->reply[0]) log_app_error(t->label, co);
+    if (c->reply[0]) {
+        switch (how) {
+        case TASK_OK:
+            reply_result(s, c->reply, co, nres, t->label);
+            break;
+        case TASK_ERROR:
+            reply_error(s, c->reply, URI_RUNTIME_ERROR, lua_tostring(co, -1), 500);
+            break;
+        case TASK_APP_ERROR:
+            reply_app_error(s, c->reply, co);
+            break;
+        case TASK_CANCELLED:
+            reply_error(s, c->reply, URI_UNAVAILABLE,
+                        "the service shut down before the call completed", 503);
+            break;
+        }
+    }
+    if (c->sub) lua_sub_release(c->sub);
+    free(c);
+    nats_bridge_kick(s->rt->nats);
+}
+
+static call_ctx *call_ctx_new(struct services *s, natsMsg *msg)
+{
+    const char *reply = natsMsg_GetReply(msg);
+    size_t n = reply ? strlen(reply) : 0;
+    call_ctx *c = malloc(sizeof *c + n + 1);
+    if (!c) return NULL;
+    c->svcs = s;
+    c->rpc = NULL;
+    c->sub = NULL;
+    memcpy(c->reply, reply ? reply : "", n + 1);
+    return c;
+}
+
+/* Pushes args and kwargs of msg on co; on a malformed envelope answers (when it can) and
+ * returns -1 with nothing pushed. */
+static int push_envelope(struct services *s, lua_State *co, natsMsg *msg, const char *label)
+{
+    codec_error err;
+    int len = natsMsg_GetDataLength(msg);
+    if ((size_t)len > s->rt->cfg.body_limit) {
+        snprintf(err.msg, sizeof err.msg, "body of %d bytes is over the limit of %zu", len,
+                 s->rt->cfg.body_limit);
+    } else if (codec_decode_envelope(co, natsMsg_GetData(msg), (size_t)len, s->rt->cfg.max_depth,
+                                     &err) == 0) {
+        return 0;
+    }
+    const char *reply = natsMsg_GetReply(msg);
+    if (reply && reply[0])
+        reply_error(s, reply, URI_INVALID_ARGUMENT, err.msg, 400);
+    else
+        log_warn(label, "message on %s dropped: %s", natsMsg_GetSubject(msg), err.msg);
+    return -1;
+}
+
+/* ---- RPCs ---- */
+
+static void on_rpc_msg(void *udata, natsMsg *msg)
+{
+    rpc_entry *e = udata;
+    struct services *s = e->svcs;
+    call_ctx *c = call_ctx_new(s, msg);
+    task *t = c ? sched_task_new(s->rt->sched, call_done, c, e->subject) : NULL;
+    if (!t) {
+        if (natsMsg_GetReply(msg))
+            reply_error(s, natsMsg_GetReply(msg), URI_UNAVAILABLE, "out of memory", 503);
+        free(c);
+        natsMsg_Destroy(msg);
+        return;
+    }
+    c->rpc = e;
+    lua_State *co = t->co;
+    if (push_envelope(s, co, msg, e->subject) != 0) {
+        e->errors++;
+        sched_task_discard(t);
+        free(c);
+        natsMsg_Destroy(msg);
+        return;
+    }
+    natsMsg_Destroy(msg);
+    /* stack: args kwargs -> args kwargs fn bound... -> fn bound... */
+    lua_rawgeti(co, LUA_REGISTRYINDEX, e->fn_ref);
+    char err[256];
+    int n = rpc_binding_push(&e->binding, co, e->svc_ref, 1, 2, e->subject, err, sizeof err);
+    if (n < 0) {
+        e->errors++;
+        if (c->reply[0]) reply_error(s, c->reply, URI_INVALID_ARGUMENT, err, 400);
+        sched_task_discard(t);
+        free(c);
+        return;
+    }
+    lua_remove(co, 1);
+    lua_remove(co, 1);
+    sched_start(t, n);
+}
+
+static bool valid_service_name(const char *name)
+{
+    if (!name[0] || name[0] == '.' || name[strlen(name) - 1] == '.') return false;
+    return strpbrk(name, " \t\r\n*>") == NULL;
+}
+
+static int register_rpc(struct services *s, lua_State *L, int svc_idx, const char *service,
+                        const char *method, const char *file)
+{
+    rpc_entry *e = calloc(1, sizeof *e);
+    size_t n = strlen(service) + strlen(method) + 2;
+    char *subject = malloc(n);
+    if (!e || !subject) {
+        free(e);
+        free(subject);
+        return -1;
+    }
+    snprintf(subject, n, "%s.%s", service, method);
+    for (rpc_entry *o = s->rpcs; o; o = o->next) {
+        if (strcmp(o->subject, subject) == 0) {
+            log_error(TAG, "%s: %s is already declared by another script; skipped", file, subject);
+            free(e);
+            free(subject);
+            return -1;
+        }
+    }
+    char err[128];
+    if (rpc_binding_init(&e->binding, L, -1, err, sizeof err) != 0) {
+        log_error(TAG, "%s: %s: %s", file, subject, err);
+        free(e);
+        free(subject);
+        return -1;
+    }
+    e->svcs = s;
+    e->subject = subject;
+    lua_getfield(L, -1, "fn");
+    e->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, svc_idx);
+    e->svc_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    e->sub = nats_bridge_subscribe(s->rt->nats, subject, subject, on_rpc_msg, e);
+    if (!e->sub) log_error(TAG, "%s: %s could not be subscribed", file, subject);
+    e->next = s->rpcs;
+    s->rpcs = e;
+    s->nrpcs++;
+    log_debug(TAG, "%s: RPC %s", file, subject);
+    return 0;
+}
+
+static bool is_rpc_value(lua_State *L, int idx)
+{
+    if (!lua_istable(L, idx) || !lua_getmetatable(L, idx)) return false;
+    luaL_getmetatable(L, MS_RPC_MT);
+    bool yes = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    return yes;
+}
+
+/* Runs one script and registers the RPCs of the table it returns. */
+static int load_script(struct services *s, const char *path)
+{
+    lua_State *L = s->rt->L;
+    int top = lua_gettop(L);
+    lua_getglobal(L, "debug");
+    lua_getfield(L, -1, "traceback");
+    lua_remove(L, -2);
+    if (luaL_loadfile(L, path) != 0) {
+        log_error(TAG, "cannot load %s", lua_tostring(L, -1));
+        lua_settop(L, top);
+        return -1;
+    }
+    if (lua_pcall(L, 0, 1, top + 1) != 0) {
+        log_error(TAG, "%s failed while loading: %s", path, lua_tostring(L, -1));
+        lua_settop(L, top);
+        return -1;
+    }
+    int svc = lua_gettop(L);
+    lua_getfield(L, svc, "name");
+    if (!lua_istable(L, svc) || lua_type(L, -1) != LUA_TSTRING ||
+        !valid_service_name(lua_tostring(L, -1))) {
+        log_error(TAG,
+                  "%s must return a table with a name (a NATS subject token, e.g. "
+                  "{ name = \"greeting_service\" }); skipped",
+                  path);
+        lua_settop(L, top);
+        return -1;
+    }
+    const char *service = lua_tostring(L, -1);
+    int count = 0;
+    lua_pushnil(L);
+    while (lua_next(L, svc)) {
+        if (lua_type(L, -2) == LUA_TSTRING && is_rpc_value(L, -1) &&
+            register_rpc(s, L, svc, service, lua_tostring(L, -2), path) == 0)
+            count++;
+        lua_pop(L, 1);
+    }
+    log_info(TAG, "%s: service %s with %d RPCs", path, service, count);
+    lua_settop(L, top);
+    return count;
+}
+
+static int compare_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int services_load_dir(struct services *s, const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) {
+        log_error(TAG, "cannot read the services folder %s", dir);
+        return -1;
+    }
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *ent;
+    while ((ent = readdir(d))) {
+        size_t len = strlen(ent->d_name);
+        if (len < 5 || ent->d_name[0] == '.' || strcmp(ent->d_name + len - 4, ".lua") != 0)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            char **grown = realloc(names, cap * sizeof *names);
+            if (!grown) break;
+            names = grown;
+        }
+        names[n++] = strdup(ent->d_name);
+    }
+    closedir(d);
+    if (n) qsort(names, n, sizeof *names, compare_names);
+    int rpcs = 0;
+    for (size_t i = 0; i < n; i++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        int c = names[i] ? load_script(s, path) : -1;
+        if (c > 0) rpcs += c;
+        free(names[i]);
+    }
+    free(names);
+    log_info(TAG, "%d RPCs from %s", rpcs, dir);
+    nats_bridge_confirm(s->rt->nats);
+    return rpcs;
+}
+
+/* ---- subscriptions made by scripts ---- */
+
+static void lua_sub_free(lua_sub *ls)
+{
+    struct services *s = ls->svcs;
+    for (lua_sub **p = &s->subs; *p; p = &(*p)->next) {
+        if (*p == ls) {
+            *p = ls->next;
+            break;
+        }
+    }
+    if (s->rt->L) luaL_unref(s->rt->L, LUA_REGISTRYINDEX, ls->fn_ref);
+    free(ls->subject);
+    free(ls);
+}
+
+static void lua_sub_release(lua_sub *ls)
+{
+    if (--ls->tasks == 0 && ls->unsubscribed) lua_sub_free(ls);
+}
+
+static void on_sub_msg(void *udata, natsMsg *msg)
+{
+    lua_sub *ls = udata;
+    struct services *s = ls->svcs;
+    call_ctx *c = call_ctx_new(s, msg);
+    task *t = c ? sched_task_new(s->rt->sched, call_done, c, ls->subject) : NULL;
+    if (!t) {
+        free(c);
+        natsMsg_Destroy(msg);
+        return;
+    }
+    lua_State *co = t->co;
+    lua_rawgeti(co, LUA_REGISTRYINDEX, ls->fn_ref);
+    if (push_envelope(s, co, msg, ls->subject) != 0) {
+        sched_task_discard(t);
+        free(c);
+        natsMsg_Destroy(msg);
+        return;
+    }
+    lua_pushstring(co, natsMsg_GetSubject(msg));
+    natsMsg_Destroy(msg);
+    c->sub = ls;
+    ls->tasks++;
+    sched_start(t, 3);
+}
+
+int services_subscribe(struct services *s, lua_State *L, const char *subject, const char *queue)
+{
+    lua_sub *ls = calloc(1, sizeof *ls);
+    if (!ls || !(ls->subject = strdup(subject))) {
+        free(ls);
+        lua_pop(L, 1);
+        return -1;
+    }
+    ls->svcs = s;
+    ls->id = ++s->next_sub_id;
+    ls->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    ls->sub = nats_bridge_subscribe(s->rt->nats, subject, queue, on_sub_msg, ls);
+    ls->next = s->subs;
+    s->subs = ls;
+    if (!ls->sub) {
+        ls->unsubscribed = true;
+        lua_sub_free(ls);
+        return -1;
+    }
+    return ls->id;
+}
+
+int services_unsubscribe(struct services *s, int id)
+{
+    for (lua_sub *ls = s->subs; ls; ls = ls->next) {
+        if (ls->id != id || ls->unsubscribed) continue;
+        nb_sub_close(ls->sub);
+        ls->sub = NULL;
+        ls->unsubscribed = true;
+        if (ls->tasks == 0) lua_sub_free(ls);
+        return 0;
+    }
+    return -1;
+}
+
+/* ---- spawn ---- */
+
+static void spawn_done(task *t, enum task_end how, lua_State *co, int nres)
+{
+    (void)nres;
+    if (how == TASK_APP_ERROR) log_app_error(t->label, co);
+}
+
+int services_spawn(struct services *s, lua_State *L, int fn_idx, int nargs)
+{
+    task *t = sched_task_new(s->rt->sched, spawn_done, NULL, "spawn");
+    if (!t) return -1;
+    for (int i = 0; i <= nargs; i++)
+        lua_pushvalue(L, fn_idx + i);
+    lua_xmove(L, t->co, nargs + 1);
+    sched_start_soon(t, nargs);
+    return 0;
+}
+
+/* ---- life cycle ---- */
+
+void services_drain(struct services *s)
+{
+    for (rpc_entry *e = s->rpcs; e; e = e->next) {
+        if (e->sub) nb_sub_drain(e->sub);
+        e->sub = NULL; /* the bridge frees it once drained */
+    }
+    for (lua_sub *ls = s->subs; ls; ls = ls->next) {
+        if (ls->sub) nb_sub_drain(ls->sub);
+        ls->sub = NULL;
+    }
+}
+
+void services_free(struct services *s)
+{
+    if (!s) return;
+    while (s->rpcs) {
+        rpc_entry *e = s->rpcs;
+        s->rpcs = e->next;
+        rpc_binding_free(&e->binding);
+        free(e->subject);
+        free(e);
+    }
+    while (s->subs) {
+        s->subs->unsubscribed = true;
+        lua_sub_free(s->subs);
+    }
+    codec_buf_free(&s->scratch);
+    free(s);
+}

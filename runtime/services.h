@@ -1,0 +1,30 @@
+/* services.h: the service scripts and what they declare: the RPC registry (one NATS queue
+ * subscription per RPC), script subscriptions and spawned functions. */
+#ifndef MICROSERVICE_SERVICES_H
+#define MICROSERVICE_SERVICES_H
+
+#include <lua.h>
+
+#include "codec.h"
+#include "runtime.h"
+
+struct services *services_new(runtime *rt);
+/* Loads every *.lua in dir. A script that fails is logged with file and line and skipped; the
+ * others still start. Returns the number of RPCs registered, or -1 if dir cannot be read. */
+int services_load_dir(struct services *s, const char *dir);
+/* Stops taking new calls: subscriptions drain (what the server already sent is still served). */
+void services_drain(struct services *s);
+void services_free(struct services *s);
+
+/* The function on top of L's stack is called for every message on subject; pops it. Returns a
+ * subscription id, or -1. */
+int services_subscribe(struct services *s, lua_State *L, const char *subject, const char *queue);
+int services_unsubscribe(struct services *s, int id);
+/* Runs the function at fn_idx with the nargs values above it in a new task. 0 or -1. */
+int services_spawn(struct services *s, lua_State *L, int fn_idx, int nargs);
+
+/* A buffer for encoding on the loop thread; reset at each call. */
+codec_buf *services_scratch(struct services *s);
+int services_rpc_count(struct services *s);
+
+#endif
