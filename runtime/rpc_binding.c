@@ -60,11 +60,20 @@ static bool is_special(const rpc_binding *b, int i)
     return i == b->self_pos || i == b->kwargs_pos;
 }
 
-static int find_param(const rpc_binding *b, const char *name)
+/* Names are compared with their length: a keyword with a NUL inside matches no parameter. */
+static int find_param(const rpc_binding *b, const char *name, size_t len)
 {
     for (int i = 0; i < b->nparams; i++)
-        if (!is_special(b, i) && strcmp(b->names[i], name) == 0) return i;
+        if (!is_special(b, i) && strlen(b->names[i]) == len && memcmp(b->names[i], name, len) == 0)
+            return i;
     return -1;
+}
+
+static int find_key(const rpc_binding *b, lua_State *co, int idx)
+{
+    size_t len;
+    const char *name = lua_tolstring(co, idx, &len);
+    return find_param(b, name, len);
 }
 
 static int fillable_count(const rpc_binding *b)
@@ -81,7 +90,7 @@ static void push_leftover(const rpc_binding *b, lua_State *co, int kwargs_idx)
     lua_newtable(co);
     lua_pushnil(co);
     while (lua_next(co, kwargs_idx)) {
-        if (lua_type(co, -2) == LUA_TSTRING && find_param(b, lua_tostring(co, -2)) >= 0) {
+        if (lua_type(co, -2) == LUA_TSTRING && find_key(b, co, -2) >= 0) {
             lua_pop(co, 1);
             continue;
         }
@@ -119,7 +128,7 @@ int rpc_binding_push(const rpc_binding *b, lua_State *co, int service_ref, int a
             return -1;
         }
         const char *key = lua_tostring(co, -1);
-        int i = find_param(b, key);
+        int i = find_key(b, co, -1);
         if (i < 0 && b->kwargs_pos < 0) {
             snprintf(err, errlen, "unknown keyword argument '%s' for %s", key, procedure);
             lua_pop(co, 1);
