@@ -110,6 +110,15 @@ M.context = core.context
 --- Seconds on the loop's clock (monotonic, updated once per loop turn).
 M.now = core.now
 
+--- PostgreSQL (see microservice.postgres): query(sql, ...), transaction(fn).
+M.postgres = setmetatable({}, {
+  __index = function(t, k)
+    local pg = require "microservice.postgres"
+    setmetatable(t, { __index = pg })
+    return pg[k]
+  end,
+})
+
 -- log --------------------------------------------------------------------------------------------
 
 local function log_at(level)

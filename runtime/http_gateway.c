@@ -18,6 +18,7 @@
 #include "codec.h"
 #include "log.h"
 #include "nats_bridge.h"
+#include "pg_pool.h"
 #include "rpc_error.h"
 #include "scheduler.h"
 #include "services.h"
@@ -220,12 +221,14 @@ static bool frontend_has(struct http_gateway *gw, h2o_iovec_t path)
 static void respond_health(struct http_gateway *gw, h2o_req_t *req)
 {
     runtime *rt = gw->rt;
-    bool ok = nats_bridge_ready(rt->nats) && !rt->shutting_down;
+    const char *pg = pg_pool_state(rt->pg);
+    bool ok = nats_bridge_ready(rt->nats) && !rt->shutting_down &&
+              (!rt->pg || strcmp(pg, "connected") == 0);
     char body[512];
     int n = snprintf(body, sizeof body,
-                     "{\"status\":\"%s\",\"nats\":\"%s\",\"rpcs\":%d,\"inflight\":%d,"
-                     "\"http_inflight\":%d,\"shutting_down\":%s}",
-                     ok ? "ok" : "unavailable", nats_bridge_state(rt->nats),
+                     "{\"status\":\"%s\",\"nats\":\"%s\",\"postgres\":\"%s\",\"rpcs\":%d,"
+                     "\"inflight\":%d,\"http_inflight\":%d,\"shutting_down\":%s}",
+                     ok ? "ok" : "unavailable", nats_bridge_state(rt->nats), pg,
                      services_rpc_count(rt->services), sched_inflight(rt->sched), gw->inflight,
                      rt->shutting_down ? "true" : "false");
     respond(req, ok ? 200 : 503, body, (size_t)n);

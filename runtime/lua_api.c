@@ -13,6 +13,7 @@
 
 #include "codec.h"
 #include "log.h"
+#include "lua_postgres.h"
 #include "lualib_embedded.h"
 #include "nats_bridge.h"
 #include "rpc_error.h"
@@ -369,6 +370,7 @@ static int open_core(lua_State *L)
     lua_setfield(L, -2, "error_mt");
     luaL_getmetatable(L, MS_RPC_MT);
     lua_setfield(L, -2, "rpc_mt");
+    lua_postgres_register(L);
     return 1;
 }
 

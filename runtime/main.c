@@ -13,6 +13,7 @@ static void usage(FILE *out)
     fprintf(
         out,
         "usage: microservice [--http HOST:PORT|off] [--nats URL[,URL...]] [--postgres CONNINFO]\n"
+        "                    [--postgres-pool N]\n"
         "                    [--frontend DIR] [--workers N] [--log-level LEVEL]\n"
         "                    [--call-timeout S] [--drain-timeout S] [--body-limit BYTES]\n"
         "                    [--max-depth N] [--max-inflight N] [SERVICES_DIR]\n"
@@ -69,6 +70,7 @@ enum {
     OPT_HTTP = 1000,
     OPT_NATS,
     OPT_POSTGRES,
+    OPT_POSTGRES_POOL,
     OPT_FRONTEND,
     OPT_WORKERS,
     OPT_LOG_LEVEL,
@@ -85,6 +87,7 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         {"http", required_argument, NULL, OPT_HTTP},
         {"nats", required_argument, NULL, OPT_NATS},
         {"postgres", required_argument, NULL, OPT_POSTGRES},
+        {"postgres-pool", required_argument, NULL, OPT_POSTGRES_POOL},
         {"frontend", required_argument, NULL, OPT_FRONTEND},
         {"workers", required_argument, NULL, OPT_WORKERS},
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},

@@ -15,6 +15,7 @@
 #include "log.h"
 #include "lua_api.h"
 #include "nats_bridge.h"
+#include "pg_pool.h"
 #include "scheduler.h"
 #include "services.h"
 
@@ -32,6 +33,8 @@ void runtime_config_defaults(runtime_config *cfg)
     cfg->postgres = (pg && pg[0]) ? pg : NULL;
     cfg->frontend_dir = "./frontend";
     cfg->services_dir = "./services";
+    cfg->postgres_pool = 4;
+    cfg->postgres_wait = 30.0;
     cfg->workers = 1;
     cfg->body_limit = 1024 * 1024;
     cfg->max_depth = 64;
@@ -65,8 +68,15 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
         log_error(TAG, "out of memory at start-up");
         return -1;
     }
-    if (cfg->postgres)
-        log_warn(TAG, "PostgreSQL is not built into this version; --postgres is ignored");
+    if (cfg->postgres) {
+        /* before any RPC is subscribed: the services find their schema in place */
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s/migrations", cfg->services_dir);
+        if (pg_migrate(cfg->postgres, dir, cfg->postgres_wait) != 0) return -1;
+        rt->pg = pg_pool_new(rt, cfg->postgres, cfg->postgres_pool, 10000);
+        if (!rt->pg) return -1;
+        pg_pool_start(rt->pg);
+    }
     if (nats_bridge_connect(rt->nats) != 0) return -1;
     if (services_load_dir(rt->services, cfg->services_dir) < 0) return -1;
     if (cfg->http_enabled) {
@@ -105,13 +115,22 @@ static void http_closed(void *arg)
     log_info(TAG, "stopped");
 }
 
-static void nats_closed(void *arg)
+static void pg_closed(void *arg)
 {
     runtime *rt = arg;
     if (rt->http)
         http_gateway_close(rt->http, http_closed, rt);
     else
         http_closed(rt);
+}
+
+static void nats_closed(void *arg)
+{
+    runtime *rt = arg;
+    if (rt->pg)
+        pg_pool_close(rt->pg, pg_closed, rt);
+    else
+        pg_closed(rt);
 }
 
 static void drain_tick(uv_timer_t *t)
@@ -153,6 +172,8 @@ int runtime_run(runtime *rt)
     rt->L = NULL;
     nats_bridge_free(rt->nats);
     rt->nats = NULL;
+    pg_pool_free(rt->pg);
+    rt->pg = NULL;
     if (uv_loop_close(&rt->loop) != 0) log_debug(TAG, "loop closed with handles still open");
     nats_Close();
     return rc;

@@ -14,6 +14,8 @@ typedef struct runtime_config {
     int http_port;
     const char *nats_url; /* one URL or a comma-separated list */
     const char *postgres; /* NULL: no database */
+    int postgres_pool;    /* connections */
+    double postgres_wait; /* seconds to wait for the database at start-up (migrations) */
     const char *frontend_dir;
     const char *services_dir;
     int workers;
@@ -28,6 +30,7 @@ struct scheduler;
 struct nats_bridge;
 struct http_gateway;
 struct services;
+struct pg_pool;
 
 typedef struct runtime {
     uv_loop_t loop;
@@ -37,6 +40,7 @@ typedef struct runtime {
     struct nats_bridge *nats;
     struct http_gateway *http;
     struct services *services;
+    struct pg_pool *pg; /* NULL without a database */
     uv_signal_t sigint, sigterm;
     uv_timer_t drain_timer;
     uint64_t drain_deadline; /* uv_now() ms */

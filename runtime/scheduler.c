@@ -81,6 +81,11 @@ task *sched_task_new(struct scheduler *s, task_done_fn on_done, void *udata, con
 static void task_release(task *t)
 {
     struct scheduler *s = t->sched;
+    if (t->finalizer) {
+        void (*fn)(void *) = t->finalizer;
+        t->finalizer = NULL;
+        fn(t->finalizer_arg);
+    }
     unlink_task(s, t);
     t->op = NULL;
     t->token++;
@@ -118,9 +123,9 @@ static void finish_with_error(task *t)
         finish(t, TASK_APP_ERROR, 1);
         return;
     }
-    if (!lua_isstring(co, -1)) {
+    if (!lua_isstring(co, -1) && !luaL_callmeta(co, -1, "__tostring"))
         lua_pushfstring(co, "(error object is a %s value)", luaL_typename(co, -1));
-    }
+    if (!lua_isstring(co, -1)) lua_pushstring(co, "(error object has a bad __tostring)");
     luaL_traceback(L, co, lua_tostring(co, -1), 0);
     log_error(t->label ? t->label : "task", "%s", lua_tostring(L, -1));
     lua_pop(L, 1);
@@ -265,6 +270,12 @@ void sched_free(struct scheduler *s)
         free(s->pool[i]);
     }
     free(s);
+}
+
+void sched_set_finalizer(task *t, void (*fn)(void *arg), void *arg)
+{
+    t->finalizer = fn;
+    t->finalizer_arg = arg;
 }
 
 int sched_inflight(const struct scheduler *s)

@@ -39,8 +39,10 @@ struct task {
     uint64_t token; /* bumped at every yield, so a late completion cannot resume */
     sched_op *op;   /* the operation this task waits on, or NULL */
     task_done_fn on_done;
-    void *udata;       /* owned by the on_done hook */
-    const char *label; /* what runs, for logs ("greeting_service.hello"), not owned */
+    void *udata;                  /* owned by the on_done hook */
+    const char *label;            /* what runs, for logs ("greeting_service.hello"), not owned */
+    void (*finalizer)(void *arg); /* runs when the task ends, however it ends */
+    void *finalizer_arg;
     struct scheduler *sched;
     task *prev, *next; /* in-flight list */
 };
@@ -72,6 +74,10 @@ int sched_yield_op(lua_State *L, sched_op *op);
 lua_State *sched_op_target(sched_op *op);
 /* Resumes op's task with nargs values pushed on sched_op_target(op). */
 void sched_op_resume(sched_op *op, int nargs);
+
+/* Sets (or clears, with NULL) the one resource hook of a task, e.g. a reserved database
+ * connection to roll back if the task ends inside a transaction. */
+void sched_set_finalizer(task *t, void (*fn)(void *arg), void *arg);
 
 /* Cancels every in-flight task (shutdown deadline). */
 void sched_cancel_all(struct scheduler *s);

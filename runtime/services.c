@@ -110,9 +110,6 @@ static void reply_app_error(struct services *s, const char *reply, lua_State *co
         lua_pop(co, 1); /* still referenced by args */
     }
     /* {"error": uri, "args": args, "kwargs": kwargs}, args always an array */
-    lua_createtable(co, 0, 3);
-    lua_pushvalue(co, e + 1);
-    lua_setfield(co, -2, "error");
     if (!lua_istable(co, e + 3)) {
         lua_newtable(co);
         lua_replace(co, e + 3);
@@ -123,18 +120,17 @@ static void reply_app_error(struct services *s, const char *reply, lua_State *co
     } else {
         lua_pop(co, 1);
     }
-    lua_pushvalue(co, e + 3);
-    lua_setfield(co, -2, "args");
-    if (lua_istable(co, e + 4)) {
-        lua_pushvalue(co, e + 4);
-        lua_setfield(co, -2, "kwargs");
-    } else {
+    if (!lua_istable(co, e + 4)) {
         lua_newtable(co);
-        lua_setfield(co, -2, "kwargs");
+        lua_replace(co, e + 4);
     }
     codec_buf *buf = services_scratch(s);
     codec_error err;
-    if (codec_encode(co, -1, buf, s->rt->cfg.max_depth, &err) != 0) {
+    int depth = s->rt->cfg.max_depth;
+    if (codec_buf_append(buf, "{\"error\":", 9) || codec_encode_string(buf, uri, strlen(uri)) ||
+        codec_buf_append(buf, ",\"args\":", 8) || codec_encode(co, e + 3, buf, depth, &err) ||
+        codec_buf_append(buf, ",\"kwargs\":", 10) || codec_encode(co, e + 4, buf, depth, &err) ||
+        codec_buf_append(buf, "}", 1)) {
         reply_error(s, reply, uri, msg, code);
         return;
     }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole system on this machine: installs and builds what is missing, starts a private
-# nats-server (port 4222, files under build/run/) and the runtime on http://127.0.0.1:5000 with
-# the services in services/. Ctrl-C stops both.
-#   NATS_PORT=4222 HTTP=127.0.0.1:5000 scripts/run.sh [extra microservice flags]
+# nats-server (port 4222) and, unless DATABASE_URL is set, a private PostgreSQL (port 5433), both
+# with their files under build/run/, and the runtime on http://127.0.0.1:5000 with the services in
+# services/. Ctrl-C stops everything.
+#   NATS_PORT=4222 PG_PORT=5433 HTTP=127.0.0.1:5000 scripts/run.sh [extra microservice flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -12,8 +13,15 @@ mkdir -p "$run_dir"
 nats_port=${NATS_PORT:-4222}
 http=${HTTP:-127.0.0.1:5000}
 
+pg_port=${PG_PORT:-5433}
+
 nats_pid=""
-cleanup() { [ -n "$nats_pid" ] && kill "$nats_pid" 2>/dev/null; wait 2>/dev/null || true; }
+pg_started=""
+cleanup() {
+  [ -n "$nats_pid" ] && kill "$nats_pid" 2>/dev/null
+  [ -n "$pg_started" ] && scripts/postgres.sh stop "$run_dir/postgres"
+  wait 2>/dev/null || true
+}
 trap cleanup EXIT INT TERM
 
 if [ -z "${NATS_URL:-}" ]; then
@@ -27,5 +35,12 @@ if [ -z "${NATS_URL:-}" ]; then
   export NATS_URL="nats://127.0.0.1:$nats_port"
 fi
 
+if [ -z "${DATABASE_URL:-}" ]; then
+  DATABASE_URL=$(scripts/postgres.sh start "$run_dir/postgres" "$pg_port")
+  pg_started=1
+  export DATABASE_URL
+fi
+
+echo "run: PostgreSQL at $DATABASE_URL"
 echo "run: NATS at $NATS_URL, HTTP at http://$http (Ctrl-C stops)"
-build/microservice --http "$http" --nats "$NATS_URL" --frontend frontend "$@" services
+build/microservice --http "$http" --nats "$NATS_URL" --postgres "$DATABASE_URL" --frontend frontend "$@" services

@@ -1,0 +1,60 @@
+-- microservice.postgres: PostgreSQL for services, on the runtime's asynchronous pool.
+--
+--   local pg = require "microservice.postgres"
+--   local rows, count = pg.query("SELECT name FROM thing WHERE uuid = $1", id)
+--   pg.transaction(function() pg.query(...); pg.query(...) end)
+--
+-- query yields only the calling coroutine. Parameters are sent as real parameters ($1..$n),
+-- never spliced into the SQL: nil and null are NULL, booleans, numbers and strings as text,
+-- tables as JSON. Rows come back as tables keyed by column name, converted by column type
+-- (see runtime/lua_postgres.c); NULL is microservice.null. A SQL error is raised as a table
+-- { sqlstate = "23505", message = ..., detail = ... }; a database that is down raises
+-- wamp.error.unavailable.
+local core = require "microservice.core"
+
+local M = {}
+
+M.error_mt = core.pg_error_mt
+
+-- the reserved connection of the transaction running in each coroutine
+local tx_conn = setmetatable({}, { __mode = "k" })
+
+--- Runs sql with parameters; returns rows, affected_count.
+function M.query(sql, ...)
+  if type(sql) ~= "string" then error("query expects an SQL string", 2) end
+  local ok, rows, count = core.pg_query(tx_conn[coroutine.running()], sql, ...)
+  if not ok then error(rows, 0) end
+  return rows, count
+end
+
+--- Runs fn(...) in a transaction: every query made by this coroutine inside fn uses it. Commits
+-- when fn returns (and returns its values), rolls back and re-raises when it raises.
+function M.transaction(fn, ...)
+  local co = coroutine.running()
+  if tx_conn[co] then error("transactions do not nest", 2) end
+  local ok, conn = core.pg_reserve()
+  if not ok then error(conn, 0) end
+  tx_conn[co] = conn
+  local begun, err = core.pg_query(conn, "BEGIN")
+  if not begun then
+    tx_conn[co] = nil
+    core.pg_release(conn)
+    error(err, 0)
+  end
+  local results = { pcall(fn, ...) }
+  local finish = results[1] and "COMMIT" or "ROLLBACK"
+  local done, ferr = core.pg_query(conn, finish)
+  tx_conn[co] = nil
+  core.pg_release(conn)
+  if not results[1] then error(results[2], 0) end
+  if not done then error(ferr, 0) end
+  return unpack(results, 2, table.maxn(results))
+end
+
+--- "off", "connecting", "connected" or "down".
+M.state = core.pg_state
+
+--- True when e is a SQL error raised by query.
+function M.is_error(e) return getmetatable(e) == core.pg_error_mt end
+
+return M
