@@ -373,6 +373,10 @@ static void close_tick(uv_timer_t *t)
     if (gw->connections > 0 && !waited_enough) return;
     uv_timer_stop(t);
     if (gw->connections == 0) {
+        /* h2o_context_request_shutdown armed HTTP/2's GOAWAY timer; with no connection left
+         * it has nothing to do, and h2o_context_dispose insists that no timer is armed */
+        h2o_timeout_entry_t *goaway = &gw->ctx.http2._graceful_shutdown_timeout;
+        if (h2o_timeout_is_linked(goaway)) h2o_timeout_unlink(goaway);
         h2o_context_dispose(&gw->ctx);
         gw->ctx_ready = false;
     } else {

@@ -40,6 +40,7 @@ struct nb_sub {
     nb_msg_fn fn;
     void *udata;
     char *subject;
+    char *queue;          /* NULL: no queue group */
     bool drain_requested; /* nb_sub_drain was called */
     bool dead;            /* nats.c closed it: nothing more will come */
     nb_sub *prev, *next;
@@ -87,6 +88,16 @@ struct nats_bridge {
     bool ever_connected;
     bool confirmed;
     nb_request *probe;
+
+    /* finding a server for the first connection (see nats_bridge_connect) */
+    uv_timer_t retry_timer;
+    uv_getaddrinfo_t probe_resolve;
+    uv_tcp_t probe_tcp;
+    uv_connect_t probe_connect;
+    int probe_url;
+    bool probe_busy; /* a lookup or a probe connection is open */
+    bool probe_ok;
+    bool retry_logged;
 
     bool closing;
     void (*on_closed)(void *arg);
@@ -347,6 +358,7 @@ static void sub_free(nb_sub *s)
     nb->nsubs--;
     natsSubscription_Destroy(s->sub);
     free(s->subject);
+    free(s->queue);
     free(s);
 }
 
@@ -389,7 +401,7 @@ static bool intake_paused(nats_bridge *nb)
 /* A drained subscription is done once nats.c says so and we took every message it holds. */
 static bool sub_finished(nb_sub *s)
 {
-    if (s->dead || !natsSubscription_IsValid(s->sub)) return s->drain_requested;
+    if (s->dead || !s->sub || !natsSubscription_IsValid(s->sub)) return s->drain_requested;
     if (!s->drain_requested) return false;
     int pending = 0;
     natsSubscription_GetPending(s->sub, &pending, NULL);
@@ -408,10 +420,13 @@ static void check_cb(uv_check_t *h)
             uv_idle_stop(&nb->idle_handle);
             return;
         }
-        if (budget > 0)
+        if (!s->sub || s->dead) {
+            /* not open yet (no connection so far), or closed by nats.c */
+        } else if (budget > 0) {
             budget -= drain_one(s, budget, &backlog);
-        else
+        } else {
             backlog = true;
+        }
         if (sub_finished(s)) sub_free(s);
         s = next;
     }
@@ -426,27 +441,49 @@ void nats_bridge_kick(nats_bridge *nb)
     if (!nb->closing && nb->nsubs > 0) uv_idle_start(&nb->idle_handle, idle_cb);
 }
 
+/* Creates the nats.c subscription of s (once a connection exists). */
+static int sub_open(nb_sub *s)
+{
+    nats_bridge *nb = s->nb;
+    natsStatus st = s->queue
+                        ? natsConnection_QueueSubscribeSync(&s->sub, nb->nc, s->subject, s->queue)
+                        : natsConnection_SubscribeSync(&s->sub, nb->nc, s->subject);
+    if (st == NATS_OK)
+        st = natsSubscription_SetPendingLimits(s->sub, SUB_PENDING_MSGS, SUB_PENDING_BYTES);
+    if (st != NATS_OK) {
+        log_error(TAG, "cannot subscribe %s: %s", s->subject, natsStatus_GetText(st));
+        natsSubscription_Destroy(s->sub);
+        s->sub = NULL;
+        s->dead = true;
+        return -1;
+    }
+    log_debug(TAG, "subscribed %s (queue %s)", s->subject, s->queue ? s->queue : "-");
+    return 0;
+}
+
 nb_sub *nats_bridge_subscribe(nats_bridge *nb, const char *subject, const char *queue, nb_msg_fn fn,
                               void *udata)
 {
-    if (!nb->nc || nb->closing) return NULL;
+    if (nb->closing) return NULL;
     nb_sub *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     s->subject = strdup(subject);
-    natsStatus st = queue ? natsConnection_QueueSubscribeSync(&s->sub, nb->nc, subject, queue)
-                          : natsConnection_SubscribeSync(&s->sub, nb->nc, subject);
-    if (st == NATS_OK)
-        st = natsSubscription_SetPendingLimits(s->sub, SUB_PENDING_MSGS, SUB_PENDING_BYTES);
-    if (st != NATS_OK || !s->subject) {
-        log_error(TAG, "cannot subscribe %s: %s", subject, natsStatus_GetText(st));
-        natsSubscription_Destroy(s->sub);
+    s->queue = queue ? strdup(queue) : NULL;
+    if (!s->subject || (queue && !s->queue)) {
         free(s->subject);
+        free(s->queue);
         free(s);
         return NULL;
     }
     s->nb = nb;
     s->fn = fn;
     s->udata = udata;
+    if (nb->nc && sub_open(s) != 0) {
+        free(s->subject);
+        free(s->queue);
+        free(s);
+        return NULL;
+    }
     s->next = nb->subs;
     if (nb->subs) nb->subs->prev = s;
     nb->subs = s;
@@ -458,6 +495,10 @@ void nb_sub_drain(nb_sub *s)
 {
     if (s->drain_requested) return;
     s->drain_requested = true;
+    if (!s->sub) { /* never opened: nothing to drain */
+        s->dead = true;
+        return;
+    }
     natsStatus st = natsSubscription_Drain(s->sub);
     if (st != NATS_OK) { /* not connected: nothing more will come */
         natsSubscription_Unsubscribe(s->sub);
@@ -467,7 +508,7 @@ void nb_sub_drain(nb_sub *s)
 
 void nb_sub_close(nb_sub *s)
 {
-    natsSubscription_Unsubscribe(s->sub);
+    if (s->sub) natsSubscription_Unsubscribe(s->sub);
     sub_free(s);
 }
 
@@ -505,7 +546,7 @@ bool nats_bridge_ready(nats_bridge *nb)
 
 const char *nats_bridge_state(nats_bridge *nb)
 {
-    if (!nb->nc) return "closed";
+    if (!nb->nc) return nb->closing ? "closed" : "connecting";
     switch (natsConnection_Status(nb->nc)) {
     case NATS_CONN_STATUS_CONNECTED:
         return "connected";
@@ -562,6 +603,7 @@ void nats_bridge_confirm(nats_bridge *nb)
 }
 
 static void finish_close(nats_bridge *nb);
+static int connect_now(nats_bridge *nb);
 
 static void state_async_cb(uv_async_t *a)
 {
@@ -605,9 +647,11 @@ nats_bridge *nats_bridge_new(runtime *rt)
     uv_idle_init(&rt->loop, &nb->idle_handle);
     uv_async_init(&rt->loop, &nb->inbox_async, inbox_async_cb);
     uv_async_init(&rt->loop, &nb->state_async, state_async_cb);
+    uv_timer_init(&rt->loop, &nb->retry_timer);
     nb->check_handle.data = nb->idle_handle.data = nb;
     nb->inbox_async.data = nb->state_async.data = nb;
-    nb->handles_open = 4;
+    nb->retry_timer.data = nb;
+    nb->handles_open = 5;
     uv_check_start(&nb->check_handle, check_cb);
     return nb;
 }
@@ -627,9 +671,167 @@ static natsStatus configure(nats_bridge *nb)
     if (st == NATS_OK) st = natsOptions_SetDisconnectedCB(o, wake_cb, nb);
     if (st == NATS_OK) st = natsOptions_SetReconnectedCB(o, wake_cb, nb);
     if (st == NATS_OK) st = natsOptions_SetClosedCB(o, closed_cb, nb);
-    /* an unreachable server at start is retried in the background like a reconnect */
-    if (st == NATS_OK) st = natsOptions_SetRetryOnFailedConnect(o, true, wake_cb, nb);
     return st;
+}
+
+/* The first connection. nats.c's own retry on a failed first connect cannot be used with its
+ * libuv adapter (the adapter's first attach must happen on the loop thread, and the retry runs
+ * on nats.c's reconnect thread, so it fails forever). So the loop finds a reachable server itself
+ * without blocking: an asynchronous DNS lookup and TCP connect to each URL in turn, and only
+ * when one answers, natsConnection_Connect (quick, the server is known to be there). Once
+ * connected, nats.c reconnects by itself. */
+
+static void connect_retry_later(nats_bridge *nb);
+static void probe_next(nats_bridge *nb);
+
+/* host and port of the n-th URL of "nats://[user:pass@]host[:port],..." */
+static int url_host_port(const char *urls, int n, char *host, size_t hostlen, char *port,
+                         size_t portlen)
+{
+    const char *p = urls;
+    for (int i = 0; i < n && p; i++) {
+        p = strchr(p, ',');
+        if (p) p++;
+    }
+    if (!p || !*p) return -1;
+    while (*p == ' ')
+        p++;
+    const char *end = strchr(p, ',');
+    if (!end) end = p + strlen(p);
+    const char *scheme = strstr(p, "://");
+    if (scheme && scheme < end) p = scheme + 3;
+    const char *at = memchr(p, '@', (size_t)(end - p));
+    if (at) p = at + 1;
+    const char *colon;
+    if (*p == '[') { /* [::1]:4222 */
+        const char *close = memchr(p, ']', (size_t)(end - p));
+        if (!close) return -1;
+        snprintf(host, hostlen, "%.*s", (int)(close - p - 1), p + 1);
+        colon = close[1] == ':' ? close + 1 : NULL;
+    } else {
+        colon = memchr(p, ':', (size_t)(end - p));
+        snprintf(host, hostlen, "%.*s", (int)((colon ? colon : end) - p), p);
+    }
+    if (colon)
+        snprintf(port, portlen, "%.*s", (int)(end - colon - 1), colon + 1);
+    else
+        snprintf(port, portlen, "4222");
+    return host[0] ? 0 : -1;
+}
+
+static void probe_handle_closed(uv_handle_t *h)
+{
+    nats_bridge *nb = h->data;
+    nb->probe_busy = false;
+    if (nb->closing) {
+        if (--nb->handles_open == 0 && nb->on_closed) nb->on_closed(nb->on_closed_arg);
+        return;
+    }
+    if (nb->probe_ok) {
+        nb->probe_ok = false;
+        if (connect_now(nb) == 0) return;
+        connect_retry_later(nb);
+        return;
+    }
+    nb->probe_url++;
+    probe_next(nb);
+}
+
+static void probe_connected(uv_connect_t *req, int status)
+{
+    nats_bridge *nb = req->data;
+    nb->probe_ok = status == 0;
+    uv_close((uv_handle_t *)&nb->probe_tcp, probe_handle_closed);
+}
+
+static void probe_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    nats_bridge *nb = req->data;
+    if (status != 0 || !res || nb->closing) {
+        if (res) uv_freeaddrinfo(res);
+        nb->probe_busy = false;
+        if (nb->closing) {
+            if (--nb->handles_open == 0 && nb->on_closed) nb->on_closed(nb->on_closed_arg);
+            return;
+        }
+        nb->probe_url++;
+        probe_next(nb);
+        return;
+    }
+    uv_tcp_init(&nb->rt->loop, &nb->probe_tcp);
+    nb->probe_tcp.data = nb;
+    nb->probe_connect.data = nb;
+    if (uv_tcp_connect(&nb->probe_connect, &nb->probe_tcp, res->ai_addr, probe_connected) != 0) {
+        nb->probe_ok = false;
+        uv_close((uv_handle_t *)&nb->probe_tcp, probe_handle_closed);
+    }
+    uv_freeaddrinfo(res);
+}
+
+static void probe_next(nats_bridge *nb)
+{
+    char host[256], port[16];
+    if (url_host_port(nb->rt->cfg.nats_url, nb->probe_url, host, sizeof host, port, sizeof port) !=
+        0) {
+        connect_retry_later(nb); /* every URL tried */
+        return;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    nb->probe_resolve.data = nb;
+    nb->probe_busy = true;
+    if (uv_getaddrinfo(&nb->rt->loop, &nb->probe_resolve, probe_resolved, host, port, &hints) !=
+        0) {
+        nb->probe_busy = false;
+        nb->probe_url++;
+        probe_next(nb);
+    }
+}
+
+static void retry_timer_cb(uv_timer_t *t)
+{
+    nats_bridge *nb = t->data;
+    nb->probe_url = 0;
+    probe_next(nb);
+}
+
+static void connect_retry_later(nats_bridge *nb)
+{
+    if (nb->closing) return;
+    if (!nb->retry_logged) {
+        log_warn(TAG, "%s not reachable yet; retrying in the background", nb->rt->cfg.nats_url);
+        nb->retry_logged = true;
+    }
+    uv_timer_start(&nb->retry_timer, retry_timer_cb, 250, 0);
+}
+
+static int open_inbox(nats_bridge *nb)
+{
+    char wildcard[80];
+    snprintf(wildcard, sizeof wildcard, "%s.*", nb->inbox);
+    natsStatus st = natsConnection_Subscribe(&nb->inbox_sub, nb->nc, wildcard, inbox_msg_cb, nb);
+    if (st == NATS_OK)
+        st = natsSubscription_SetPendingLimits(nb->inbox_sub, SUB_PENDING_MSGS, SUB_PENDING_BYTES);
+    if (st != NATS_OK) {
+        log_error(TAG, "cannot subscribe the request inbox: %s", natsStatus_GetText(st));
+        return -1;
+    }
+    return 0;
+}
+
+static int connect_now(nats_bridge *nb)
+{
+    natsStatus st = natsConnection_Connect(&nb->nc, nb->opts);
+    if (st != NATS_OK) {
+        log_debug(TAG, "connect to %s failed: %s", nb->rt->cfg.nats_url, natsStatus_GetText(st));
+        nb->nc = NULL;
+        return -1;
+    }
+    if (open_inbox(nb) != 0) return -1;
+    log_debug(TAG, "opening %d subscriptions", nb->nsubs);
+    for (nb_sub *s = nb->subs; s; s = s->next)
+        if (!s->sub && !s->dead) sub_open(s);
+    uv_async_send(&nb->state_async); /* logs "connected" and confirms the subscriptions */
+    return 0;
 }
 
 int nats_bridge_connect(nats_bridge *nb)
@@ -642,29 +844,17 @@ int nats_bridge_connect(nats_bridge *nb)
         log_error(TAG, "bad NATS options (%s): %s", nb->rt->cfg.nats_url, natsStatus_GetText(st));
         return -1;
     }
-    st = natsConnection_Connect(&nb->nc, nb->opts);
-    if (st == NATS_NOT_YET_CONNECTED) {
-        log_warn(TAG, "%s not reachable yet; retrying in the background", nb->rt->cfg.nats_url);
-    } else if (st != NATS_OK) {
-        log_error(TAG, "cannot connect to %s: %s", nb->rt->cfg.nats_url, natsStatus_GetText(st));
-        return -1;
-    }
     natsInbox *inbox = NULL;
     if (natsInbox_Create(&inbox) != NATS_OK) return -1;
     snprintf(nb->inbox, sizeof nb->inbox, "%s", (const char *)inbox);
     natsInbox_Destroy(inbox);
-    char wildcard[80];
-    snprintf(wildcard, sizeof wildcard, "%s.*", nb->inbox);
-    st = natsConnection_Subscribe(&nb->inbox_sub, nb->nc, wildcard, inbox_msg_cb, nb);
-    if (st == NATS_OK)
-        st = natsSubscription_SetPendingLimits(nb->inbox_sub, SUB_PENDING_MSGS, SUB_PENDING_BYTES);
-    if (st != NATS_OK) {
-        log_error(TAG, "cannot subscribe the request inbox: %s", natsStatus_GetText(st));
+    char host[256], port[16];
+    if (url_host_port(nb->rt->cfg.nats_url, 0, host, sizeof host, port, sizeof port) != 0) {
+        log_error(TAG, "bad NATS URL: %s", nb->rt->cfg.nats_url);
         return -1;
     }
-    if (nats_bridge_connected(nb)) {
-        uv_async_send(&nb->state_async);
-    }
+    nb->probe_url = 0;
+    probe_next(nb);
     return 0;
 }
 
@@ -672,6 +862,15 @@ static void handle_closed_cb(uv_handle_t *h)
 {
     nats_bridge *nb = h->data;
     if (--nb->handles_open == 0 && nb->on_closed) nb->on_closed(nb->on_closed_arg);
+}
+
+static void close_handles(nats_bridge *nb)
+{
+    uv_close((uv_handle_t *)&nb->check_handle, handle_closed_cb);
+    uv_close((uv_handle_t *)&nb->idle_handle, handle_closed_cb);
+    uv_close((uv_handle_t *)&nb->inbox_async, handle_closed_cb);
+    uv_close((uv_handle_t *)&nb->state_async, handle_closed_cb);
+    uv_close((uv_handle_t *)&nb->retry_timer, handle_closed_cb);
 }
 
 /* On the loop after nats.c said the connection is closed: nothing of nats.c calls us any more. */
@@ -686,10 +885,7 @@ static void finish_close(nats_bridge *nb)
     natsConnection_Destroy(nb->nc);
     nb->nc = NULL;
     inbox_async_cb(&nb->inbox_async); /* release what the ring still holds */
-    uv_close((uv_handle_t *)&nb->check_handle, handle_closed_cb);
-    uv_close((uv_handle_t *)&nb->idle_handle, handle_closed_cb);
-    uv_close((uv_handle_t *)&nb->inbox_async, handle_closed_cb);
-    uv_close((uv_handle_t *)&nb->state_async, handle_closed_cb);
+    close_handles(nb);
     log_info(TAG, "connection closed");
 }
 
@@ -698,13 +894,12 @@ void nats_bridge_close(nats_bridge *nb, void (*on_closed)(void *arg), void *arg)
     nb->closing = true;
     nb->on_closed = on_closed;
     nb->on_closed_arg = arg;
-    if (!nb->nc) {
-        nb->nc = NULL;
+    if (!nb->nc) { /* never connected: only our own handles to close */
         atomic_store(&nb->closed_seen, true);
-        uv_close((uv_handle_t *)&nb->check_handle, handle_closed_cb);
-        uv_close((uv_handle_t *)&nb->idle_handle, handle_closed_cb);
-        uv_close((uv_handle_t *)&nb->inbox_async, handle_closed_cb);
-        uv_close((uv_handle_t *)&nb->state_async, handle_closed_cb);
+        if (nb->probe_busy) nb->handles_open++; /* the probe ends by itself (see probe_*) */
+        while (nb->subs)
+            sub_free(nb->subs);
+        close_handles(nb);
         return;
     }
     /* Drain flushes every reply we already queued and then closes; closed_cb follows. */
