@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include "codec.h"
@@ -37,6 +38,8 @@ struct http_gateway {
     bool listening;
     uv_timer_t close_timer;
     int connections;
+    struct gw_conn *conns; /* every accepted connection, until h2o closes it */
+    bool conns_shut;
     int inflight;
     uint64_t close_started;
     void (*on_closed)(void *arg);
@@ -258,12 +261,19 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
 typedef struct gw_conn {
     uv_tcp_t tcp; /* first: the handle h2o closes is this struct */
     struct http_gateway *gw;
+    struct gw_conn *prev, *next;
 } gw_conn;
 
 static void connection_closed(uv_handle_t *h)
 {
     gw_conn *conn = (gw_conn *)h;
-    conn->gw->connections--;
+    struct http_gateway *gw = conn->gw;
+    if (conn->prev)
+        conn->prev->next = conn->next;
+    else
+        gw->conns = conn->next;
+    if (conn->next) conn->next->prev = conn->prev;
+    gw->connections--;
     free(conn);
 }
 
@@ -275,6 +285,9 @@ static void on_accept(uv_stream_t *listener, int status)
     if (!conn) return;
     uv_tcp_init(listener->loop, &conn->tcp);
     conn->gw = gw;
+    conn->next = gw->conns;
+    if (gw->conns) gw->conns->prev = conn;
+    gw->conns = conn;
     gw->connections++;
     if (uv_accept(listener, (uv_stream_t *)&conn->tcp) != 0) {
         uv_close((uv_handle_t *)&conn->tcp, connection_closed);
@@ -359,18 +372,36 @@ int http_gateway_inflight(struct http_gateway *g)
     return g->inflight;
 }
 
+int http_gateway_connections(struct http_gateway *g)
+{
+    return g->connections;
+}
+
 static void close_timer_closed(uv_handle_t *h)
 {
     struct http_gateway *gw = h->data;
     if (gw->on_closed) gw->on_closed(gw->on_closed_arg);
 }
 
-/* Waits (up to 2 s) for the connections to close before h2o's context goes away. */
+/* Ends idle keep-alive connections (h2o 2.2 leaves HTTP/1 ones open after a shutdown request):
+ * with its socket shut, h2o sees the end of the stream and closes the connection itself. */
+static void shut_connections(struct http_gateway *gw)
+{
+    gw->conns_shut = true;
+    for (struct gw_conn *c = gw->conns; c; c = c->next) {
+        uv_os_fd_t fd;
+        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) shutdown(fd, SHUT_RDWR);
+    }
+}
+
+/* Waits for the connections to close before h2o's context goes away: those finishing a response
+ * for up to 1 s, then the rest are shut, for up to 1 s more. */
 static void close_tick(uv_timer_t *t)
 {
     struct http_gateway *gw = t->data;
-    bool waited_enough = uv_now(t->loop) - gw->close_started > 2000;
-    if (gw->connections > 0 && !waited_enough) return;
+    uint64_t waited = uv_now(t->loop) - gw->close_started;
+    if (gw->connections > 0 && waited > 1000 && !gw->conns_shut) shut_connections(gw);
+    if (gw->connections > 0 && waited <= 2000) return;
     uv_timer_stop(t);
     if (gw->connections == 0) {
         /* h2o_context_request_shutdown armed HTTP/2's GOAWAY timer; with no connection left

@@ -12,6 +12,8 @@ int http_gateway_listen(struct http_gateway *g);
 void http_gateway_stop_accepting(struct http_gateway *g);
 /* Requests still waiting for their reply. */
 int http_gateway_inflight(struct http_gateway *g);
+/* Connections still open. */
+int http_gateway_connections(struct http_gateway *g);
 /* Closes every handle; on_closed runs on the loop when they are all released. */
 void http_gateway_close(struct http_gateway *g, void (*on_closed)(void *arg), void *arg);
 void http_gateway_free(struct http_gateway *g);

@@ -34,21 +34,23 @@ int log_level_parse(const char *name)
     return -1;
 }
 
-static void fold_newlines(char *s)
+/* Copies in to out (of size outlen), turning each newline and the indentation after it into
+ * " | ", so that a traceback stays on the line of its event. */
+static void fold_newlines(const char *in, char *out, size_t outlen)
 {
-    char *out = s;
-    for (char *p = s; *p; p++) {
-        if (*p == '\n') {
-            while (p[1] == '\t' || p[1] == ' ')
-                p++;
-            *out++ = ' ';
-            *out++ = '|';
-            if (p[1] != '\0') *out++ = ' ';
+    size_t o = 0;
+    for (const char *p = in; *p && o + 4 < outlen; p++) {
+        if (*p != '\n') {
+            out[o++] = *p;
             continue;
         }
-        *out++ = *p;
+        while (p[1] == '\t' || p[1] == ' ')
+            p++;
+        if (p[1] == '\0') break;
+        memcpy(out + o, " | ", 3);
+        o += 3;
     }
-    *out = '\0';
+    out[o] = '\0';
 }
 
 void log_msg(enum log_level level, const char *tag, const char *fmt, ...)
@@ -59,10 +61,8 @@ void log_msg(enum log_level level, const char *tag, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    /* folding "\n" into " | " turns one byte into at most three: keep room for it */
-    char folded[sizeof msg * 3];
-    memcpy(folded, msg, strlen(msg) + 1);
-    fold_newlines(folded);
+    char folded[sizeof msg + 1024];
+    fold_newlines(msg, folded, sizeof folded);
 
     struct timeval tv;
     gettimeofday(&tv, NULL);

@@ -113,6 +113,8 @@ static void http_closed(void *arg)
     uv_close((uv_handle_t *)&rt->sigterm, handle_closed);
     uv_close((uv_handle_t *)&rt->drain_timer, handle_closed);
     log_info(TAG, "stopped");
+    /* a connection that would not close keeps the loop alive: do not wait for it */
+    if (rt->http && http_gateway_connections(rt->http) > 0) uv_stop(&rt->loop);
 }
 
 static void pg_closed(void *arg)
