@@ -21,7 +21,9 @@ static void usage(FILE *out)
         "  --http HOST:PORT   HTTP gateway, frontend and /websocket (default 127.0.0.1:5000);\n"
         "                     'off' runs services only\n"
         "  --nats URL         NATS server(s) (default $NATS_URL or nats://127.0.0.1:4222)\n"
-        "  --postgres CONN    PostgreSQL conninfo (default $DATABASE_URL)\n"
+        "  --postgres CONN    PostgreSQL conninfo or URL (default $DATABASE_URL); the migrations\n"
+        "                     in SERVICES_DIR/migrations are applied at start-up\n"
+        "  --postgres-pool N  database connections (default 4)\n"
         "  --frontend DIR     static files served at / (default ./frontend)\n"
         "  --workers N        worker processes (default 1)\n"
         "  --log-level L      debug, info, warn or error (default info)\n"
@@ -114,6 +116,10 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
             break;
         case OPT_POSTGRES:
             cfg->postgres = optarg;
+            break;
+        case OPT_POSTGRES_POOL:
+            if (parse_number(optarg, 1, 256, &v) != 0) goto bad_number;
+            cfg->postgres_pool = (int)v;
             break;
         case OPT_FRONTEND:
             cfg->frontend_dir = optarg;
