@@ -90,6 +90,21 @@ static size_t utf8_seq(const unsigned char *s, const unsigned char *end)
     return 4;
 }
 
+int codec_utf8_valid(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    while (p < end) {
+        if (*p < 0x80) {
+            p++;
+            continue;
+        }
+        size_t n = utf8_seq(p, end);
+        if (n == 0) return 0;
+        p += n;
+    }
+    return 1;
+}
+
 static size_t utf8_put(char *out, unsigned cp)
 {
     if (cp < 0x80) {

@@ -67,6 +67,9 @@ int codec_encode(lua_State *L, int idx, codec_buf *out, int max_depth, codec_err
 int codec_encode_envelope(lua_State *L, int args_idx, int kwargs_idx, codec_buf *out, int max_depth,
                           codec_error *err);
 
+/* 1 if s is well-formed UTF-8 (the codec's rules), else 0. */
+int codec_utf8_valid(const char *s, size_t len);
+
 /* Append a JSON string literal (quotes and escapes) for s; -1 if s is not valid UTF-8. */
 int codec_encode_string(codec_buf *out, const char *s, size_t len);
 

@@ -14,6 +14,7 @@
 #include "pg_pool.h"
 #include "rpc_error.h"
 #include "scheduler.h"
+#include "services.h"
 
 #define PG_ERROR_MT "microservice.postgres.error"
 #define MAX_PARAMS 1000
@@ -185,6 +186,7 @@ typedef struct pg_op {
     pg_job *job;
     runtime *rt;
     bool done;         /* finished before the task could yield */
+    pg_conn *conn;     /* a reservation granted before the task could yield */
     char message[200]; /* why, when it did */
 } pg_op;
 
@@ -241,42 +243,47 @@ static int unavailable(lua_State *L, const char *message)
     return 2;
 }
 
-/* Converts argument idx to a text parameter (NULL for nil and null). */
-static const char *param_text(lua_State *L, int idx, size_t *len, runtime *rt, codec_buf *json)
+/* Replaces the argument at idx with its parameter text (a string), or nil for SQL NULL: nil and
+ * null are NULL, booleans and numbers their text, strings themselves, tables their JSON. Raises
+ * before anything is allocated, so a bad argument leaks nothing. */
+static void param_to_text(lua_State *L, int idx, runtime *rt)
 {
+    char buf[32];
+    int n;
     switch (lua_type(L, idx)) {
     case LUA_TNIL:
-        return NULL;
+    case LUA_TSTRING:
+        return;
     case LUA_TLIGHTUSERDATA:
-        if (lua_touserdata(L, idx) == NULL) return NULL;
-        break;
+        if (lua_touserdata(L, idx) != NULL) break;
+        lua_pushnil(L);
+        lua_replace(L, idx);
+        return;
     case LUA_TBOOLEAN:
-        *len = lua_toboolean(L, idx) ? 4 : 5;
-        return lua_toboolean(L, idx) ? "true" : "false";
+        lua_pushstring(L, lua_toboolean(L, idx) ? "true" : "false");
+        lua_replace(L, idx);
+        return;
     case LUA_TNUMBER: {
         double d = lua_tonumber(L, idx);
-        char buf[32];
-        int n = (d == (double)(long long)d && d > -9.3e18 && d < 9.3e18)
-                    ? snprintf(buf, sizeof buf, "%lld", (long long)d)
-                    : snprintf(buf, sizeof buf, "%.17g", d);
+        if (d == (double)(long long)d && d > -9.2e18 && d < 9.2e18)
+            n = snprintf(buf, sizeof buf, "%lld", (long long)d);
+        else
+            n = snprintf(buf, sizeof buf, "%.17g", d);
         lua_pushlstring(L, buf, (size_t)n);
-        lua_replace(L, idx); /* keep the text alive on the stack */
-        return lua_tolstring(L, idx, len);
+        lua_replace(L, idx);
+        return;
     }
-    case LUA_TSTRING:
-        return lua_tolstring(L, idx, len);
     case LUA_TTABLE: {
         codec_error err;
-        codec_buf_reset(json);
+        codec_buf *json = services_scratch(rt->services);
         if (codec_encode(L, idx, json, rt->cfg.max_depth, &err) != 0)
-            luaL_error(L, "parameter %d: %s", idx - 1, err.msg);
+            luaL_error(L, "parameter $%d: %s", idx - 2, err.msg);
         lua_pushlstring(L, json->data, json->len);
         lua_replace(L, idx);
-        return lua_tolstring(L, idx, len);
+        return;
     }
     }
-    luaL_error(L, "parameter %d: cannot send a %s to PostgreSQL", idx - 1, luaL_typename(L, idx));
-    return NULL;
+    luaL_error(L, "parameter $%d: cannot send a %s to PostgreSQL", idx - 2, luaL_typename(L, idx));
 }
 
 /* pg_query(conn_or_nil, sql, ...) -> true, rows, count | false, err */
@@ -291,28 +298,25 @@ static int core_pg_query(lua_State *L)
     if (!p) return unavailable(L, "no database is configured (--postgres or DATABASE_URL)");
     int nparams = lua_gettop(L) - 2;
     if (nparams > MAX_PARAMS) return luaL_error(L, "too many parameters (%d)", nparams);
-    const char *values[64];
-    size_t lengths[64];
-    const char **vals = nparams <= 64 ? values : malloc(sizeof(char *) * (size_t)nparams);
-    size_t *lens = nparams <= 64 ? lengths : malloc(sizeof(size_t) * (size_t)nparams);
-    if (!vals || !lens) return luaL_error(L, "out of memory");
-    codec_buf json;
-    codec_buf_init(&json);
+    for (int i = 0; i < nparams; i++)
+        param_to_text(L, i + 3, rt);
+    /* arrays on the Lua stack (collected with it); the pool copies what they point to */
+    size_t n = nparams > 0 ? (size_t)nparams : 1;
+    const char **vals = lua_newuserdata(L, n * sizeof *vals);
+    size_t *lens = lua_newuserdata(L, n * sizeof *lens);
+    int *formats = lua_newuserdata(L, n * sizeof *formats);
     for (int i = 0; i < nparams; i++) {
-        lens[i] = 0;
-        vals[i] = param_text(L, i + 3, &lens[i], rt, &json);
+        vals[i] = lua_tolstring(L, i + 3, &lens[i]); /* NULL for nil: SQL NULL */
+        /* bytes that are not UTF-8 go in binary format: a bytea takes them as they are (a
+         * text column refuses them either way) */
+        formats[i] = vals[i] && !codec_utf8_valid(vals[i], lens[i]);
     }
-    codec_buf_free(&json);
     pg_op *o = calloc(1, sizeof *o);
-    if (o) {
-        o->base.cancel = op_cancel;
-        o->rt = rt;
-    }
-    /* a synchronous failure runs query_done before the yield: it then only records it */
-    if (o) o->job = pg_pool_query(p, conn, sql, nparams, vals, lens, query_done, o);
-    if (vals != values) free(vals);
-    if (lens != lengths) free(lens);
     if (!o) return luaL_error(L, "out of memory");
+    o->base.cancel = op_cancel;
+    o->rt = rt;
+    /* a synchronous failure runs query_done before the yield: it then only records it */
+    o->job = pg_pool_query(p, conn, sql, nparams, vals, lens, formats, query_done, o);
     if (o->done) {
         lua_pushboolean(L, 0);
         lua_api_push_error(L, URI_UNAVAILABLE, o->message, 503);
@@ -337,9 +341,9 @@ static void reserve_done(void *udata, enum pg_status st, pg_conn *conn, const ch
     o->job = NULL;
     o->done = true;
     lua_State *co = sched_op_target(&o->base);
-    if (!co) {
+    if (!co) { /* answered before the task yielded (a free connection, or a failure) */
+        o->conn = conn;
         snprintf(o->message, sizeof o->message, "%s", message ? message : "unavailable");
-        if (conn) pg_pool_release(conn);
         return;
     }
     if (st == PG_OK) {
@@ -368,6 +372,13 @@ static int core_pg_reserve(lua_State *L)
     o->base.cancel = op_cancel;
     o->rt = rt;
     o->job = pg_pool_reserve(p, reserve_done, o);
+    if (o->done && o->conn) {
+        sched_set_finalizer(sched_current(L, NULL), release_on_task_end, o->conn);
+        lua_pushboolean(L, 1);
+        lua_pushlightuserdata(L, o->conn);
+        free(o);
+        return 2;
+    }
     if (o->done) {
         lua_pushboolean(L, 0);
         lua_api_push_error(L, URI_UNAVAILABLE, o->message, 503);

@@ -21,6 +21,7 @@
 #define TAG "postgres"
 #define RETRY_MIN_MS 100
 #define RETRY_MAX_MS 2000
+#define PIPELINE_DEPTH 16 /* statements in flight on one connection */
 #define SESSION_OPTIONS "-c DateStyle=ISO,YMD -c TimeZone=UTC -c IntervalStyle=iso_8601"
 
 enum conn_state { C_DOWN, C_CONNECTING, C_IDLE, C_BUSY };
@@ -39,6 +40,7 @@ struct pg_job {
     int nparams;
     char **values;
     int *lengths;
+    int *formats; /* 0 text, 1 binary */
     pg_job *next;
 };
 
@@ -51,8 +53,11 @@ struct pg_conn {
     enum conn_state state;
     bool reserved;
     bool rollback_on_idle; /* reservation abandoned mid-statement */
-    pg_job *job;           /* the statement in flight (a query or an internal ROLLBACK) */
-    PGresult *result;
+    bool held_for_reserve; /* takes no new statements until it is empty, then is reserved */
+    pg_job *sent_head;     /* statements sent and not yet answered, in pipeline order */
+    pg_job *sent_tail;
+    int sent;
+    PGresult *result; /* the answer to sent_head so far */
     uv_timer_t retry;
     int retry_ms;
 };
@@ -80,7 +85,7 @@ static void on_poll(uv_poll_t *h, int status, int events);
 /* ---- jobs ---- */
 
 static pg_job *job_new(pg_pool *p, enum job_kind kind, const char *sql, int nparams,
-                       const char *const *values, const size_t *lengths)
+                       const char *const *values, const size_t *lengths, const int *formats)
 {
     pg_job *j = calloc(1, sizeof *j);
     if (!j) return NULL;
@@ -90,7 +95,9 @@ static pg_job *job_new(pg_pool *p, enum job_kind kind, const char *sql, int npar
     if (nparams > 0) {
         j->values = calloc((size_t)nparams, sizeof *j->values);
         j->lengths = calloc((size_t)nparams, sizeof *j->lengths);
-        if (!j->values || !j->lengths) goto fail;
+        j->formats = calloc((size_t)nparams, sizeof *j->formats);
+        if (!j->values || !j->lengths || !j->formats) goto fail;
+        if (formats) memcpy(j->formats, formats, sizeof *j->formats * (size_t)nparams);
         j->nparams = nparams;
         for (int i = 0; i < nparams; i++) {
             if (!values[i]) continue;
@@ -107,6 +114,7 @@ fail:
         free(j->values[i]);
     free(j->values);
     free(j->lengths);
+    free(j->formats);
     free(j->sql);
     free(j);
     return NULL;
@@ -118,6 +126,7 @@ static void job_free(pg_job *j)
         free(j->values[i]);
     free(j->values);
     free(j->lengths);
+    free(j->formats);
     free(j->sql);
     free(j);
 }
@@ -222,9 +231,12 @@ static void retry_cb(uv_timer_t *t)
     conn_connect(t->data);
 }
 
-static void conn_down(pg_conn *c, const char *why)
+static void conn_down(pg_conn *c, const char *reason)
 {
     pg_pool *p = c->pool;
+    char why[256]; /* reason may be libpq's message, which PQfinish frees */
+    snprintf(why, sizeof why, "%s", reason);
+    why[strcspn(why, "\n")] = '\0';
     bool was_up = c->state == C_IDLE || c->state == C_BUSY;
     if (was_up) p->up--;
     poll_close(c);
@@ -233,14 +245,19 @@ static void conn_down(pg_conn *c, const char *why)
     if (c->pg) PQfinish(c->pg);
     c->pg = NULL;
     c->state = C_DOWN;
-    pg_job *j = c->job;
-    c->job = NULL;
-    bool had_reservation = c->reserved;
+    pg_job *j = c->sent_head;
+    c->sent_head = c->sent_tail = NULL;
+    c->sent = 0;
+    /* a reservation's holder learns at its next statement (PG_UNAVAILABLE) */
     c->reserved = false;
     c->rollback_on_idle = false;
-    if (was_up) log_warn(TAG, "connection %d lost: %s", c->index, why);
-    if (j) job_finish(j, PG_UNAVAILABLE, NULL, "the database connection was lost", NULL);
-    (void)had_reservation; /* its holder learns at its next statement (PG_UNAVAILABLE) */
+    c->held_for_reserve = false;
+    if (was_up && !p->closing) log_warn(TAG, "connection %d lost: %s", c->index, why);
+    while (j) {
+        pg_job *next = j->next;
+        job_finish(j, PG_UNAVAILABLE, NULL, "the database connection was lost", NULL);
+        j = next;
+    }
     if (p->closing) return;
     if (!was_up) p->last_attempt_failed = true;
     if (p->up == 0 && p->last_attempt_failed) fail_queue(p, "the database is unavailable");
@@ -253,6 +270,12 @@ static void conn_ready(pg_conn *c)
 {
     pg_pool *p = c->pool;
     PQsetnonblocking(c->pg, 1);
+    /* every statement is sent with its own sync point, so statements from different callers
+     * share the connection's round trips but not their transactions or errors */
+    if (!PQenterPipelineMode(c->pg)) {
+        conn_down(c, PQerrorMessage(c->pg));
+        return;
+    }
     c->state = C_IDLE;
     c->retry_ms = 0;
     p->up++;
@@ -302,22 +325,44 @@ static void conn_connect(pg_conn *c)
 
 /* ---- statements ---- */
 
+static void sent_push(pg_conn *c, pg_job *j)
+{
+    j->next = NULL;
+    j->conn = c;
+    if (c->sent_tail)
+        c->sent_tail->next = j;
+    else
+        c->sent_head = j;
+    c->sent_tail = j;
+    c->sent++;
+}
+
+static pg_job *sent_pop(pg_conn *c)
+{
+    pg_job *j = c->sent_head;
+    c->sent_head = j->next;
+    if (!c->sent_head) c->sent_tail = NULL;
+    c->sent--;
+    j->next = NULL;
+    return j;
+}
+
+/* Sends a statement and its sync point; the answer comes back in order (see read_results). */
 static void send_job(pg_conn *c, pg_job *j)
 {
-    c->job = j;
-    j->conn = c;
-    c->state = C_BUSY;
     if (!PQsendQueryParams(c->pg, j->sql, j->nparams, NULL, (const char *const *)j->values,
-                           j->lengths, NULL, 0)) {
+                           j->lengths, j->formats, 0) ||
+        !PQpipelineSync(c->pg)) {
         if (PQstatus(c->pg) == CONNECTION_BAD) {
+            job_finish(j, PG_UNAVAILABLE, NULL, "the database connection was lost", NULL);
             conn_down(c, PQerrorMessage(c->pg));
             return;
         }
-        c->job = NULL;
-        c->state = C_IDLE;
         job_finish(j, PG_SQL_ERROR, NULL, PQerrorMessage(c->pg), NULL);
         return;
     }
+    sent_push(c, j);
+    c->state = C_BUSY;
     int rc = PQflush(c->pg);
     if (rc < 0 || poll_watch(c, rc == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE) != 0)
         conn_down(c, PQerrorMessage(c->pg));
@@ -325,7 +370,7 @@ static void send_job(pg_conn *c, pg_job *j)
 
 static void send_rollback(pg_conn *c)
 {
-    pg_job *rb = job_new(c->pool, JOB_QUERY, "ROLLBACK", 0, NULL, NULL);
+    pg_job *rb = job_new(c->pool, JOB_QUERY, "ROLLBACK", 0, NULL, NULL, NULL);
     if (!rb) {
         conn_down(c, "out of memory");
         return;
@@ -335,18 +380,18 @@ static void send_rollback(pg_conn *c)
     send_job(c, rb);
 }
 
+/* The sync point of the oldest statement arrived: it is answered. */
 static void statement_done(pg_conn *c)
 {
-    pg_job *j = c->job;
+    pg_job *j = sent_pop(c);
     PGresult *res = c->result;
-    c->job = NULL;
     c->result = NULL;
-    c->state = C_IDLE;
+    if (c->sent == 0) c->state = C_IDLE;
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     bool ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || st == PGRES_EMPTY_QUERY;
-    bool was_rollback = j && j->internal_rollback;
-    if (j) job_finish(j, ok ? PG_OK : PG_SQL_ERROR, res, res ? NULL : "no result", NULL);
-    if (c->state != C_IDLE) return; /* the callback sent the next statement */
+    bool was_rollback = j->internal_rollback;
+    job_finish(j, ok ? PG_OK : PG_SQL_ERROR, res, res ? NULL : "no result", NULL);
+    if (c->state != C_IDLE) return; /* more in flight, or the callback sent the next one */
     if (c->rollback_on_idle) {
         if (!was_rollback) {
             send_rollback(c); /* the reservation was abandoned: roll back, then release */
@@ -355,8 +400,19 @@ static void statement_done(pg_conn *c)
         c->rollback_on_idle = false;
         c->reserved = false;
     }
-    poll_watch(c, UV_READABLE);
     dispatch(c->pool);
+}
+
+/* Keeps the first error of a statement, else its last result (several statements in one
+ * string give several). */
+static void keep_result(pg_conn *c, PGresult *r)
+{
+    if (c->result && PQresultStatus(c->result) == PGRES_FATAL_ERROR) {
+        PQclear(r);
+        return;
+    }
+    if (c->result) PQclear(c->result);
+    c->result = r;
 }
 
 static void read_results(pg_conn *c)
@@ -372,20 +428,25 @@ static void read_results(pg_conn *c)
         if (PQstatus(c->pg) == CONNECTION_BAD) conn_down(c, "closed by the server");
         return;
     }
-    while (!PQisBusy(c->pg)) {
+    /* per statement: its result(s), NULL, then PGRES_PIPELINE_SYNC for its sync point. A NULL
+     * ends the results of one statement; two in a row mean nothing more is ready. */
+    int nulls = 0;
+    while (c->state == C_BUSY && c->sent_head && !PQisBusy(c->pg)) {
         PGresult *r = PQgetResult(c->pg);
         if (!r) {
-            statement_done(c);
-            return;
+            if (++nulls >= 2) break;
+            continue;
         }
-        /* keep the first error, else the last result (several statements in one string) */
-        if (c->result && PQresultStatus(c->result) == PGRES_FATAL_ERROR) {
+        nulls = 0;
+        if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
             PQclear(r);
-        } else {
-            if (c->result) PQclear(c->result);
-            c->result = r;
+            statement_done(c);
+            continue;
         }
+        keep_result(c, r);
     }
+    if (c->state == C_BUSY && PQstatus(c->pg) == CONNECTION_BAD)
+        conn_down(c, "closed by the server");
 }
 
 static void on_poll(uv_poll_t *h, int status, int events)
@@ -407,23 +468,62 @@ static void on_poll(uv_poll_t *h, int status, int events)
         }
         if (rc == 0) poll_watch(c, UV_READABLE);
     }
-    if (events & UV_READABLE) read_results(c);
+    if ((events & UV_READABLE) && c->state != C_DOWN) read_results(c);
 }
 
-/* Hands waiting jobs to idle, unreserved connections, in arrival order. */
+/* The least loaded connection that takes shared statements, or NULL. */
+static pg_conn *least_loaded(pg_pool *p)
+{
+    pg_conn *best = NULL;
+    for (int i = 0; i < p->size; i++) {
+        pg_conn *c = &p->conns[i];
+        if ((c->state != C_IDLE && c->state != C_BUSY) || c->reserved || c->held_for_reserve)
+            continue;
+        if (c->sent >= PIPELINE_DEPTH) continue;
+        if (!best || c->sent < best->sent) best = c;
+    }
+    return best;
+}
+
+/* A waiting reservation gets a connection with nothing in flight; if there is none, the least
+ * loaded one stops taking statements until it is empty. Returns whether it was granted. */
+static bool grant_reservation(pg_pool *p, pg_job *j)
+{
+    pg_conn *c = NULL;
+    bool holding = false;
+    for (int i = 0; i < p->size; i++) {
+        pg_conn *k = &p->conns[i];
+        holding |= k->held_for_reserve;
+        if (k->state == C_IDLE && !k->reserved && (!c || k->held_for_reserve)) c = k;
+    }
+    if (!c) {
+        if (!holding) {
+            pg_conn *k = least_loaded(p);
+            if (k) k->held_for_reserve = true;
+        }
+        return false;
+    }
+    for (int i = 0; i < p->size; i++)
+        p->conns[i].held_for_reserve = false;
+    c->reserved = true;
+    queue_remove(p, j);
+    job_finish(j, PG_OK, NULL, NULL, c);
+    return true;
+}
+
+/* Hands waiting jobs out in arrival order: statements to the least loaded connection (up to
+ * PIPELINE_DEPTH in flight each), reservations to an empty connection. */
 static void dispatch(pg_pool *p)
 {
-    for (int i = 0; i < p->size && p->head; i++) {
-        pg_conn *c = &p->conns[i];
-        if (c->state != C_IDLE || c->reserved) continue;
-        pg_job *j = queue_pop(p);
+    while (p->head) {
+        pg_job *j = p->head;
         if (j->kind == JOB_RESERVE) {
-            c->reserved = true;
-            job_finish(j, PG_OK, NULL, NULL, c);
-            i = -1; /* the callback may have queued or sent work: scan again */
+            if (!grant_reservation(p, j)) return; /* FIFO: later jobs wait behind it */
             continue;
         }
-        send_job(c, j);
+        pg_conn *c = least_loaded(p);
+        if (!c) return;
+        send_job(c, queue_pop(p));
     }
 }
 
@@ -480,8 +580,8 @@ static bool fail_fast(pg_pool *p)
 }
 
 pg_job *pg_pool_query(pg_pool *p, pg_conn *conn, const char *sql, int nparams,
-                      const char *const *values, const size_t *lengths, pg_result_fn fn,
-                      void *udata)
+                      const char *const *values, const size_t *lengths, const int *formats,
+                      pg_result_fn fn, void *udata)
 {
     if (fail_fast(p) || (conn && conn->state != C_IDLE && conn->state != C_BUSY)) {
         fn(udata, PG_UNAVAILABLE, NULL, "the database is unavailable");
@@ -495,7 +595,7 @@ pg_job *pg_pool_query(pg_pool *p, pg_conn *conn, const char *sql, int nparams,
         fn(udata, PG_QUEUE_FULL, NULL, "too many queries waiting for a database connection");
         return NULL;
     }
-    pg_job *j = job_new(p, JOB_QUERY, sql, nparams, values, lengths);
+    pg_job *j = job_new(p, JOB_QUERY, sql, nparams, values, lengths, formats);
     if (!j) {
         fn(udata, PG_UNAVAILABLE, NULL, "out of memory");
         return NULL;
@@ -504,7 +604,7 @@ pg_job *pg_pool_query(pg_pool *p, pg_conn *conn, const char *sql, int nparams,
     j->udata = udata;
     if (conn) {
         send_job(conn, j);
-        return conn->job == j ? j : NULL; /* NULL: it already finished (send failed) */
+        return conn->sent_tail == j ? j : NULL; /* NULL: it already finished (send failed) */
     }
     queue_push(p, j);
     dispatch(p);
@@ -521,7 +621,7 @@ pg_job *pg_pool_reserve(pg_pool *p, pg_reserve_fn fn, void *udata)
         fn(udata, PG_QUEUE_FULL, NULL, "too many queries waiting for a database connection");
         return NULL;
     }
-    pg_job *j = job_new(p, JOB_RESERVE, NULL, 0, NULL, NULL);
+    pg_job *j = job_new(p, JOB_RESERVE, NULL, 0, NULL, NULL, NULL);
     if (!j) {
         fn(udata, PG_UNAVAILABLE, NULL, "out of memory");
         return NULL;

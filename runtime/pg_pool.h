@@ -34,12 +34,13 @@ void pg_pool_start(pg_pool *p);
 const char *pg_pool_state(const pg_pool *p);
 int pg_pool_queue_depth(const pg_pool *p);
 
-/* Queues a statement with text parameters (values[i] NULL for SQL NULL); conn is a reserved
- * connection or NULL for any. Returns the job, or NULL when the call failed at once (then fn has
- * already run with the status). Everything given is copied. */
+/* Queues a statement with parameters (values[i] NULL for SQL NULL; formats[i] 0 for text, 1 for
+ * binary, or formats NULL for all text); conn is a reserved connection or NULL for any. Returns
+ * the job, or NULL when the call failed at once (then fn has already run with the status).
+ * Everything given is copied. */
 pg_job *pg_pool_query(pg_pool *p, pg_conn *conn, const char *sql, int nparams,
-                      const char *const *values, const size_t *lengths, pg_result_fn fn,
-                      void *udata);
+                      const char *const *values, const size_t *lengths, const int *formats,
+                      pg_result_fn fn, void *udata);
 /* Reserves a connection for a transaction; fn runs when one is free (or at once on failure). */
 pg_job *pg_pool_reserve(pg_pool *p, pg_reserve_fn fn, void *udata);
 /* fn will not run. A statement already sent completes on the server and its result is dropped

@@ -1,0 +1,2 @@
+-- A migration that works (postgres_migrations.test.mjs, the failing-migration case).
+CREATE TABLE broken_case_fine (id int);
