@@ -4,11 +4,13 @@
 --   local rows, count = pg.query("SELECT name FROM thing WHERE uuid = $1", id)
 --   pg.transaction(function() pg.query(...); pg.query(...) end)
 --
--- query yields only the calling coroutine. One statement per query (statements share connections
--- through libpq's pipeline mode, which sends each with its own sync point). Parameters are sent as real parameters ($1..$n),
--- never spliced into the SQL: nil and null are NULL, booleans, numbers and strings as text,
--- tables as JSON. Rows come back as tables keyed by column name, converted by column type
--- (see runtime/lua_postgres.c); NULL is microservice.null. A SQL error is raised as a table
+-- query yields only the calling coroutine. One statement per query: statements from many
+-- coroutines share the pool's connections through libpq's pipeline mode, each with its own sync
+-- point (so its own implicit transaction and its own error). Parameters are sent as real
+-- parameters ($1..$n), never spliced into the SQL: nil and null are NULL, booleans and numbers
+-- as text, strings as text (or as binary when they are not UTF-8, for bytea), tables as JSON.
+-- Rows come back as tables keyed by column name, converted by column type (see
+-- runtime/lua_postgres.c); NULL is microservice.null. A SQL error is raised as a table
 -- { sqlstate = "23505", message = ..., detail = ... }; a database that is down raises
 -- wamp.error.unavailable.
 local core = require "microservice.core"

@@ -6,7 +6,7 @@ import path from 'node:path';
 import * as h from './lib/harness.mjs';
 
 const N = 1000;
-const SLEEP = 3; // seconds; the calls must all be pending together
+const SLEEP = 5; // seconds; the calls must all be pending together (room for a slow, e.g. ASan, build)
 
 let dir, nats, rt, nc;
 

@@ -149,6 +149,27 @@ h.test('504 wamp.error.timeout with ?timeout=0.3 against a sleeping RPC', async 
   assert.deepEqual(ok.json, [['soon'], { slept: 0.1 }]);
 });
 
+h.test('--call-timeout sets the default call timeout (504 without ?timeout)', async () => {
+  const rt2 = await h.startRuntime({
+    dir, name: 'call-timeout', natsUrl: nats.url, args: ['--call-timeout', '0.5'],
+    servicesDir: h.servicesDir(path.join(dir, 'services-call-timeout'), ['greeting.lua']),
+  });
+  try {
+    // test_service.sleep is served by the first runtime (same bus): this one only times out.
+    const t0 = Date.now();
+    const r = await h.post(rt2, 'test_service.sleep', [[3, 'late'], {}]);
+    const ms = Date.now() - t0;
+    expectError(r, 504, 'wamp.error.timeout');
+    assert.ok(ms >= 400 && ms < 2500, `--call-timeout 0.5 answered after ${ms} ms`);
+    // ?timeout still overrides it
+    const ok = await h.post(rt2, 'test_service.sleep?timeout=5', [[1, 'in time'], {}]);
+    assert.equal(ok.status, 200, ok.text);
+    assert.deepEqual(ok.json, [['in time'], { slept: 1 }]);
+  } finally {
+    await rt2.stop('SIGKILL');
+  }
+});
+
 // Last: it stops the bus.
 h.test('503 wamp.error.unavailable when the bus is down, immediately; healthz 503', async () => {
   await nats.stop('SIGTERM');

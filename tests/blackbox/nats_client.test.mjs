@@ -37,6 +37,13 @@ h.test('an empty NATS payload means [[], {}]', async () => {
   assert.deepEqual(JSON.parse(dec(m)), [[], {}]);
 });
 
+h.test('ms.null is JSON null; kwargs numbers keep their type', async () => {
+  const m = await request('test_service.sleep', '[[0.01]]');
+  const text = dec(m);
+  assert.deepEqual(JSON.parse(text), [[null], { slept: 0.01 }]);
+  assert.match(text, /^\[\[null\]/);
+});
+
 function assertServiceError(m, code, uri, messageRe) {
   assert.ok(m.headers, `error reply must carry headers; body: ${dec(m)}`);
   assert.equal(m.headers.get('Nats-Service-Error-Code'), String(code));

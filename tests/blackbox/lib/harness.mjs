@@ -93,8 +93,26 @@ export async function stopChild(child, signal = 'SIGTERM', graceMs = 5000) {
   return res;
 }
 
+const runtimeLogs = new Set();
+const SANITIZER_RE = /ERROR: (AddressSanitizer|LeakSanitizer|ThreadSanitizer)|\.c:\d+:\d+: runtime error:/;
+
+// Sanitizer reports found in the logs of the runtimes started so far (for -DMICROSERVICE_SANITIZE=ON).
+export function sanitizerReports() {
+  const found = [];
+  for (const f of runtimeLogs) {
+    let text = '';
+    try { text = fs.readFileSync(f, 'utf8'); } catch { continue; }
+    const i = text.search(SANITIZER_RE);
+    if (i >= 0) found.push(`${f}:\n${text.slice(Math.max(0, i - 200), i + 3000)}`);
+  }
+  return found;
+}
+
+// Kills every child still running, then fails if a runtime's log holds a sanitizer report.
 export async function stopAll() {
   await Promise.all([...children].map((c) => stopChild(c, 'SIGKILL', 2000)));
+  const reports = sanitizerReports();
+  if (reports.length) throw new Error(`sanitizer reports in runtime logs:\n${reports.join('\n')}`);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -296,6 +314,7 @@ export async function startRuntime({ dir, natsUrl, servicesDir: sdir, http = tru
       sdir,
     ];
     fs.appendFileSync(logFile, `# ${BIN} ${argv.join(' ')}\n`);
+    runtimeLogs.add(logFile);
     const proc = spawnChild(BIN, argv, { logFile, env });
     const rt = {
       proc,
