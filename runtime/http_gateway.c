@@ -23,6 +23,7 @@
 #include "rpc_error.h"
 #include "scheduler.h"
 #include "services.h"
+#include "wamp_router.h"
 
 #define TAG "http"
 #define LISTEN_BACKLOG 4096
@@ -245,6 +246,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         respond_health(gw, req);
         return 0;
     }
+    if (h2o_memis(path.base, path.len, H2O_STRLIT("/websocket")))
+        return wamp_router_upgrade(gw->rt->wamp, req);
     if (!is_rpc_path(path)) return -1;
     if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"))) {
         if (frontend_has(gw, path)) return -1; /* a static file such as /app.js */

@@ -52,7 +52,8 @@ struct nb_request {
     uv_timer_t timer;
     nb_reply_fn fn;
     void *udata;
-    nb_request *hnext; /* hash chain */
+    const char *progress_header; /* see nb_request_allow_progress; NULL: none */
+    nb_request *hnext;           /* hash chain */
 };
 
 struct nats_bridge {
@@ -140,6 +141,14 @@ static int table_put(nats_bridge *nb, nb_request *r)
     return 0;
 }
 
+static nb_request *table_find(nats_bridge *nb, uint64_t id)
+{
+    if (!nb->nbuckets) return NULL;
+    for (nb_request *r = nb->buckets[id & (nb->nbuckets - 1)]; r; r = r->hnext)
+        if (r->id == id) return r;
+    return NULL;
+}
+
 /* Removes and returns the request with that id, or NULL. */
 static nb_request *table_take(nats_bridge *nb, uint64_t id)
 {
@@ -183,6 +192,11 @@ static void request_timeout_cb(uv_timer_t *t)
     nb_request *r = t->data;
     nb_request *taken = table_take(r->nb, r->id);
     if (taken) request_end(taken, NB_TIMEOUT, NULL);
+}
+
+void nb_request_allow_progress(nb_request *r, const char *header)
+{
+    r->progress_header = header;
 }
 
 void nb_request_cancel(nb_request *r)
@@ -309,7 +323,14 @@ static void deliver_reply(nats_bridge *nb, natsMsg *msg)
     const char *subject = natsMsg_GetSubject(msg);
     const char *dot = strrchr(subject, '.');
     uint64_t id = dot ? strtoull(dot + 1, NULL, 10) : 0;
-    nb_request *r = table_take(nb, id);
+    const char *progress = NULL;
+    nb_request *r = table_find(nb, id);
+    if (r && r->progress_header && r->fn &&
+        natsMsgHeader_Get(msg, r->progress_header, &progress) == NATS_OK) {
+        r->fn(r->udata, NB_OK, msg); /* a progress reply: the request stays pending */
+        return;
+    }
+    r = table_take(nb, id);
     if (!r) { /* late (timed out or cancelled) */
         natsMsg_Destroy(msg);
         return;

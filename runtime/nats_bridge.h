@@ -60,6 +60,9 @@ int nats_bridge_publish(nats_bridge *nb, const char *subject, const char *reply,
 int nats_bridge_request(nats_bridge *nb, const char *subject, const char *data, size_t len,
                         const char *const *headers, double timeout_s, nb_reply_fn fn, void *udata,
                         nb_request **out);
+/* Replies carrying the header name are progress: fn runs for each and the request stays
+ * pending until a reply without it (or the timeout). */
+void nb_request_allow_progress(nb_request *r, const char *header);
 /* fn will not run; safe from inside other callbacks. */
 void nb_request_cancel(nb_request *r);
 int nats_bridge_pending_requests(nats_bridge *nb);

@@ -18,6 +18,7 @@
 #include "pg_pool.h"
 #include "scheduler.h"
 #include "services.h"
+#include "wamp_router.h"
 
 #define TAG "runtime"
 
@@ -80,7 +81,8 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
     if (nats_bridge_connect(rt->nats) != 0) return -1;
     if (services_load_dir(rt->services, cfg->services_dir) < 0) return -1;
     if (cfg->http_enabled) {
-        rt->http = http_gateway_new(rt);
+        rt->wamp = wamp_router_new(rt);
+        rt->http = rt->wamp ? http_gateway_new(rt) : NULL;
         if (!rt->http || http_gateway_listen(rt->http) != 0) return -1;
     }
     uv_signal_init(&rt->loop, &rt->sigint);
@@ -120,6 +122,7 @@ static void http_closed(void *arg)
 static void pg_closed(void *arg)
 {
     runtime *rt = arg;
+    if (rt->wamp) wamp_router_close(rt->wamp); /* sessions that did not answer the close */
     if (rt->http)
         http_gateway_close(rt->http, http_closed, rt);
     else
@@ -154,6 +157,7 @@ void runtime_shutdown(runtime *rt)
     if (rt->shutting_down) return;
     rt->shutting_down = true;
     if (rt->http) http_gateway_stop_accepting(rt->http);
+    if (rt->wamp) wamp_router_shutdown(rt->wamp);
     services_drain(rt->services);
     rt->drain_deadline = uv_now(&rt->loop) + (uint64_t)(rt->cfg.drain_timeout * 1000.0);
     uv_timer_start(&rt->drain_timer, drain_tick, 0, 10);
@@ -170,6 +174,8 @@ int runtime_run(runtime *rt)
     rt->services = NULL;
     http_gateway_free(rt->http);
     rt->http = NULL;
+    wamp_router_free(rt->wamp);
+    rt->wamp = NULL;
     lua_close(rt->L);
     rt->L = NULL;
     nats_bridge_free(rt->nats);

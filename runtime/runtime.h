@@ -31,6 +31,7 @@ struct nats_bridge;
 struct http_gateway;
 struct services;
 struct pg_pool;
+struct wamp_router;
 
 typedef struct runtime {
     uv_loop_t loop;
@@ -40,7 +41,8 @@ typedef struct runtime {
     struct nats_bridge *nats;
     struct http_gateway *http;
     struct services *services;
-    struct pg_pool *pg; /* NULL without a database */
+    struct pg_pool *pg;       /* NULL without a database */
+    struct wamp_router *wamp; /* NULL with --http off */
     uv_signal_t sigint, sigterm;
     uv_timer_t drain_timer;
     uint64_t drain_deadline; /* uv_now() ms */

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 # branch we need) and apt would silently remove the latter.
 packages=(build-essential cmake pkg-config git curl ca-certificates
   libluajit2-5.1-dev libuv1-dev libnats-dev libh2o-dev libwslay-dev lua-cjson-dev
-  libssl-dev zlib1g-dev libpq-dev nats-server postgresql wrk)
+  libssl-dev zlib1g-dev libpq-dev libjansson-dev libmsgpack-dev
+  nats-server postgresql wrk chromium)
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 

@@ -1,0 +1,1227 @@
+/* wamp_router.c: owns the WAMP sessions on /websocket and what they hold: their NATS-backed
+ * subscriptions (one NATS subscription per topic and match per process, shared by its sessions),
+ * registrations (one NATS queue subscription per procedure per process), calls waiting for a
+ * NATS reply, and invocations waiting for a YIELD. The behaviour is specified in docs/wamp.md.
+ *
+ * Sending: every outgoing message is encoded for the session's serializer and queued in wslay;
+ * the session is then marked dirty and a zero timer flushes all dirty sessions with
+ * h2o_websocket_proceed, outside h2o's callbacks (proceed may end a session through the message
+ * callback, and h2o forbids closing from inside it). A session whose queue passes its bound is a
+ * slow consumer: it is dropped at the next flush. */
+#include "wamp_router.h"
+
+#include <h2o/websocket.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "nats_bridge.h"
+#include "rpc_error.h"
+#include "wamp_codec.h"
+
+#define TAG "wamp"
+#define MAX_ID 9007199254740992LL /* 2^53 */
+#define OUT_MAX_BYTES (4u * 1024 * 1024)
+#define OUT_MAX_MSGS 1024
+#define HDR_EXCLUDE "Wamp-Exclude"     /* the publishing session, when it excludes itself */
+#define HDR_PUBLISHER "Wamp-Publisher" /* the publishing session, when it discloses itself */
+#define HDR_PUBLICATION "Wamp-Publication"
+#define HDR_PROGRESS "Wamp-Progress"
+#define HDR_RECEIVE_PROGRESS "Wamp-Receive-Progress"
+
+enum {
+    HELLO = 1,
+    WELCOME = 2,
+    ABORT = 3,
+    GOODBYE = 6,
+    ERROR = 8,
+    PUBLISH = 16,
+    PUBLISHED = 17,
+    SUBSCRIBE = 32,
+    SUBSCRIBED = 33,
+    UNSUBSCRIBE = 34,
+    UNSUBSCRIBED = 35,
+    EVENT = 36,
+    CALL = 48,
+    CANCEL = 49,
+    RESULT = 50,
+    REGISTER = 64,
+    REGISTERED = 65,
+    UNREGISTER = 66,
+    UNREGISTERED = 67,
+    INVOCATION = 68,
+    YIELD = 70,
+};
+
+typedef struct session session;
+typedef struct wamp_router router;
+
+/* A growable array of pointers (sessions of a topic, topics of a session, ...). */
+typedef struct ptrs {
+    void **v;
+    int n, cap;
+} ptrs;
+
+typedef struct topic {
+    router *r;
+    uint64_t id;
+    char *uri;
+    char *match;
+    char *subject;
+    nb_sub *sub;
+    ptrs sessions;
+    struct topic *next;
+} topic;
+
+typedef struct registration {
+    router *r;
+    uint64_t id;
+    char *procedure;
+    char invoke[16]; /* "single", "roundrobin", "random" */
+    nb_sub *sub;
+    ptrs callees;
+    int rr;
+    struct registration *next;
+} registration;
+
+typedef struct pending_call {
+    session *s;
+    uint64_t request;
+    nb_request *req;
+    bool progress;
+    struct pending_call *next;
+} pending_call;
+
+typedef struct invocation {
+    session *s;
+    uint64_t id;
+    char *reply; /* NULL: the caller wanted no answer */
+    struct invocation *next;
+} invocation;
+
+struct session {
+    router *r;
+    h2o_websocket_conn_t *ws;
+    enum wamp_serializer ser;
+    uint64_t id;
+    enum { S_OPEN, S_ESTABLISHED, S_CLOSING } state;
+    ptrs topics;
+    ptrs regs;
+    pending_call *calls;
+    invocation *invs;
+    uint64_t next_inv;
+    bool dirty, slow;
+    session *dirty_next;
+    session *prev, *next;
+};
+
+struct wamp_router {
+    runtime *rt;
+    session *sessions;
+    int nsessions;
+    topic *topics;
+    registration *regs;
+    uint64_t next_sub_id, next_reg_id;
+    session *dirty;
+    uv_timer_t flush_timer;
+    codec_buf out;
+    bool shutting_down;
+};
+
+static void session_end(session *s);
+
+/* ---- small helpers ---- */
+
+static int ptrs_add(ptrs *p, void *x)
+{
+    if (p->n == p->cap) {
+        int cap = p->cap ? p->cap * 2 : 4;
+        void **v = realloc(p->v, sizeof *v * (size_t)cap);
+        if (!v) return -1;
+        p->v = v;
+        p->cap = cap;
+    }
+    p->v[p->n++] = x;
+    return 0;
+}
+
+static bool ptrs_remove(ptrs *p, void *x)
+{
+    for (int i = 0; i < p->n; i++) {
+        if (p->v[i] != x) continue;
+        p->v[i] = p->v[--p->n];
+        return true;
+    }
+    return false;
+}
+
+static bool ptrs_has(const ptrs *p, const void *x)
+{
+    for (int i = 0; i < p->n; i++)
+        if (p->v[i] == x) return true;
+    return false;
+}
+
+static uint64_t random_id(void)
+{
+    uint64_t x = 0;
+    if (uv_random(NULL, NULL, &x, sizeof x, 0, NULL) != 0)
+        x = (uint64_t)rand() << 21 ^ (uint64_t)rand();
+    return (x & (MAX_ID - 1)) + 1; /* [1, 2^53] */
+}
+
+/* An id field: an integer in [1, 2^53]. */
+static bool get_id(const json_t *msg, size_t i, uint64_t *out)
+{
+    json_t *v = json_array_get(msg, i);
+    if (!json_is_integer(v)) return false;
+    json_int_t n = json_integer_value(v);
+    if (n < 1 || n > MAX_ID) return false;
+    *out = (uint64_t)n;
+    return true;
+}
+
+static bool valid_uri(const char *u, bool allow_empty_parts)
+{
+    if (!u[0] || strpbrk(u, " \t\r\n*>#")) return false;
+    if (!allow_empty_parts && (u[0] == '.' || u[strlen(u) - 1] == '.' || strstr(u, "..")))
+        return false;
+    return true;
+}
+
+/* ---- sending ---- */
+
+static void flush_cb(uv_timer_t *t)
+{
+    router *r = t->data;
+    while (r->dirty) {
+        session *s = r->dirty;
+        r->dirty = s->dirty_next;
+        s->dirty = false;
+        s->dirty_next = NULL;
+        if (s->slow) {
+            log_warn(TAG,
+                     "session %llu closed: slow consumer (over %u bytes or %d messages queued)",
+                     (unsigned long long)s->id, OUT_MAX_BYTES, OUT_MAX_MSGS);
+            h2o_websocket_conn_t *ws = s->ws;
+            session_end(s);
+            h2o_websocket_close(ws);
+            continue;
+        }
+        if (s->ws->sock) h2o_websocket_proceed(s->ws); /* may end the session (callback NULL) */
+    }
+}
+
+static void mark_dirty(session *s)
+{
+    if (s->dirty) return;
+    s->dirty = true;
+    s->dirty_next = s->r->dirty;
+    s->r->dirty = s;
+    if (!uv_is_active((uv_handle_t *)&s->r->flush_timer))
+        uv_timer_start(&s->r->flush_timer, flush_cb, 0, 0);
+}
+
+static void queue_bytes(session *s, const char *p, size_t n)
+{
+    if (s->slow) return;
+    wslay_event_context_ptr ctx = s->ws->ws_ctx;
+    if (wslay_event_get_queued_msg_length(ctx) + n > OUT_MAX_BYTES ||
+        wslay_event_get_queued_msg_count(ctx) >= OUT_MAX_MSGS) {
+        s->slow = true;
+        mark_dirty(s);
+        return;
+    }
+    struct wslay_event_msg m = {
+        .opcode = s->ser == WAMP_JSON ? WSLAY_TEXT_FRAME : WSLAY_BINARY_FRAME,
+        .msg = (const uint8_t *)p,
+        .msg_length = n,
+    };
+    wslay_event_queue_msg(ctx, &m);
+    mark_dirty(s);
+}
+
+/* Sends msg (a reference is taken over) to the session. */
+static void send_msg(session *s, json_t *msg)
+{
+    codec_buf *out = &s->r->out;
+    codec_buf_reset(out);
+    if (msg && wamp_encode(s->ser, msg, out) == 0) queue_bytes(s, out->data, out->len);
+    json_decref(msg);
+}
+
+static void close_session(session *s, uint16_t code, const char *reason)
+{
+    if (s->state == S_CLOSING) return;
+    s->state = S_CLOSING;
+    wslay_event_queue_close(s->ws->ws_ctx, code, (const uint8_t *)reason, strlen(reason));
+    mark_dirty(s);
+}
+
+static void abort_session(session *s, const char *uri, const char *message)
+{
+    if (s->state == S_CLOSING) return;
+    log_info(TAG, "session %llu aborted: %s: %s", (unsigned long long)s->id, uri, message);
+    send_msg(s, json_pack("[i{ss}s]", ABORT, "message", message, uri));
+    close_session(s, 1000, "aborted");
+}
+
+static void protocol_violation(session *s, const char *message)
+{
+    abort_session(s, "wamp.error.protocol_violation", message);
+}
+
+static void send_error(session *s, int type, uint64_t request, const char *uri, const char *message)
+{
+    send_msg(s, json_pack("[iiI{}s[s]]", ERROR, type, (json_int_t)request, uri, message));
+}
+
+/* ---- the NATS envelope [args, kwargs] ---- */
+
+/* Splits a NATS payload into args and kwargs (new references); -1 if it is not an envelope. */
+static int envelope_split(const char *data, size_t len, json_t **args, json_t **kwargs)
+{
+    *args = *kwargs = NULL;
+    json_t *v = len ? json_loadb(data, len, 0, NULL) : json_array();
+    if (!json_is_array(v) || json_array_size(v) > 2) {
+        json_decref(v);
+        return -1;
+    }
+    json_t *a = json_array_get(v, 0), *k = json_array_get(v, 1);
+    if ((a && !json_is_array(a)) || (k && !json_is_object(k))) {
+        json_decref(v);
+        return -1;
+    }
+    *args = a ? json_incref(a) : json_array();
+    *kwargs = k ? json_incref(k) : json_object();
+    json_decref(v);
+    return 0;
+}
+
+/* The JSON text [args, kwargs] for NATS, from message elements ai and ai+1 (optional). */
+static char *envelope_text(const json_t *msg, size_t ai, size_t *len)
+{
+    json_t *a = json_array_get(msg, ai), *k = json_array_get(msg, ai + 1);
+    json_t *env = json_pack("[OO]", a ? a : json_array(), k ? k : json_object());
+    /* json_pack "O" increfs: the fresh defaults above need their own release */
+    if (!a) json_decref(json_array_get(env, 0));
+    if (!k) json_decref(json_array_get(env, 1));
+    char *text = env ? json_dumps(env, JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
+    json_decref(env);
+    *len = text ? strlen(text) : 0;
+    return text;
+}
+
+static bool args_ok(const json_t *msg, size_t ai)
+{
+    json_t *a = json_array_get(msg, ai), *k = json_array_get(msg, ai + 1);
+    if (json_array_size(msg) > ai + 2) return false;
+    return (!a || json_is_array(a)) && (!k || json_is_object(k));
+}
+
+/* ---- publish and subscribe ---- */
+
+static void on_event(void *udata, natsMsg *m)
+{
+    topic *t = udata;
+    json_t *args, *kwargs;
+    if (envelope_split(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &args, &kwargs) != 0) {
+        log_debug(TAG, "event on %s dropped: not an [args, kwargs] envelope",
+                  natsMsg_GetSubject(m));
+        natsMsg_Destroy(m);
+        return;
+    }
+    const char *exclude = NULL, *publisher = NULL, *publication = NULL;
+    natsMsgHeader_Get(m, HDR_EXCLUDE, &exclude);
+    natsMsgHeader_Get(m, HDR_PUBLISHER, &publisher);
+    natsMsgHeader_Get(m, HDR_PUBLICATION, &publication);
+    uint64_t excluded = exclude ? strtoull(exclude, NULL, 10) : 0;
+    uint64_t pub_session = publisher ? strtoull(publisher, NULL, 10) : 0;
+    uint64_t pub_id = publication ? strtoull(publication, NULL, 10) : 0;
+    if (pub_id < 1 || pub_id > (uint64_t)MAX_ID) pub_id = random_id();
+    json_t *details = json_object();
+    if (strcmp(t->match, "exact") != 0)
+        json_object_set_new(details, "topic", json_string(natsMsg_GetSubject(m)));
+    if (pub_session)
+        json_object_set_new(details, "publisher", json_integer((json_int_t)pub_session));
+    json_t *ev =
+        json_pack("[iIIooo]", EVENT, (json_int_t)t->id, (json_int_t)pub_id, details, args, kwargs);
+    /* encode once per serializer, queue for every session but the publisher */
+    codec_buf enc[2];
+    codec_buf_init(&enc[0]);
+    codec_buf_init(&enc[1]);
+    bool ok[2] = {wamp_encode(WAMP_JSON, ev, &enc[0]) == 0, false};
+    bool msgpack_done = false;
+    for (int i = 0; i < t->sessions.n; i++) {
+        session *s = t->sessions.v[i];
+        if (s->state != S_ESTABLISHED || (excluded && s->id == excluded)) continue;
+        if (s->ser == WAMP_MSGPACK && !msgpack_done) {
+            ok[1] = wamp_encode(WAMP_MSGPACK, ev, &enc[1]) == 0;
+            msgpack_done = true;
+        }
+        if (ok[s->ser]) queue_bytes(s, enc[s->ser].data, enc[s->ser].len);
+    }
+    codec_buf_free(&enc[0]);
+    codec_buf_free(&enc[1]);
+    json_decref(ev);
+    natsMsg_Destroy(m);
+}
+
+/* NATS subject for a topic and match policy, or NULL (refused, *why says so). */
+static char *topic_subject(const char *uri, const char *match, const char **why)
+{
+    if (strcmp(match, "exact") == 0) {
+        if (!valid_uri(uri, false)) goto bad;
+        return strdup(uri);
+    }
+    if (strcmp(match, "prefix") == 0) {
+        if (!valid_uri(uri, false)) goto bad;
+        size_t n = strlen(uri);
+        char *sub = malloc(n + 3);
+        if (sub) snprintf(sub, n + 3, "%s.>", uri);
+        return sub;
+    }
+    if (strcmp(match, "wildcard") == 0) {
+        if (!valid_uri(uri, true)) goto bad;
+        /* empty components become *: "a..c" -> "a.*.c", ".b" -> "*.b" */
+        size_t n = strlen(uri);
+        char *sub = malloc(2 * n + 2), *o = sub;
+        if (!sub) return NULL;
+        const char *p = uri;
+        for (;;) {
+            const char *dot = strchr(p, '.');
+            size_t part = dot ? (size_t)(dot - p) : strlen(p);
+            if (part == 0)
+                *o++ = '*';
+            else
+                memcpy(o, p, part), o += part;
+            if (!dot) break;
+            *o++ = '.';
+            p = dot + 1;
+        }
+        *o = '\0';
+        return sub;
+    }
+    *why = "unknown match policy (exact, prefix or wildcard)";
+    return NULL;
+bad:
+    *why = "a topic NATS cannot express (empty, or with '*', '>', '#' or whitespace; prefix and "
+           "exact topics need every component)";
+    return NULL;
+}
+
+static topic *topic_find(router *r, const char *uri, const char *match)
+{
+    for (topic *t = r->topics; t; t = t->next)
+        if (strcmp(t->uri, uri) == 0 && strcmp(t->match, match) == 0) return t;
+    return NULL;
+}
+
+static topic *topic_by_id(router *r, uint64_t id)
+{
+    for (topic *t = r->topics; t; t = t->next)
+        if (t->id == id) return t;
+    return NULL;
+}
+
+static void topic_release(topic *t)
+{
+    if (t->sessions.n > 0) return;
+    router *r = t->r;
+    for (topic **p = &r->topics; *p; p = &(*p)->next) {
+        if (*p == t) {
+            *p = t->next;
+            break;
+        }
+    }
+    if (t->sub) nb_sub_close(t->sub);
+    free(t->sessions.v);
+    free(t->uri);
+    free(t->match);
+    free(t->subject);
+    free(t);
+}
+
+static void on_subscribe(session *s, json_t *msg)
+{
+    uint64_t req;
+    json_t *opts = json_array_get(msg, 2), *uri = json_array_get(msg, 3);
+    if (json_array_size(msg) != 4 || !get_id(msg, 1, &req) || !json_is_object(opts) ||
+        !json_is_string(uri)) {
+        protocol_violation(s, "SUBSCRIBE is [32, Request|id, Options|dict, Topic|uri]");
+        return;
+    }
+    const char *match = json_string_value(json_object_get(opts, "match"));
+    if (!match) match = "exact";
+    const char *why = NULL;
+    router *r = s->r;
+    topic *t = topic_find(r, json_string_value(uri), match);
+    if (!t) {
+        char *subject = topic_subject(json_string_value(uri), match, &why);
+        if (!subject) {
+            send_error(s, SUBSCRIBE, req, "wamp.error.invalid_uri", why ? why : "out of memory");
+            return;
+        }
+        t = calloc(1, sizeof *t);
+        if (!t) {
+            free(subject);
+            return;
+        }
+        t->r = r;
+        t->id = ++r->next_sub_id;
+        t->uri = strdup(json_string_value(uri));
+        t->match = strdup(match);
+        t->subject = subject;
+        t->sub = nats_bridge_subscribe(r->rt->nats, subject, NULL, on_event, t);
+        t->next = r->topics;
+        r->topics = t;
+        if (!t->sub) {
+            topic_release(t);
+            send_error(s, SUBSCRIBE, req, "wamp.error.unavailable", "cannot subscribe on NATS");
+            return;
+        }
+    }
+    if (!ptrs_has(&t->sessions, s)) {
+        ptrs_add(&t->sessions, s);
+        ptrs_add(&s->topics, t);
+    }
+    send_msg(s, json_pack("[iII]", SUBSCRIBED, (json_int_t)req, (json_int_t)t->id));
+}
+
+static void on_unsubscribe(session *s, json_t *msg)
+{
+    uint64_t req, id;
+    if (json_array_size(msg) != 3 || !get_id(msg, 1, &req) || !get_id(msg, 2, &id)) {
+        protocol_violation(s, "UNSUBSCRIBE is [34, Request|id, Subscription|id]");
+        return;
+    }
+    topic *t = topic_by_id(s->r, id);
+    if (!t || !ptrs_remove(&t->sessions, s)) {
+        send_error(s, UNSUBSCRIBE, req, "wamp.error.no_such_subscription",
+                   "no such subscription in this session");
+        return;
+    }
+    ptrs_remove(&s->topics, t);
+    topic_release(t);
+    send_msg(s, json_pack("[iI]", UNSUBSCRIBED, (json_int_t)req));
+}
+
+static void on_publish(session *s, json_t *msg)
+{
+    uint64_t req;
+    json_t *opts = json_array_get(msg, 2), *uri = json_array_get(msg, 3);
+    if (json_array_size(msg) < 4 || !get_id(msg, 1, &req) || !json_is_object(opts) ||
+        !json_is_string(uri) || !args_ok(msg, 4)) {
+        protocol_violation(s,
+                           "PUBLISH is [16, Request|id, Options|dict, Topic|uri, Arguments|list, "
+                           "ArgumentsKw|dict]");
+        return;
+    }
+    bool ack = json_is_true(json_object_get(opts, "acknowledge"));
+    if (!valid_uri(json_string_value(uri), false)) {
+        if (ack) send_error(s, PUBLISH, req, "wamp.error.invalid_uri", "not a valid topic");
+        return;
+    }
+    uint64_t pub = random_id();
+    char pubtext[24], sesstext[24];
+    snprintf(pubtext, sizeof pubtext, "%llu", (unsigned long long)pub);
+    snprintf(sesstext, sizeof sesstext, "%llu", (unsigned long long)s->id);
+    const char *headers[8];
+    int h = 0;
+    headers[h++] = HDR_PUBLICATION;
+    headers[h++] = pubtext;
+    if (!json_is_false(json_object_get(opts, "exclude_me"))) {
+        headers[h++] = HDR_EXCLUDE;
+        headers[h++] = sesstext;
+    }
+    if (json_is_true(json_object_get(opts, "disclose_me"))) {
+        headers[h++] = HDR_PUBLISHER;
+        headers[h++] = sesstext;
+    }
+    headers[h] = NULL;
+    size_t len;
+    char *body = envelope_text(msg, 4, &len);
+    int rc =
+        body ? nats_bridge_publish(s->r->rt->nats, json_string_value(uri), NULL, body, len, headers)
+             : NB_ERROR;
+    free(body);
+    if (!ack) return;
+    if (rc == NB_OK)
+        send_msg(s, json_pack("[iII]", PUBLISHED, (json_int_t)req, (json_int_t)pub));
+    else
+        send_error(s, PUBLISH, req, URI_UNAVAILABLE, "the bus is unavailable");
+}
+
+/* ---- calls (this session is the caller) ---- */
+
+static void call_unlink(pending_call *c)
+{
+    for (pending_call **p = &c->s->calls; *p; p = &(*p)->next) {
+        if (*p == c) {
+            *p = c->next;
+            return;
+        }
+    }
+}
+
+/* An error reply's body {"error": uri, "args": [...], "kwargs": {...}} as an ERROR message. */
+static json_t *error_from_reply(uint64_t request, natsMsg *reply)
+{
+    const char *code = NULL;
+    natsMsgHeader_Get(reply, HDR_SERVICE_ERROR_CODE, &code);
+    json_t *body =
+        json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, NULL);
+    const char *uri = json_string_value(json_object_get(body, "error"));
+    json_t *args = json_object_get(body, "args"), *kwargs = json_object_get(body, "kwargs");
+    json_t *details = json_object();
+    if (code) json_object_set_new(details, "code", json_integer(atoi(code)));
+    json_t *e = json_pack("[iiIos[]{}]", ERROR, CALL, (json_int_t)request, details,
+                          uri ? uri : URI_RUNTIME_ERROR);
+    if (json_is_array(args)) json_array_set(e, 5, args);
+    if (json_is_object(kwargs)) json_array_set(e, 6, kwargs);
+    if (!uri) {
+        const char *text = NULL;
+        natsMsgHeader_Get(reply, HDR_SERVICE_ERROR, &text);
+        json_array_set_new(e, 5, json_pack("[s]", text ? text : "malformed error reply"));
+    }
+    json_decref(body);
+    return e;
+}
+
+static void on_call_reply(void *udata, enum nb_status status, natsMsg *reply)
+{
+    pending_call *c = udata;
+    session *s = c->s;
+    const char *progress = NULL;
+    bool is_progress =
+        status == NB_OK && natsMsgHeader_Get(reply, HDR_PROGRESS, &progress) == NATS_OK;
+    if (!is_progress) {
+        call_unlink(c);
+    }
+    const char *code = NULL;
+    if (status == NB_OK && natsMsgHeader_Get(reply, HDR_SERVICE_ERROR_CODE, &code) == NATS_OK) {
+        send_msg(s, error_from_reply(c->request, reply));
+    } else if (status == NB_OK) {
+        json_t *args, *kwargs;
+        if (envelope_split(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), &args,
+                           &kwargs) == 0) {
+            json_t *details = is_progress ? json_pack("{sb}", "progress", 1) : json_object();
+            send_msg(s,
+                     json_pack("[iIooo]", RESULT, (json_int_t)c->request, details, args, kwargs));
+        } else {
+            send_error(s, CALL, c->request, URI_RUNTIME_ERROR, "the reply is not [args, kwargs]");
+        }
+    } else if (status == NB_NO_RESPONDERS) {
+        send_error(s, CALL, c->request, URI_NO_SUCH_PROCEDURE, "no service answers this procedure");
+    } else if (status == NB_TIMEOUT) {
+        send_error(s, CALL, c->request, URI_TIMEOUT, "no reply within the call timeout");
+    } else {
+        send_error(s, CALL, c->request, URI_UNAVAILABLE, "the bus is unavailable");
+    }
+    if (reply) natsMsg_Destroy(reply);
+    if (!is_progress) free(c);
+}
+
+static void on_call(session *s, json_t *msg)
+{
+    uint64_t req;
+    json_t *opts = json_array_get(msg, 2), *uri = json_array_get(msg, 3);
+    if (json_array_size(msg) < 4 || !get_id(msg, 1, &req) || !json_is_object(opts) ||
+        !json_is_string(uri) || !args_ok(msg, 4)) {
+        protocol_violation(s,
+                           "CALL is [48, Request|id, Options|dict, Procedure|uri, Arguments|list, "
+                           "ArgumentsKw|dict]");
+        return;
+    }
+    if (!valid_uri(json_string_value(uri), false)) {
+        send_error(s, CALL, req, "wamp.error.invalid_uri", "not a valid procedure");
+        return;
+    }
+    double timeout = s->r->rt->cfg.call_timeout;
+    json_t *t = json_object_get(opts, "timeout");
+    if (json_is_number(t) && json_number_value(t) > 0) timeout = json_number_value(t) / 1000.0;
+    bool progress = json_is_true(json_object_get(opts, "receive_progress"));
+    const char *headers[] = {HDR_RECEIVE_PROGRESS, "1", NULL};
+    pending_call *c = calloc(1, sizeof *c);
+    size_t len;
+    char *body = c ? envelope_text(msg, 4, &len) : NULL;
+    if (!body) {
+        free(c);
+        send_error(s, CALL, req, URI_RUNTIME_ERROR, "out of memory");
+        return;
+    }
+    c->s = s;
+    c->request = req;
+    c->progress = progress;
+    int rc = nats_bridge_request(s->r->rt->nats, json_string_value(uri), body, len,
+                                 progress ? headers : NULL, timeout, on_call_reply, c, &c->req);
+    free(body);
+    if (rc != NB_OK) {
+        free(c);
+        send_error(s, CALL, req, URI_UNAVAILABLE, "the bus is unavailable");
+        return;
+    }
+    if (progress) nb_request_allow_progress(c->req, HDR_PROGRESS);
+    c->next = s->calls;
+    s->calls = c;
+}
+
+static void on_cancel(session *s, json_t *msg)
+{
+    uint64_t req;
+    if (json_array_size(msg) < 2 || !get_id(msg, 1, &req) ||
+        (json_array_size(msg) > 2 && !json_is_object(json_array_get(msg, 2)))) {
+        protocol_violation(s, "CANCEL is [49, CALL.Request|id, Options|dict]");
+        return;
+    }
+    for (pending_call *c = s->calls; c; c = c->next) {
+        if (c->request != req) continue;
+        call_unlink(c);
+        nb_request_cancel(c->req);
+        send_error(s, CALL, req, "wamp.error.canceled", "the call was canceled");
+        free(c);
+        return;
+    }
+    /* already answered: nothing to do */
+}
+
+/* ---- registrations (this session is a callee) ---- */
+
+static registration *reg_find(router *r, const char *procedure)
+{
+    for (registration *g = r->regs; g; g = g->next)
+        if (strcmp(g->procedure, procedure) == 0) return g;
+    return NULL;
+}
+
+static registration *reg_by_id(router *r, uint64_t id)
+{
+    for (registration *g = r->regs; g; g = g->next)
+        if (g->id == id) return g;
+    return NULL;
+}
+
+static void reg_release(registration *g)
+{
+    if (g->callees.n > 0) return;
+    router *r = g->r;
+    for (registration **p = &r->regs; *p; p = &(*p)->next) {
+        if (*p == g) {
+            *p = g->next;
+            break;
+        }
+    }
+    if (g->sub) nb_sub_close(g->sub);
+    free(g->callees.v);
+    free(g->procedure);
+    free(g);
+}
+
+/* Answers a NATS request (reply may be NULL: nobody waits) with an error. */
+static void reply_error(router *r, const char *reply, const char *uri, json_t *args, json_t *kwargs,
+                        int code)
+{
+    if (!reply) return;
+    json_t *body = json_pack("{ssOO}", "error", uri, "args", args ? args : json_array(), "kwargs",
+                             kwargs ? kwargs : json_object());
+    if (!args) json_decref(json_object_get(body, "args"));
+    if (!kwargs) json_decref(json_object_get(body, "kwargs"));
+    char *text = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    json_decref(body);
+    if (!text) return;
+    const char *message = json_string_value(json_array_get(args, 0));
+    char line[256], codetext[16];
+    rpc_error_header_text(line, sizeof line, message ? message : uri);
+    snprintf(codetext, sizeof codetext, "%d", code);
+    const char *headers[] = {HDR_SERVICE_ERROR, line, HDR_SERVICE_ERROR_CODE, codetext, NULL};
+    nats_bridge_publish(r->rt->nats, reply, NULL, text, strlen(text), headers);
+    free(text);
+}
+
+static void on_invocation_msg(void *udata, natsMsg *m)
+{
+    registration *g = udata;
+    router *r = g->r;
+    const char *reply = natsMsg_GetReply(m);
+    json_t *args, *kwargs;
+    if (envelope_split(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &args, &kwargs) != 0) {
+        json_t *a =
+            json_pack("[s]", "expected [args, kwargs] with args an array and kwargs an object");
+        reply_error(r, reply, URI_INVALID_ARGUMENT, a, NULL, 400);
+        json_decref(a);
+        natsMsg_Destroy(m);
+        return;
+    }
+    session *callee = NULL;
+    if (g->callees.n > 0) {
+        int i = strcmp(g->invoke, "random") == 0 ? (int)(random_id() % (uint64_t)g->callees.n)
+                                                 : g->rr++ % g->callees.n;
+        callee = g->callees.v[i];
+    }
+    invocation *inv = callee ? calloc(1, sizeof *inv) : NULL;
+    if (!inv || callee->state != S_ESTABLISHED) {
+        json_t *a = json_pack("[s]", "the callee left");
+        reply_error(r, reply, URI_UNAVAILABLE, a, NULL, 503);
+        json_decref(a);
+        json_decref(args);
+        json_decref(kwargs);
+        free(inv);
+        natsMsg_Destroy(m);
+        return;
+    }
+    inv->s = callee;
+    inv->id = ++callee->next_inv;
+    inv->reply = reply ? strdup(reply) : NULL;
+    inv->next = callee->invs;
+    callee->invs = inv;
+    const char *rp = NULL;
+    json_t *details = json_object();
+    if (reply && natsMsgHeader_Get(m, HDR_RECEIVE_PROGRESS, &rp) == NATS_OK)
+        json_object_set_new(details, "receive_progress", json_true());
+    send_msg(callee, json_pack("[iIIooo]", INVOCATION, (json_int_t)inv->id, (json_int_t)g->id,
+                               details, args, kwargs));
+    natsMsg_Destroy(m);
+}
+
+static void on_register(session *s, json_t *msg)
+{
+    uint64_t req;
+    json_t *opts = json_array_get(msg, 2), *uri = json_array_get(msg, 3);
+    if (json_array_size(msg) != 4 || !get_id(msg, 1, &req) || !json_is_object(opts) ||
+        !json_is_string(uri)) {
+        protocol_violation(s, "REGISTER is [64, Request|id, Options|dict, Procedure|uri]");
+        return;
+    }
+    const char *procedure = json_string_value(uri);
+    if (!valid_uri(procedure, false)) {
+        send_error(s, REGISTER, req, "wamp.error.invalid_uri", "not a valid procedure");
+        return;
+    }
+    const char *invoke = json_string_value(json_object_get(opts, "invoke"));
+    if (!invoke) invoke = "single";
+    if (strcmp(invoke, "single") && strcmp(invoke, "roundrobin") && strcmp(invoke, "random")) {
+        send_error(s, REGISTER, req, "wamp.error.invalid_argument",
+                   "invoke must be single, roundrobin or random");
+        return;
+    }
+    router *r = s->r;
+    registration *g = reg_find(r, procedure);
+    if (g && (strcmp(invoke, "single") == 0 || strcmp(g->invoke, invoke) != 0 ||
+              ptrs_has(&g->callees, s))) {
+        send_error(s, REGISTER, req, "wamp.error.procedure_already_exists",
+                   "the procedure is already registered in this process");
+        return;
+    }
+    if (!g) {
+        g = calloc(1, sizeof *g);
+        if (!g) return;
+        g->r = r;
+        g->id = ++r->next_reg_id;
+        g->procedure = strdup(procedure);
+        snprintf(g->invoke, sizeof g->invoke, "%s", invoke);
+        g->sub = nats_bridge_subscribe(r->rt->nats, procedure, procedure, on_invocation_msg, g);
+        g->next = r->regs;
+        r->regs = g;
+        if (!g->sub) {
+            reg_release(g);
+            send_error(s, REGISTER, req, URI_UNAVAILABLE, "cannot subscribe on NATS");
+            return;
+        }
+    }
+    ptrs_add(&g->callees, s);
+    ptrs_add(&s->regs, g);
+    send_msg(s, json_pack("[iII]", REGISTERED, (json_int_t)req, (json_int_t)g->id));
+}
+
+static void on_unregister(session *s, json_t *msg)
+{
+    uint64_t req, id;
+    if (json_array_size(msg) != 3 || !get_id(msg, 1, &req) || !get_id(msg, 2, &id)) {
+        protocol_violation(s, "UNREGISTER is [66, Request|id, Registration|id]");
+        return;
+    }
+    registration *g = reg_by_id(s->r, id);
+    if (!g || !ptrs_remove(&g->callees, s)) {
+        send_error(s, UNREGISTER, req, "wamp.error.no_such_registration",
+                   "no such registration in this session");
+        return;
+    }
+    ptrs_remove(&s->regs, g);
+    reg_release(g);
+    send_msg(s, json_pack("[iI]", UNREGISTERED, (json_int_t)req));
+}
+
+static invocation *inv_take(session *s, uint64_t id, bool keep)
+{
+    for (invocation **p = &s->invs; *p; p = &(*p)->next) {
+        if ((*p)->id != id) continue;
+        invocation *inv = *p;
+        if (!keep) *p = inv->next;
+        return inv;
+    }
+    return NULL;
+}
+
+static void on_yield(session *s, json_t *msg)
+{
+    uint64_t req;
+    json_t *opts = json_array_get(msg, 2);
+    if (json_array_size(msg) < 3 || !get_id(msg, 1, &req) || !json_is_object(opts) ||
+        !args_ok(msg, 3)) {
+        protocol_violation(s, "YIELD is [70, INVOCATION.Request|id, Options|dict, Arguments|list, "
+                              "ArgumentsKw|dict]");
+        return;
+    }
+    bool progress = json_is_true(json_object_get(opts, "progress"));
+    invocation *inv = inv_take(s, req, progress);
+    if (!inv) return; /* unknown or already answered: WAMP says ignore */
+    if (inv->reply) {
+        size_t len;
+        char *body = envelope_text(msg, 3, &len);
+        const char *headers[] = {HDR_PROGRESS, "1", NULL};
+        if (body)
+            nats_bridge_publish(s->r->rt->nats, inv->reply, NULL, body, len,
+                                progress ? headers : NULL);
+        free(body);
+    }
+    if (!progress) {
+        free(inv->reply);
+        free(inv);
+    }
+}
+
+static void on_error(session *s, json_t *msg)
+{
+    uint64_t req;
+    json_t *type = json_array_get(msg, 1), *details = json_array_get(msg, 3),
+           *uri = json_array_get(msg, 4);
+    if (json_array_size(msg) < 5 || !json_is_integer(type) || !get_id(msg, 2, &req) ||
+        !json_is_object(details) || !json_is_string(uri) || !args_ok(msg, 5)) {
+        protocol_violation(s, "ERROR is [8, REQUEST.Type|int, REQUEST.Request|id, Details|dict, "
+                              "Error|uri, Arguments|list, ArgumentsKw|dict]");
+        return;
+    }
+    if (json_integer_value(type) != INVOCATION) {
+        protocol_violation(s, "a client sends ERROR only for an INVOCATION");
+        return;
+    }
+    invocation *inv = inv_take(s, req, false);
+    if (!inv) return;
+    json_t *code = json_object_get(details, "code");
+    int status = json_is_integer(code) ? (int)json_integer_value(code) : 400;
+    if (status < 100 || status > 599) status = 400;
+    reply_error(s->r, inv->reply, json_string_value(uri), json_array_get(msg, 5),
+                json_array_get(msg, 6), status);
+    free(inv->reply);
+    free(inv);
+}
+
+/* ---- session life ---- */
+
+static json_t *welcome_details(void)
+{
+    return json_pack("{s{s{s{sbsbsb}}s{s{sbsbsbsb}}}ss}", "roles", "broker", "features",
+                     "publisher_exclusion", 1, "publisher_identification", 1,
+                     "pattern_based_subscription", 1, "dealer", "features",
+                     "progressive_call_results", 1, "call_timeout", 1, "call_canceling", 1,
+                     "shared_registration", 1, "authmethod", "anonymous");
+}
+
+static void on_hello(session *s, json_t *msg)
+{
+    json_t *realm = json_array_get(msg, 1), *details = json_array_get(msg, 2);
+    if (json_array_size(msg) != 3 || !json_is_string(realm) || !json_is_object(details) ||
+        !valid_uri(json_string_value(realm), false)) {
+        protocol_violation(s, "HELLO is [1, Realm|uri, Details|dict]");
+        return;
+    }
+    if (s->r->shutting_down) {
+        abort_session(s, "wamp.error.system_shutdown", "the router is shutting down");
+        return;
+    }
+    s->state = S_ESTABLISHED;
+    json_t *d = welcome_details();
+    json_object_set(d, "realm", realm);
+    send_msg(s, json_pack("[iIo]", WELCOME, (json_int_t)s->id, d));
+}
+
+static void on_goodbye(session *s, json_t *msg)
+{
+    if (json_array_size(msg) != 3 || !json_is_object(json_array_get(msg, 1)) ||
+        !json_is_string(json_array_get(msg, 2))) {
+        protocol_violation(s, "GOODBYE is [6, Details|dict, Reason|uri]");
+        return;
+    }
+    send_msg(s, json_pack("[i{}s]", GOODBYE, "wamp.close.goodbye_and_out"));
+    close_session(s, 1000, "goodbye");
+}
+
+static void dispatch(session *s, json_t *msg)
+{
+    json_t *code = json_array_get(msg, 0);
+    if (!json_is_array(msg) || !json_is_integer(code)) {
+        protocol_violation(s, "a WAMP message is an array starting with its type code");
+        return;
+    }
+    json_int_t type = json_integer_value(code);
+    if (s->state == S_OPEN) {
+        if (type == HELLO)
+            on_hello(s, msg);
+        else
+            protocol_violation(s, "the first message must be HELLO");
+        return;
+    }
+    switch (type) {
+    case SUBSCRIBE:
+        on_subscribe(s, msg);
+        break;
+    case UNSUBSCRIBE:
+        on_unsubscribe(s, msg);
+        break;
+    case PUBLISH:
+        on_publish(s, msg);
+        break;
+    case CALL:
+        on_call(s, msg);
+        break;
+    case CANCEL:
+        on_cancel(s, msg);
+        break;
+    case REGISTER:
+        on_register(s, msg);
+        break;
+    case UNREGISTER:
+        on_unregister(s, msg);
+        break;
+    case YIELD:
+        on_yield(s, msg);
+        break;
+    case ERROR:
+        on_error(s, msg);
+        break;
+    case GOODBYE:
+        on_goodbye(s, msg);
+        break;
+    case HELLO:
+        protocol_violation(s, "HELLO in an established session");
+        break;
+    default:
+        protocol_violation(s, "a message type the router does not accept");
+        break;
+    }
+}
+
+/* Everything a session holds goes: subscriptions, registrations (pending invocations answer at
+ * once), calls waiting for replies. The WebSocket itself is closed by the caller. */
+static void session_end(session *s)
+{
+    router *r = s->r;
+    for (int i = 0; i < s->topics.n; i++) {
+        topic *t = s->topics.v[i];
+        ptrs_remove(&t->sessions, s);
+        topic_release(t);
+    }
+    for (int i = 0; i < s->regs.n; i++) {
+        registration *g = s->regs.v[i];
+        ptrs_remove(&g->callees, s);
+        reg_release(g);
+    }
+    while (s->invs) {
+        invocation *inv = s->invs;
+        s->invs = inv->next;
+        json_t *a = json_pack("[s]", "the callee left");
+        reply_error(r, inv->reply, URI_UNAVAILABLE, a, NULL, 503);
+        json_decref(a);
+        free(inv->reply);
+        free(inv);
+    }
+    while (s->calls) {
+        pending_call *c = s->calls;
+        s->calls = c->next;
+        nb_request_cancel(c->req);
+        free(c);
+    }
+    if (s->dirty) {
+        for (session **p = &r->dirty; *p; p = &(*p)->dirty_next) {
+            if (*p == s) {
+                *p = s->dirty_next;
+                break;
+            }
+        }
+    }
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        r->sessions = s->next;
+    if (s->next) s->next->prev = s->prev;
+    r->nsessions--;
+    log_debug(TAG, "session %llu ended", (unsigned long long)s->id);
+    free(s->topics.v);
+    free(s->regs.v);
+    free(s);
+}
+
+static void on_ws_message(h2o_websocket_conn_t *ws, const struct wslay_event_on_msg_recv_arg *arg)
+{
+    session *s = ws->data;
+    if (!arg) { /* closed by the peer, or an error: h2o wants us to free the connection */
+        session_end(s);
+        h2o_websocket_close(ws);
+        return;
+    }
+    if (arg->opcode >= 0x8 || s->state == S_CLOSING) return; /* control frames: wslay's job */
+    bool binary = arg->opcode == WSLAY_BINARY_FRAME;
+    if (binary != (s->ser == WAMP_MSGPACK)) {
+        protocol_violation(s, s->ser == WAMP_MSGPACK ? "wamp.2.msgpack uses binary frames"
+                                                     : "wamp.2.json uses text frames");
+        return;
+    }
+    char err[160];
+    json_t *msg = wamp_decode(s->ser, (const char *)arg->msg, arg->msg_length,
+                              s->r->rt->cfg.max_depth + 2, err, sizeof err);
+    if (!msg) {
+        protocol_violation(s, err);
+        return;
+    }
+    dispatch(s, msg);
+    json_decref(msg);
+}
+
+/* The first subprotocol of the client's list that we speak, or NULL. */
+static const char *choose_protocol(h2o_req_t *req, enum wamp_serializer *ser)
+{
+    for (ssize_t i = -1; (i = h2o_find_header_by_str(
+                              &req->headers, H2O_STRLIT("sec-websocket-protocol"), i)) != -1;) {
+        h2o_iovec_t v = req->headers.entries[i].value;
+        size_t at = 0;
+        while (at < v.len) {
+            while (at < v.len && (v.base[at] == ' ' || v.base[at] == ','))
+                at++;
+            size_t start = at;
+            while (at < v.len && v.base[at] != ',' && v.base[at] != ' ')
+                at++;
+            h2o_iovec_t tok = h2o_iovec_init(v.base + start, at - start);
+            if (h2o_memis(tok.base, tok.len, H2O_STRLIT("wamp.2.json"))) {
+                *ser = WAMP_JSON;
+                return "wamp.2.json";
+            }
+            if (h2o_memis(tok.base, tok.len, H2O_STRLIT("wamp.2.msgpack"))) {
+                *ser = WAMP_MSGPACK;
+                return "wamp.2.msgpack";
+            }
+        }
+    }
+    return NULL;
+}
+
+static void refuse(h2o_req_t *req, const char *message)
+{
+    char body[256];
+    int n = snprintf(body, sizeof body, "{\"error\":\"%s\",\"args\":[\"%s\"],\"kwargs\":{}}",
+                     URI_INVALID_ARGUMENT, message);
+    req->res.status = 400;
+    req->res.reason = "Bad Request";
+    req->res.content_length = (size_t)n;
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                   H2O_STRLIT("application/json"));
+    h2o_send_inline(req, body, (size_t)n);
+}
+
+int wamp_router_upgrade(struct wamp_router *r, h2o_req_t *req)
+{
+    const char *key = NULL;
+    if (h2o_is_websocket_handshake(req, &key) != 0 || !key) {
+        refuse(req, "GET /websocket is a WebSocket (HTTP/1.1 Upgrade) for WAMP");
+        return 0;
+    }
+    enum wamp_serializer ser;
+    const char *proto = choose_protocol(req, &ser);
+    if (!proto) {
+        refuse(req, "no supported subprotocol: offer wamp.2.json or wamp.2.msgpack");
+        return 0;
+    }
+    if (r->shutting_down) {
+        refuse(req, "the router is shutting down");
+        return 0;
+    }
+    session *s = calloc(1, sizeof *s);
+    if (!s) {
+        refuse(req, "out of memory");
+        return 0;
+    }
+    s->r = r;
+    s->ser = ser;
+    s->id = random_id();
+    s->state = S_OPEN;
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("sec-websocket-protocol"), 0,
+                          NULL, proto, strlen(proto));
+    s->ws = h2o_upgrade_to_websocket(req, key, s, on_ws_message);
+    wslay_event_config_set_max_recv_msg_length(s->ws->ws_ctx, r->rt->cfg.body_limit);
+    s->next = r->sessions;
+    if (r->sessions) r->sessions->prev = s;
+    r->sessions = s;
+    r->nsessions++;
+    return 0;
+}
+
+/* ---- router life ---- */
+
+struct wamp_router *wamp_router_new(runtime *rt)
+{
+    router *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->rt = rt;
+    codec_buf_init(&r->out);
+    uv_timer_init(&rt->loop, &r->flush_timer);
+    r->flush_timer.data = r;
+    return r;
+}
+
+int wamp_router_sessions(const struct wamp_router *r)
+{
+    return r ? r->nsessions : 0;
+}
+
+void wamp_router_shutdown(struct wamp_router *r)
+{
+    r->shutting_down = true;
+    /* no more events or invocations: the NATS side goes first, so nothing the bridge holds
+     * points at a topic or registration any more */
+    for (topic *t = r->topics; t; t = t->next) {
+        if (t->sub) nb_sub_close(t->sub);
+        t->sub = NULL;
+    }
+    for (registration *g = r->regs; g; g = g->next) {
+        if (g->sub) nb_sub_close(g->sub);
+        g->sub = NULL;
+    }
+    for (session *s = r->sessions; s; s = s->next) {
+        if (s->state == S_ESTABLISHED)
+            send_msg(s, json_pack("[i{ss}s]", GOODBYE, "message", "the router is shutting down",
+                                  "wamp.close.system_shutdown"));
+        close_session(s, 1001, "shutting down");
+    }
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+void wamp_router_close(struct wamp_router *r)
+{
+    while (r->sessions) {
+        session *s = r->sessions;
+        h2o_websocket_conn_t *ws = s->ws;
+        session_end(s);
+        h2o_websocket_close(ws);
+    }
+    uv_close((uv_handle_t *)&r->flush_timer, timer_closed);
+}
+
+void wamp_router_free(struct wamp_router *r)
+{
+    if (!r) return;
+    codec_buf_free(&r->out);
+    free(r);
+}
