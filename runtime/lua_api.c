@@ -316,6 +316,12 @@ static int core_context(lua_State *L)
     }
     lua_pushboolean(L, t != NULL);
     lua_setfield(L, -2, "in_task");
+    if (t && t->deadline) {
+        runtime *rt = lua_api_runtime(L);
+        uint64_t now = uv_now(&rt->loop);
+        lua_pushnumber(L, t->deadline > now ? (double)(t->deadline - now) / 1000.0 : 0.0);
+        lua_setfield(L, -2, "timeout_left");
+    }
     return 1;
 }
 

@@ -263,9 +263,19 @@ int nats_bridge_request(nats_bridge *nb, const char *subject, const char *data, 
     if (!nb->nc || nb->closing || !nats_bridge_connected(nb)) return NB_UNAVAILABLE;
     nb_request *r = request_new(nb, timeout_s, fn, udata);
     if (!r) return NB_ERROR;
-    char reply[96];
+    char reply[96], ms[32];
     snprintf(reply, sizeof reply, "%s.%llu", nb->inbox, (unsigned long long)r->id);
-    int rc = publish_msg(nb, subject, reply, data, len, headers);
+    snprintf(ms, sizeof ms, "%.0f", timeout_s * 1000.0);
+    const char *all[20];
+    int n = 0;
+    for (int i = 0; headers && headers[i] && headers[i + 1] && n < 16; i += 2) {
+        all[n++] = headers[i];
+        all[n++] = headers[i + 1];
+    }
+    all[n++] = NB_HDR_TIMEOUT;
+    all[n++] = ms;
+    all[n] = NULL;
+    int rc = publish_msg(nb, subject, reply, data, len, all);
     if (rc != NB_OK) {
         table_take(nb, r->id);
         r->fn = NULL;

@@ -17,6 +17,9 @@ enum nb_status {
     NB_ERROR,         /* anything else nats.c refused (logged) */
 };
 
+/* Every request carries how long (ms) its caller waits; a service abandons the call after it. */
+#define NB_HDR_TIMEOUT "Microservice-Timeout"
+
 typedef struct nats_bridge nats_bridge;
 typedef struct nb_sub nb_sub;
 typedef struct nb_request nb_request;

@@ -180,6 +180,7 @@ int runtime_run(runtime *rt)
     rt->L = NULL;
     nats_bridge_free(rt->nats);
     rt->nats = NULL;
+    uv_run(&rt->loop, UV_RUN_NOWAIT); /* close callbacks of what was just freed */
     pg_pool_free(rt->pg);
     rt->pg = NULL;
     if (uv_loop_close(&rt->loop) != 0) log_debug(TAG, "loop closed with handles still open");

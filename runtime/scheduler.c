@@ -66,6 +66,8 @@ task *sched_task_new(struct scheduler *s, task_done_fn on_done, void *udata, con
         t->co = lua_newthread(L);
         t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
         lua_setexdata(t->co, t);
+        uv_timer_init(&s->rt->loop, &t->deadline_timer);
+        t->deadline_timer.data = t;
     }
     t->sched = s;
     t->on_done = on_done;
@@ -75,6 +77,11 @@ task *sched_task_new(struct scheduler *s, task_done_fn on_done, void *udata, con
     t->token++;
     link_task(s, t);
     return t;
+}
+
+static void task_free_cb(uv_handle_t *h)
+{
+    free(h->data);
 }
 
 /* The end of every task: back to the pool when the coroutine can be reset, else unanchored. */
@@ -91,6 +98,8 @@ static void task_release(task *t)
     t->token++;
     t->on_done = NULL;
     t->udata = NULL;
+    if (t->deadline) uv_timer_stop(&t->deadline_timer);
+    t->deadline = 0;
     lua_State *L = s->rt->L;
     if (s->pooled < POOL_MAX) {
         lua_resetthread(L, t->co);
@@ -99,7 +108,7 @@ static void task_release(task *t)
         return;
     }
     luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
-    free(t);
+    uv_close((uv_handle_t *)&t->deadline_timer, task_free_cb);
 }
 
 void sched_task_discard(task *t)
@@ -245,19 +254,34 @@ void sched_op_resume(sched_op *op, int nargs)
     run(t, nargs);
 }
 
-static void cancel_task(task *t)
+static void cancel_task(task *t, enum task_end how)
 {
     sched_op *op = t->op;
     t->op = NULL;
     if (op) op->cancel(op);
     lua_settop(t->co, 0);
-    finish(t, TASK_CANCELLED, 0);
+    finish(t, how, 0);
+}
+
+static void deadline_cb(uv_timer_t *timer)
+{
+    task *t = timer->data;
+    if (!t->on_done) return;
+    log_info(t->label ? t->label : "task", "abandoned: its caller's timeout passed");
+    cancel_task(t, TASK_EXPIRED);
+}
+
+void sched_set_deadline(task *t, double seconds)
+{
+    uint64_t ms = seconds <= 0 ? 0 : (uint64_t)(seconds * 1000.0 + 0.5);
+    t->deadline = uv_now(&t->sched->rt->loop) + ms;
+    uv_timer_start(&t->deadline_timer, deadline_cb, ms, 0);
 }
 
 void sched_cancel_all(struct scheduler *s)
 {
     while (s->head)
-        cancel_task(s->head);
+        cancel_task(s->head, TASK_CANCELLED);
 }
 
 void sched_free(struct scheduler *s)
@@ -267,7 +291,7 @@ void sched_free(struct scheduler *s)
     lua_State *L = s->rt->L;
     for (int i = 0; i < s->pooled; i++) {
         if (L) luaL_unref(L, LUA_REGISTRYINDEX, s->pool[i]->ref);
-        free(s->pool[i]);
+        uv_close((uv_handle_t *)&s->pool[i]->deadline_timer, task_free_cb);
     }
     free(s);
 }

@@ -19,6 +19,7 @@ enum task_end {
     TASK_ERROR,     /* raised a Lua error: message (no traceback) on the coroutine's stack */
     TASK_APP_ERROR, /* raised microservice.error(...): the error table on the coroutine's stack */
     TASK_CANCELLED, /* abandoned (shutdown deadline): nothing on the stack */
+    TASK_EXPIRED,   /* abandoned at its own deadline (its caller stopped waiting): nothing */
 };
 
 /* Called once when the task ends, on the loop thread; nres values are on top of co. After it
@@ -43,6 +44,8 @@ struct task {
     const char *label;            /* what runs, for logs ("greeting_service.hello"), not owned */
     void (*finalizer)(void *arg); /* runs when the task ends, however it ends */
     void *finalizer_arg;
+    uv_timer_t deadline_timer; /* armed by sched_set_deadline */
+    uint64_t deadline;         /* loop time (ms) when the caller stops waiting; 0: none */
     struct scheduler *sched;
     task *prev, *next; /* in-flight list */
 };
@@ -78,6 +81,10 @@ void sched_op_resume(sched_op *op, int nargs);
 /* Sets (or clears, with NULL) the one resource hook of a task, e.g. a reserved database
  * connection to roll back if the task ends inside a transaction. */
 void sched_set_finalizer(task *t, void (*fn)(void *arg), void *arg);
+
+/* The task is abandoned (its pending operation cancelled through its hook, on_done called with
+ * TASK_EXPIRED) if it is still running after seconds: for calls whose caller gave a timeout. */
+void sched_set_deadline(task *t, double seconds);
 
 /* Cancels every in-flight task (shutdown deadline). */
 void sched_cancel_all(struct scheduler *s);

@@ -199,6 +199,9 @@ static void call_done(task *t, enum task_end how, lua_State *co, int nres)
             reply_error(s, c->reply, URI_UNAVAILABLE,
                         "the service shut down before the call completed", 503);
             break;
+        case TASK_EXPIRED:
+            reply_error(s, c->reply, URI_TIMEOUT, "the call's timeout passed", 504);
+            break;
         }
     }
     if (c->sub) lua_sub_release(c->sub);
@@ -264,6 +267,9 @@ static void on_rpc_msg(void *udata, natsMsg *msg)
         natsMsg_Destroy(msg);
         return;
     }
+    const char *timeout = NULL;
+    if (natsMsgHeader_Get(msg, NB_HDR_TIMEOUT, &timeout) == NATS_OK && timeout)
+        sched_set_deadline(t, strtod(timeout, NULL) / 1000.0);
     natsMsg_Destroy(msg);
     /* stack: args kwargs -> args kwargs fn bound... -> fn bound... */
     lua_rawgeti(co, LUA_REGISTRYINDEX, e->fn_ref);

@@ -111,6 +111,10 @@ struct session {
     invocation *invs;
     uint64_t next_inv;
     bool dirty, slow;
+    bool close_queued;   /* the close frame is in wslay (after every queued message) */
+    uint16_t close_code; /* S_CLOSING: the close frame to send once the queue is empty */
+    const char *close_reason;
+    uint64_t close_deadline; /* loop time: a peer that does not read by then is dropped */
     session *dirty_next;
     session *prev, *next;
 };
@@ -191,14 +195,49 @@ static bool valid_uri(const char *u, bool allow_empty_parts)
 
 /* ---- sending ---- */
 
+/* For a closing session: queue the close frame once the messages before it are out. Returns
+ * false when the session is dropped (or must be checked again later: *again). */
+static bool close_step(session *s, bool *again)
+{
+    if (s->state != S_CLOSING || s->close_queued) return true;
+    wslay_event_context_ptr ctx = s->ws->ws_ctx;
+    bool drained = wslay_event_get_queued_msg_count(ctx) == 0 && s->ws->sock &&
+                   !h2o_socket_is_writing(s->ws->sock);
+    if (drained) {
+        wslay_event_queue_close(ctx, s->close_code, (const uint8_t *)s->close_reason,
+                                strlen(s->close_reason));
+        s->close_queued = true;
+        return true;
+    }
+    if (uv_now(&s->r->rt->loop) > s->close_deadline) { /* the peer does not read: drop it */
+        h2o_websocket_conn_t *ws = s->ws;
+        session_end(s);
+        h2o_websocket_close(ws);
+        return false;
+    }
+    *again = true;
+    return true;
+}
+
 static void flush_cb(uv_timer_t *t)
 {
     router *r = t->data;
-    while (r->dirty) {
-        session *s = r->dirty;
-        r->dirty = s->dirty_next;
+    session *list = r->dirty;
+    bool recheck = false;
+    r->dirty = NULL;
+    while (list) {
+        session *s = list;
+        list = s->dirty_next;
         s->dirty = false;
         s->dirty_next = NULL;
+        bool again = false;
+        if (!s->slow && !close_step(s, &again)) continue;
+        if (again) { /* back on the dirty list before proceed, which may still end it */
+            s->dirty = true;
+            s->dirty_next = r->dirty;
+            r->dirty = s;
+            recheck = true;
+        }
         if (s->slow) {
             log_warn(TAG,
                      "session %llu closed: slow consumer (over %u bytes or %d messages queued)",
@@ -210,6 +249,9 @@ static void flush_cb(uv_timer_t *t)
         }
         if (s->ws->sock) h2o_websocket_proceed(s->ws); /* may end the session (callback NULL) */
     }
+    /* closing sessions whose queue is not out yet are looked at again in a moment */
+    if (r->dirty && !uv_is_active((uv_handle_t *)&r->flush_timer))
+        uv_timer_start(&r->flush_timer, flush_cb, recheck ? 10 : 0, 0);
 }
 
 static void mark_dirty(session *s)
@@ -250,11 +292,15 @@ static void send_msg(session *s, json_t *msg)
     json_decref(msg);
 }
 
+/* The close frame goes after what is queued (an ABORT, a GOODBYE): wslay sends control frames
+ * first and nothing after a close, so the flush queues it once the message queue is empty. */
 static void close_session(session *s, uint16_t code, const char *reason)
 {
     if (s->state == S_CLOSING) return;
     s->state = S_CLOSING;
-    wslay_event_queue_close(s->ws->ws_ctx, code, (const uint8_t *)reason, strlen(reason));
+    s->close_code = code;
+    s->close_reason = reason;
+    s->close_deadline = uv_now(&s->r->rt->loop) + 2000;
     mark_dirty(s);
 }
 
@@ -722,10 +768,9 @@ static void reply_error(router *r, const char *reply, const char *uri, json_t *a
                         int code)
 {
     if (!reply) return;
-    json_t *body = json_pack("{ssOO}", "error", uri, "args", args ? args : json_array(), "kwargs",
-                             kwargs ? kwargs : json_object());
-    if (!args) json_decref(json_object_get(body, "args"));
-    if (!kwargs) json_decref(json_object_get(body, "kwargs"));
+    json_t *body =
+        json_pack("{s:s, s:o, s:o}", "error", uri, "args", args ? json_incref(args) : json_array(),
+                  "kwargs", kwargs ? json_incref(kwargs) : json_object());
     char *text = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(17));
     json_decref(body);
     if (!text) return;
