@@ -2,6 +2,7 @@
 // the process exits 0. SIGINT on an idle process exits 0 too.
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import path from 'node:path';
 import * as h from './lib/harness.mjs';
 
@@ -94,4 +95,31 @@ h.test('SIGINT on an idle process exits 0', { timeout: 60000 }, async () => {
   assert.ok(exit, 'no exit within 10 s of SIGINT');
   assert.equal(exit.signal, null);
   assert.equal(exit.code, 0);
+});
+
+h.test('SIGTERM with no HTTP connection ever made, and with an idle one open: exit 0 promptly', { timeout: 60000 }, async () => {
+  // Readiness over NATS, so that no HTTP connection exists at all.
+  const a = await h.startRuntime({
+    dir, name: 'no-conn', natsUrl: nats.url, servicesDir: sdir, ready: { rpc: 'greeting_service.hello', payload: '[["x"]]' },
+  });
+  a.proc.kill('SIGTERM');
+  let exit = await Promise.race([a.proc.exited, h.sleep(10000).then(() => null)]);
+  assert.ok(exit, 'no exit within 10 s (no connections)');
+  assert.deepEqual(exit, { code: 0, signal: null });
+
+  // An idle client connection (a browser's keep-alive) must not keep the process alive.
+  const b = await h.startRuntime({
+    dir, name: 'idle-conn', natsUrl: nats.url, servicesDir: sdir, ready: { rpc: 'greeting_service.hello', payload: '[["x"]]' },
+  });
+  const sock = net.connect(b.port, '127.0.0.1');
+  sock.on('error', () => {});
+  await new Promise((resolve, reject) => { sock.once('connect', resolve); sock.once('error', reject); });
+  try {
+    b.proc.kill('SIGTERM');
+    exit = await Promise.race([b.proc.exited, h.sleep(10000).then(() => null)]);
+    assert.ok(exit, 'no exit within 10 s with an idle connection open');
+    assert.deepEqual(exit, { code: 0, signal: null });
+  } finally {
+    sock.destroy();
+  }
 });
