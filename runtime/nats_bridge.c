@@ -432,6 +432,8 @@ static bool intake_paused(nats_bridge *nb)
 /* A drained subscription is done once nats.c says so and we took every message it holds. */
 static bool sub_finished(nb_sub *s)
 {
+    /* without a connection a drain never completes, and nothing more can arrive */
+    if (s->drain_requested && !nats_bridge_connected(s->nb)) return true;
     if (s->dead || !s->sub || !natsSubscription_IsValid(s->sub)) return s->drain_requested;
     if (!s->drain_requested) return false;
     int pending = 0;
