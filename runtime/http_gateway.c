@@ -144,7 +144,7 @@ static void on_reply(void *udata, enum nb_status status, natsMsg *reply)
     case NB_OK:
         respond(req, reply_status(reply), natsMsg_GetData(reply),
                 (size_t)natsMsg_GetDataLength(reply));
-        natsMsg_Destroy(reply);
+        nats_bridge_release(gw->rt->nats, reply);
         break;
     case NB_NO_RESPONDERS:
         respond_error(gw, req, URI_NO_SUCH_PROCEDURE, "no service answers this procedure");

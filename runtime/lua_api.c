@@ -150,7 +150,7 @@ static void call_reply_cb(void *udata, enum nb_status status, natsMsg *reply)
     c->req = NULL;
     lua_State *co = sched_op_target(&c->base);
     if (!co) {
-        if (reply) natsMsg_Destroy(reply);
+        if (reply) nats_bridge_release(c->rt->nats, reply);
         free(c);
         return;
     }
@@ -183,7 +183,7 @@ static void call_reply_cb(void *udata, enum nb_status status, natsMsg *reply)
             lua_api_push_error(co, URI_UNAVAILABLE, "the bus is unavailable", 503);
         }
     }
-    if (reply) natsMsg_Destroy(reply);
+    if (reply) nats_bridge_release(c->rt->nats, reply);
     sched_op_resume(&c->base, nret);
     free(c);
 }

@@ -33,6 +33,7 @@
 #define DRAIN_BUDGET 512 /* messages per loop iteration, over all subscriptions */
 #define INBOX_RING 65536
 #define PROBE_TIMEOUT_S 2.0
+#define RELEASE_BATCH 1024
 
 struct nb_sub {
     nats_bridge *nb;
@@ -99,6 +100,9 @@ struct nats_bridge {
     bool probe_busy; /* a lookup or a probe connection is open */
     bool probe_ok;
     bool retry_logged;
+
+    natsMsg *released[RELEASE_BATCH]; /* see nats_bridge_release */
+    int nreleased;
 
     bool closing;
     void (*on_closed)(void *arg);
@@ -183,7 +187,7 @@ static void request_end(nb_request *r, enum nb_status status, natsMsg *reply)
     if (fn) {
         fn(udata, status, reply);
     } else if (reply) {
-        natsMsg_Destroy(reply);
+        nats_bridge_release(r->nb, reply);
     }
 }
 
@@ -342,11 +346,11 @@ static void deliver_reply(nats_bridge *nb, natsMsg *msg)
     }
     r = table_take(nb, id);
     if (!r) { /* late (timed out or cancelled) */
-        natsMsg_Destroy(msg);
+        nats_bridge_release(nb, msg);
         return;
     }
     if (natsMsg_IsNoResponders(msg)) {
-        natsMsg_Destroy(msg);
+        nats_bridge_release(nb, msg);
         request_end(r, NB_NO_RESPONDERS, NULL);
         return;
     }
@@ -441,9 +445,23 @@ static bool sub_finished(nb_sub *s)
     return pending == 0 && natsSubscription_DrainCompletionStatus(s->sub) != NATS_ILLEGAL_STATE;
 }
 
+static void release_all(nats_bridge *nb)
+{
+    for (int i = 0; i < nb->nreleased; i++)
+        natsMsg_Destroy(nb->released[i]);
+    nb->nreleased = 0;
+}
+
+void nats_bridge_release(nats_bridge *nb, natsMsg *msg)
+{
+    if (nb->nreleased == RELEASE_BATCH) release_all(nb);
+    nb->released[nb->nreleased++] = msg;
+}
+
 static void check_cb(uv_check_t *h)
 {
     nats_bridge *nb = h->data;
+    release_all(nb); /* what the callbacks of this turn freed, before taking more */
     bool backlog = false;
     int budget = DRAIN_BUDGET;
     for (nb_sub *s = nb->subs; s;) {
@@ -600,7 +618,7 @@ const char *nats_bridge_state(nats_bridge *nb)
 static void probe_done(void *udata, enum nb_status status, natsMsg *reply)
 {
     nats_bridge *nb = udata;
-    if (reply) natsMsg_Destroy(reply);
+    if (reply) nats_bridge_release(nb, reply);
     if (status == NB_OK) {
         if (!nb->confirmed)
             log_info(TAG, "ready: %d subscriptions confirmed by the server", nb->nsubs);
@@ -918,6 +936,7 @@ static void finish_close(nats_bridge *nb)
     natsConnection_Destroy(nb->nc);
     nb->nc = NULL;
     inbox_async_cb(&nb->inbox_async); /* release what the ring still holds */
+    release_all(nb);
     close_handles(nb);
     log_info(TAG, "connection closed");
 }
@@ -944,6 +963,7 @@ void nats_bridge_close(nats_bridge *nb, void (*on_closed)(void *arg), void *arg)
 void nats_bridge_free(nats_bridge *nb)
 {
     if (!nb) return;
+    release_all(nb);
     if (nb->opts) natsOptions_Destroy(nb->opts);
     pthread_mutex_destroy(&nb->ring_mu);
     free(nb->ring);

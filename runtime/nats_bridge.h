@@ -72,6 +72,11 @@ int nats_bridge_pending_requests(nats_bridge *nb);
 /* Where this connection's requests get their replies ("_INBOX.<nuid>"). */
 const char *nats_bridge_inbox(nats_bridge *nb);
 
+/* Frees a message nats.c delivered, at the end of this loop turn: nats.c hands each freed message
+ * to its collector thread and wakes it when its list was empty, so freeing a turn's messages
+ * together costs one wake-up instead of one per message. Loop thread only. */
+void nats_bridge_release(nats_bridge *nb, natsMsg *msg);
+
 /* Flushes what is queued, closes the connection and every handle; on_closed runs on the loop once
  * everything is released. */
 void nats_bridge_close(nats_bridge *nb, void (*on_closed)(void *arg), void *arg);

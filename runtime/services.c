@@ -255,7 +255,7 @@ static void on_rpc_msg(void *udata, natsMsg *msg)
         if (natsMsg_GetReply(msg))
             reply_error(s, natsMsg_GetReply(msg), URI_UNAVAILABLE, "out of memory", 503);
         free(c);
-        natsMsg_Destroy(msg);
+        nats_bridge_release(s->rt->nats, msg);
         return;
     }
     c->rpc = e;
@@ -264,13 +264,13 @@ static void on_rpc_msg(void *udata, natsMsg *msg)
         e->errors++;
         sched_task_discard(t);
         free(c);
-        natsMsg_Destroy(msg);
+        nats_bridge_release(s->rt->nats, msg);
         return;
     }
     const char *timeout = NULL;
     if (natsMsgHeader_Get(msg, NB_HDR_TIMEOUT, &timeout) == NATS_OK && timeout)
         sched_set_deadline(t, strtod(timeout, NULL) / 1000.0);
-    natsMsg_Destroy(msg);
+    nats_bridge_release(s->rt->nats, msg);
     /* stack: args kwargs -> args kwargs fn bound... -> fn bound... */
     lua_rawgeti(co, LUA_REGISTRYINDEX, e->fn_ref);
     char err[256];
@@ -459,7 +459,7 @@ static void on_sub_msg(void *udata, natsMsg *msg)
     task *t = c ? sched_task_new(s->rt->sched, call_done, c, ls->subject) : NULL;
     if (!t) {
         free(c);
-        natsMsg_Destroy(msg);
+        nats_bridge_release(s->rt->nats, msg);
         return;
     }
     lua_State *co = t->co;
@@ -467,11 +467,11 @@ static void on_sub_msg(void *udata, natsMsg *msg)
     if (push_envelope(s, co, msg, ls->subject) != 0) {
         sched_task_discard(t);
         free(c);
-        natsMsg_Destroy(msg);
+        nats_bridge_release(s->rt->nats, msg);
         return;
     }
     lua_pushstring(co, natsMsg_GetSubject(msg));
-    natsMsg_Destroy(msg);
+    nats_bridge_release(s->rt->nats, msg);
     c->sub = ls;
     ls->tasks++;
     sched_start(t, 3);

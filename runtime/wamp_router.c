@@ -374,7 +374,7 @@ static void on_event(void *udata, natsMsg *m)
     if (envelope_split(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &args, &kwargs) != 0) {
         log_debug(TAG, "event on %s dropped: not an [args, kwargs] envelope",
                   natsMsg_GetSubject(m));
-        natsMsg_Destroy(m);
+        nats_bridge_release(t->r->rt->nats, m);
         return;
     }
     const char *exclude = NULL, *publisher = NULL, *publication = NULL;
@@ -410,7 +410,7 @@ static void on_event(void *udata, natsMsg *m)
     codec_buf_free(&enc[0]);
     codec_buf_free(&enc[1]);
     json_decref(ev);
-    natsMsg_Destroy(m);
+    nats_bridge_release(t->r->rt->nats, m);
 }
 
 /* NATS subject for a topic and match policy, or NULL (refused, *why says so). */
@@ -664,7 +664,7 @@ static void on_call_reply(void *udata, enum nb_status status, natsMsg *reply)
     } else {
         send_error(s, CALL, c->request, URI_UNAVAILABLE, "the bus is unavailable");
     }
-    if (reply) natsMsg_Destroy(reply);
+    if (reply) nats_bridge_release(s->r->rt->nats, reply);
     if (!is_progress) free(c);
 }
 
@@ -794,7 +794,7 @@ static void on_invocation_msg(void *udata, natsMsg *m)
             json_pack("[s]", "expected [args, kwargs] with args an array and kwargs an object");
         reply_error(r, reply, URI_INVALID_ARGUMENT, a, NULL, 400);
         json_decref(a);
-        natsMsg_Destroy(m);
+        nats_bridge_release(r->rt->nats, m);
         return;
     }
     session *callee = NULL;
@@ -811,7 +811,7 @@ static void on_invocation_msg(void *udata, natsMsg *m)
         json_decref(args);
         json_decref(kwargs);
         free(inv);
-        natsMsg_Destroy(m);
+        nats_bridge_release(r->rt->nats, m);
         return;
     }
     inv->s = callee;
@@ -825,7 +825,7 @@ static void on_invocation_msg(void *udata, natsMsg *m)
         json_object_set_new(details, "receive_progress", json_true());
     send_msg(callee, json_pack("[iIIooo]", INVOCATION, (json_int_t)inv->id, (json_int_t)g->id,
                                details, args, kwargs));
-    natsMsg_Destroy(m);
+    nats_bridge_release(r->rt->nats, m);
 }
 
 static void on_register(session *s, json_t *msg)
