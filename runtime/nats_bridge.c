@@ -630,20 +630,29 @@ static void probe_done(void *udata, enum nb_status status, natsMsg *reply)
 
 /* A message to our own inbox: when it comes back, the server has processed every SUB sent
  * before it on this connection. */
-static void send_probe(nats_bridge *nb)
+int nats_bridge_flush(nats_bridge *nb, double timeout_s, nb_reply_fn fn, void *udata,
+                      nb_request **out)
 {
-    if (nb->probe || nb->closing || !nats_bridge_connected(nb)) return;
-    nb_request *r = request_new(nb, PROBE_TIMEOUT_S, probe_done, nb);
-    if (!r) return;
+    *out = NULL;
+    if (!nb->nc || nb->closing || !nats_bridge_connected(nb)) return NB_UNAVAILABLE;
+    nb_request *r = request_new(nb, timeout_s, fn, udata);
+    if (!r) return NB_ERROR;
     char subject[96];
     snprintf(subject, sizeof subject, "%s.%llu", nb->inbox, (unsigned long long)r->id);
     if (publish_msg(nb, subject, NULL, NULL, 0, NULL) != NB_OK) {
         table_take(nb, r->id);
         r->fn = NULL;
         request_end(r, NB_ERROR, NULL);
-        return;
+        return NB_UNAVAILABLE;
     }
-    nb->probe = r;
+    *out = r;
+    return NB_OK;
+}
+
+static void send_probe(nats_bridge *nb)
+{
+    if (nb->probe) return;
+    nats_bridge_flush(nb, PROBE_TIMEOUT_S, probe_done, nb, &nb->probe);
 }
 
 void nats_bridge_confirm(nats_bridge *nb)

@@ -40,6 +40,11 @@ bool nats_bridge_ready(nats_bridge *nb);
 const char *nats_bridge_state(nats_bridge *nb);
 /* Asks the server to confirm every subscription made so far (see nats_bridge_ready). */
 void nats_bridge_confirm(nats_bridge *nb);
+/* A round trip through the server on this connection (a message to our own inbox): fn runs with
+ * NB_OK once the server has processed everything sent before, e.g. a new subscription. Same
+ * contract as nats_bridge_request. */
+int nats_bridge_flush(nats_bridge *nb, double timeout_s, nb_reply_fn fn, void *udata,
+                      nb_request **out);
 
 /* queue may be NULL. The subscription is read on the loop thread, at most the configured number of
  * messages pending in nats.c (beyond that nats.c drops them and reports a slow consumer). */

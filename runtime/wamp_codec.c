@@ -24,6 +24,30 @@ static int depth_ok(const json_t *v, int depth, int max_depth)
     return 1;
 }
 
+/* Replaces integral reals within +-2^53 by integers, in place; returns v (or its replacement). */
+static json_t *exact_integers(json_t *v)
+{
+    size_t i;
+    const char *key;
+    json_t *child;
+    if (json_is_real(v)) {
+        double d = json_real_value(v);
+        if (d >= -9007199254740992.0 && d <= 9007199254740992.0 && d == (double)(json_int_t)d) {
+            json_decref(v);
+            return json_integer((json_int_t)d);
+        }
+        return v;
+    }
+    if (json_is_array(v)) {
+        json_array_foreach(v, i, child)
+            json_array_set_new(v, i, exact_integers(json_incref(child)));
+    } else if (json_is_object(v)) {
+        json_object_foreach(v, key, child)
+            json_object_set_new(v, key, exact_integers(json_incref(child)));
+    }
+    return v;
+}
+
 /* ---- msgpack -> jansson ---- */
 
 static json_t *from_msgpack(const msgpack_object *o, int depth, int max_depth, char *err,
@@ -160,6 +184,12 @@ json_t *wamp_decode(enum wamp_serializer ser, const char *buf, size_t len, int m
     if (ser == WAMP_MSGPACK) return decode_msgpack(buf, len, max_depth, err, errlen);
     json_error_t je;
     json_t *v = json_loadb(buf, len, JSON_DECODE_ANY, &je);
+    if (!v && strstr(je.text, "too big integer")) {
+        /* an integer beyond int64 (JavaScript writes 2**64 as 18446744073709552000): read every
+         * number as a double, then give back integers to those that are exact */
+        v = json_loadb(buf, len, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, &je);
+        if (v) v = exact_integers(v);
+    }
     if (!v) {
         snprintf(err, errlen, "invalid JSON: %s", je.text);
         return NULL;

@@ -84,11 +84,15 @@ typedef struct registration {
     struct registration *next;
 } registration;
 
+/* A session's request waiting on NATS: a CALL's reply, or the server's confirmation of a new
+ * subscription before SUBSCRIBED / REGISTERED (ack is then that message type, with ack_id). */
 typedef struct pending_call {
     session *s;
     uint64_t request;
     nb_request *req;
     bool progress;
+    int ack;
+    uint64_t ack_id;
     struct pending_call *next;
 } pending_call;
 
@@ -133,6 +137,7 @@ struct wamp_router {
 };
 
 static void session_end(session *s);
+static void ack_after_flush(session *s, int type, uint64_t request, uint64_t id, bool fresh);
 
 /* ---- small helpers ---- */
 
@@ -502,6 +507,7 @@ static void on_subscribe(session *s, json_t *msg)
     const char *why = NULL;
     router *r = s->r;
     topic *t = topic_find(r, json_string_value(uri), match);
+    bool fresh = !t;
     if (!t) {
         char *subject = topic_subject(json_string_value(uri), match, &why);
         if (!subject) {
@@ -531,7 +537,7 @@ static void on_subscribe(session *s, json_t *msg)
         ptrs_add(&t->sessions, s);
         ptrs_add(&s->topics, t);
     }
-    send_msg(s, json_pack("[iII]", SUBSCRIBED, (json_int_t)req, (json_int_t)t->id));
+    ack_after_flush(s, SUBSCRIBED, req, t->id, fresh);
 }
 
 static void on_unsubscribe(session *s, json_t *msg)
@@ -596,6 +602,42 @@ static void on_publish(session *s, json_t *msg)
         send_msg(s, json_pack("[iII]", PUBLISHED, (json_int_t)req, (json_int_t)pub));
     else
         send_error(s, PUBLISH, req, URI_UNAVAILABLE, "the bus is unavailable");
+}
+
+/* SUBSCRIBED / REGISTERED once the server has the new NATS subscription, so that a publication
+ * or call made right after, from anywhere, reaches it. */
+static void on_ack_flushed(void *udata, enum nb_status status, natsMsg *reply)
+{
+    (void)status;
+    pending_call *c = udata;
+    session *s = c->s;
+    if (reply) nats_bridge_release(s->r->rt->nats, reply);
+    for (pending_call **p = &s->calls; *p; p = &(*p)->next) {
+        if (*p == c) {
+            *p = c->next;
+            break;
+        }
+    }
+    send_msg(s, json_pack("[iII]", c->ack, (json_int_t)c->request, (json_int_t)c->ack_id));
+    free(c);
+}
+
+static void ack_after_flush(session *s, int type, uint64_t request, uint64_t id, bool fresh)
+{
+    pending_call *c = fresh ? calloc(1, sizeof *c) : NULL;
+    if (c) {
+        c->s = s;
+        c->request = request;
+        c->ack = type;
+        c->ack_id = id;
+        if (nats_bridge_flush(s->r->rt->nats, 2.0, on_ack_flushed, c, &c->req) == NB_OK) {
+            c->next = s->calls;
+            s->calls = c;
+            return;
+        }
+        free(c);
+    }
+    send_msg(s, json_pack("[iII]", type, (json_int_t)request, (json_int_t)id));
 }
 
 /* ---- calls (this session is the caller) ---- */
@@ -721,7 +763,7 @@ static void on_cancel(session *s, json_t *msg)
         return;
     }
     for (pending_call *c = s->calls; c; c = c->next) {
-        if (c->request != req) continue;
+        if (c->request != req || c->ack) continue;
         call_unlink(c);
         nb_request_cancel(c->req);
         send_error(s, CALL, req, "wamp.error.canceled", "the call was canceled");
@@ -851,6 +893,7 @@ static void on_register(session *s, json_t *msg)
     }
     router *r = s->r;
     registration *g = reg_find(r, procedure);
+    bool fresh = !g;
     if (g && (strcmp(invoke, "single") == 0 || strcmp(g->invoke, invoke) != 0 ||
               ptrs_has(&g->callees, s))) {
         send_error(s, REGISTER, req, "wamp.error.procedure_already_exists",
@@ -875,7 +918,7 @@ static void on_register(session *s, json_t *msg)
     }
     ptrs_add(&g->callees, s);
     ptrs_add(&s->regs, g);
-    send_msg(s, json_pack("[iII]", REGISTERED, (json_int_t)req, (json_int_t)g->id));
+    ack_after_flush(s, REGISTERED, req, g->id, fresh);
 }
 
 static void on_unregister(session *s, json_t *msg)
