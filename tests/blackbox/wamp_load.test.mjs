@@ -55,7 +55,10 @@ describe('slow consumer', () => {
     const publishMs = Date.now() - t0;
     const peak = w.memoryKb(rt.proc.pid);
     const growthMb = (peak.hwm - before.rss) / 1024;
-    assert.ok(growthMb < 40, `peak RSS grew ${growthMb.toFixed(1)} MiB (rss before ${before.rss} kB, peak ${peak.hwm} kB) while ${TOTAL * EVENT_BYTES / 1048576} MiB went to a stalled session`);
+    // Under ASan freed memory sits in a quarantine (256 MiB by default), so RSS says nothing
+    // about what the router keeps; the bound is checked in the plain build.
+    const sanitized = process.env.MICROSERVICE_SANITIZED === '1';
+    assert.ok(sanitized || growthMb < 40, `peak RSS grew ${growthMb.toFixed(1)} MiB (rss before ${before.rss} kB, peak ${peak.hwm} kB) while ${TOTAL * EVENT_BYTES / 1048576} MiB went to a stalled session`);
 
     // Now read what the router left in the socket: it must have closed it, with ABORT
     // wamp.error.slow_consumer if an ABORT made it into the stream, and far fewer than TOTAL events.
