@@ -325,6 +325,32 @@ static int core_context(lua_State *L)
     return 1;
 }
 
+/* bind(procedure, args, kwargs) -> fn, bound arguments...: an in-process call's binding. */
+static int core_bind(lua_State *L)
+{
+    runtime *rt = lua_api_runtime(L);
+    const char *procedure = luaL_checkstring(L, 1);
+    lua_settop(L, 3);
+    if (lua_isnil(L, 2)) {
+        lua_newtable(L);
+        lua_replace(L, 2);
+    }
+    if (lua_isnil(L, 3)) {
+        lua_newtable(L);
+        lua_replace(L, 3);
+    }
+    luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    const char *uri = NULL;
+    char err[256];
+    int n = services_bind(rt->services, L, procedure, 2, 3, &uri, err, sizeof err);
+    if (n < 0) {
+        lua_api_push_error(L, uri, err, rpc_error_code(uri));
+        return lua_error(L);
+    }
+    return n;
+}
+
 static int core_now(lua_State *L)
 {
     runtime *rt = lua_api_runtime(L);
@@ -361,6 +387,7 @@ static int open_core(lua_State *L)
         {"json_decode", core_json_decode},
         {"context", core_context},
         {"now", core_now},
+        {"bind", core_bind},
         {NULL, NULL},
     };
     lua_newtable(L);

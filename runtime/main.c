@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "commands.h"
 #include "log.h"
 #include "runtime.h"
 
@@ -33,7 +34,12 @@ static void usage(FILE *out)
         "  --body-limit B     largest request body in bytes (default 1048576)\n"
         "  --max-depth N      deepest JSON nesting accepted (default 64)\n"
         "  --max-inflight N   concurrent calls before NATS intake pauses (default 32768)\n"
-        "  SERVICES_DIR       folder of *.lua service scripts (default ./services)\n");
+        "  SERVICES_DIR       folder of *.lua service scripts (default ./services)\n"
+        "\n"
+        "       microservice call <service>.<method> [ARGS...] [--kw name=value ...]\n"
+        "       microservice list [SERVICES_DIR]\n"
+        "       microservice test [FILES...] [--services DIR] [--nats URL]\n"
+        "  (each with --help)\n");
 }
 
 static int parse_http(runtime_config *cfg, const char *arg)
@@ -181,6 +187,9 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "call") == 0) return command_call(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "list") == 0) return command_list(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "test") == 0) return command_test(argc - 1, argv + 1);
     runtime_config cfg;
     runtime_config_defaults(&cfg);
     if (parse_args(argc, argv, &cfg) != 0) return 2;

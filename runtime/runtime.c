@@ -78,7 +78,7 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
         if (!rt->pg) return -1;
         pg_pool_start(rt->pg);
     }
-    if (nats_bridge_connect(rt->nats) != 0) return -1;
+    if (cfg->nats_url && nats_bridge_connect(rt->nats) != 0) return -1;
     if (services_load_dir(rt->services, cfg->services_dir) < 0) return -1;
     if (cfg->http_enabled) {
         rt->wamp = wamp_router_new(rt);

@@ -12,7 +12,7 @@ typedef struct runtime_config {
     bool http_enabled;
     char http_host[256];
     int http_port;
-    const char *nats_url; /* one URL or a comma-separated list */
+    const char *nats_url; /* one URL or a comma-separated list; NULL: no bus (offline) */
     const char *postgres; /* NULL: no database */
     int postgres_pool;    /* connections */
     double postgres_wait; /* seconds to wait for the database at start-up (migrations) */

@@ -531,6 +531,54 @@ int services_spawn(struct services *s, lua_State *L, int fn_idx, int nargs)
     return 0;
 }
 
+/* ---- for the command line and tests ---- */
+
+static int compare_rpcs(const void *a, const void *b)
+{
+    return strcmp((*(rpc_entry *const *)a)->subject, (*(rpc_entry *const *)b)->subject);
+}
+
+int services_print(struct services *s, FILE *out)
+{
+    rpc_entry **v = calloc((size_t)s->nrpcs + 1, sizeof *v);
+    if (!v) return -1;
+    int n = 0;
+    for (rpc_entry *e = s->rpcs; e; e = e->next)
+        v[n++] = e;
+    qsort(v, (size_t)n, sizeof *v, compare_rpcs);
+    for (int i = 0; i < n; i++) {
+        fprintf(out, "%s(", v[i]->subject);
+        for (int p = 0; p < v[i]->binding.nparams; p++)
+            fprintf(out, "%s%s", p ? ", " : "", v[i]->binding.names[p]);
+        fprintf(out, "%s)\n",
+                v[i]->binding.vararg ? (v[i]->binding.nparams ? ", ..." : "...") : "");
+    }
+    free(v);
+    return n;
+}
+
+int services_bind(struct services *s, lua_State *L, const char *procedure, int args_idx,
+                  int kwargs_idx, const char **uri, char *err, size_t errlen)
+{
+    rpc_entry *e = s->rpcs;
+    while (e && strcmp(e->subject, procedure) != 0)
+        e = e->next;
+    if (!e) {
+        *uri = URI_NO_SUCH_PROCEDURE;
+        snprintf(err, errlen, "no loaded service declares %s", procedure);
+        return -1;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, e->fn_ref);
+    int n =
+        rpc_binding_push(&e->binding, L, e->svc_ref, args_idx, kwargs_idx, e->subject, err, errlen);
+    if (n < 0) {
+        lua_pop(L, 1);
+        *uri = URI_INVALID_ARGUMENT;
+        return -1;
+    }
+    return n + 1;
+}
+
 /* ---- life cycle ---- */
 
 void services_drain(struct services *s)

@@ -4,6 +4,7 @@
 #define MICROSERVICE_SERVICES_H
 
 #include <lua.h>
+#include <stdio.h>
 
 #include "codec.h"
 #include "runtime.h"
@@ -26,5 +27,12 @@ int services_spawn(struct services *s, lua_State *L, int fn_idx, int nargs);
 /* A buffer for encoding on the loop thread; reset at each call. */
 codec_buf *services_scratch(struct services *s);
 int services_rpc_count(struct services *s);
+/* Prints "procedure(param, ...)" for every RPC, sorted; returns how many. */
+int services_print(struct services *s, FILE *out);
+/* For in-process calls (tests): pushes the RPC's function and its arguments bound from the tables
+ * at args_idx and kwargs_idx (absolute; 0 for none). Returns how many values it pushed, or -1
+ * with a message in err and the URI in *uri. */
+int services_bind(struct services *s, lua_State *L, const char *procedure, int args_idx,
+                  int kwargs_idx, const char **uri, char *err, size_t errlen);
 
 #endif

@@ -1,0 +1,327 @@
+/* commands.c: owns the subcommands for service authors: `microservice call` (one RPC over NATS
+ * from the shell), `microservice list` (the RPCs a services folder declares) and
+ * `microservice test` (Lua test files run inside the runtime, see lualib/microservice_test.lua).
+ *
+ * `call` is a short-lived client, so it uses nats.c the simple way (blocking connect and request,
+ * no event loop); `test` runs a whole runtime without HTTP. */
+#include "commands.h"
+
+#include <getopt.h>
+#include <jansson.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <nats/nats.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+#include "log.h"
+#include "lua_api.h"
+#include "nats_bridge.h"
+#include "rpc_error.h"
+#include "scheduler.h"
+#include "services.h"
+
+/* ---- call ---- */
+
+static void call_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: microservice call <service>.<method> [ARGS...] [--kw name=value ...]\n"
+            "                         [--nats URL] [--timeout S] [--json]\n"
+            "  ARGS and keyword values are JSON when they parse as JSON, else strings.\n"
+            "  Prints the reply [args, kwargs]; exits 1 on an RPC error, 2 on a usage error.\n");
+}
+
+/* A command-line word as a JSON value: itself if it parses, else a string. */
+static json_t *word_value(const char *w)
+{
+    json_t *v = json_loads(w, JSON_DECODE_ANY, NULL);
+    return v ? v : json_string(w);
+}
+
+static int print_error_reply(natsMsg *reply)
+{
+    const char *code = NULL, *text = NULL;
+    natsMsgHeader_Get(reply, HDR_SERVICE_ERROR_CODE, &code);
+    natsMsgHeader_Get(reply, HDR_SERVICE_ERROR, &text);
+    json_t *body =
+        json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, NULL);
+    const char *uri = json_string_value(json_object_get(body, "error"));
+    const char *msg = json_string_value(json_array_get(json_object_get(body, "args"), 0));
+    fprintf(stderr, "error: %s: %s (%s)\n", uri ? uri : URI_RUNTIME_ERROR,
+            msg ? msg : (text ? text : "no message"), code ? code : "?");
+    json_decref(body);
+    return 1;
+}
+
+int command_call(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"kw", required_argument, NULL, 'k'},      {"nats", required_argument, NULL, 'n'},
+        {"timeout", required_argument, NULL, 't'}, {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+    };
+    const char *env = getenv("NATS_URL");
+    const char *url = env && env[0] ? env : "nats://127.0.0.1:4222";
+    double timeout = 60;
+    bool compact = false;
+    json_t *args = json_array(), *kwargs = json_object();
+    int c, rc = 2;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'k': {
+            const char *eq = strchr(optarg, '=');
+            if (!eq || eq == optarg) {
+                fprintf(stderr, "microservice call: --kw wants name=value, got '%s'\n", optarg);
+                goto out;
+            }
+            char name[256];
+            snprintf(name, sizeof name, "%.*s", (int)(eq - optarg), optarg);
+            json_object_set_new(kwargs, name, word_value(eq + 1));
+            break;
+        }
+        case 'n':
+            url = optarg;
+            break;
+        case 't':
+            timeout = atof(optarg);
+            break;
+        case 'j':
+            compact = true;
+            break;
+        case 'h':
+            call_usage(stdout);
+            rc = 0;
+            goto out;
+        default:
+            call_usage(stderr);
+            goto out;
+        }
+    }
+    /* the procedure, then positional arguments (options may come after them too) */
+    const char *procedure = NULL;
+    for (; optind < argc; optind++) {
+        if (strcmp(argv[optind], "--kw") == 0 && optind + 1 < argc) {
+            const char *kv = argv[++optind], *eq = strchr(kv, '=');
+            if (!eq || eq == kv) {
+                fprintf(stderr, "microservice call: --kw wants name=value, got '%s'\n", kv);
+                goto out;
+            }
+            char name[256];
+            snprintf(name, sizeof name, "%.*s", (int)(eq - kv), kv);
+            json_object_set_new(kwargs, name, word_value(eq + 1));
+        } else if (strcmp(argv[optind], "--json") == 0) {
+            compact = true;
+        } else if (strcmp(argv[optind], "--nats") == 0 && optind + 1 < argc) {
+            url = argv[++optind];
+        } else if (strcmp(argv[optind], "--timeout") == 0 && optind + 1 < argc) {
+            timeout = atof(argv[++optind]);
+        } else if (!procedure) {
+            procedure = argv[optind];
+        } else {
+            json_array_append_new(args, word_value(argv[optind]));
+        }
+    }
+    if (!procedure || !strchr(procedure, '.') || timeout <= 0) {
+        call_usage(stderr);
+        goto out;
+    }
+    json_t *env_v = json_pack("[OO]", args, kwargs);
+    char *body = json_dumps(env_v, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    json_decref(env_v);
+
+    natsConnection *nc = NULL;
+    natsOptions *no = NULL;
+    natsMsg *req = NULL, *reply = NULL;
+    char ms[32];
+    snprintf(ms, sizeof ms, "%.0f", timeout * 1000);
+    natsStatus st = natsOptions_Create(&no);
+    if (st == NATS_OK) st = natsOptions_SetURL(no, url);
+    if (st == NATS_OK) st = natsOptions_SetTimeout(no, 2000);
+    if (st == NATS_OK) st = natsConnection_Connect(&nc, no);
+    if (st != NATS_OK) {
+        fprintf(stderr, "error: %s: cannot reach NATS at %s (%s)\n", URI_UNAVAILABLE, url,
+                natsStatus_GetText(st));
+        rc = 1;
+        goto done;
+    }
+    st = natsMsg_Create(&req, procedure, NULL, body, (int)strlen(body));
+    if (st == NATS_OK) st = natsMsgHeader_Set(req, NB_HDR_TIMEOUT, ms);
+    if (st == NATS_OK) st = natsConnection_RequestMsg(&reply, nc, req, (int64_t)(timeout * 1000));
+    if (st == NATS_NO_RESPONDERS) {
+        fprintf(stderr, "error: %s: no service answers %s\n", URI_NO_SUCH_PROCEDURE, procedure);
+        rc = 1;
+    } else if (st == NATS_TIMEOUT) {
+        fprintf(stderr, "error: %s: no reply within %.3g s\n", URI_TIMEOUT, timeout);
+        rc = 1;
+    } else if (st != NATS_OK) {
+        fprintf(stderr, "error: %s: %s\n", URI_UNAVAILABLE, natsStatus_GetText(st));
+        rc = 1;
+    } else if (natsMsgHeader_Get(reply, HDR_SERVICE_ERROR_CODE, &(const char *){NULL}) == NATS_OK) {
+        rc = print_error_reply(reply);
+    } else {
+        json_t *v = json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply),
+                               JSON_DECODE_ANY, NULL);
+        char *out = v ? json_dumps(v, (compact ? JSON_COMPACT : JSON_INDENT(2)) |
+                                          JSON_REAL_PRECISION(17) | JSON_ENCODE_ANY)
+                      : NULL;
+        if (out) {
+            printf("%s\n", out);
+            rc = 0;
+        } else {
+            fprintf(stderr, "error: %s: the reply is not JSON\n", URI_RUNTIME_ERROR);
+            rc = 1;
+        }
+        free(out);
+        json_decref(v);
+    }
+done:
+    natsMsg_Destroy(reply);
+    natsMsg_Destroy(req);
+    natsConnection_Destroy(nc);
+    natsOptions_Destroy(no);
+    nats_Close();
+    free(body);
+out:
+    json_decref(args);
+    json_decref(kwargs);
+    return rc;
+}
+
+/* ---- list ---- */
+
+int command_list(int argc, char **argv)
+{
+    const char *dir = argc > 1 ? argv[1] : "./services";
+    if (argc > 2 || (argc > 1 && argv[1][0] == '-')) {
+        fprintf(stderr, "usage: microservice list [SERVICES_DIR]\n"
+                        "  prints the RPCs the folder's scripts declare, with their parameters\n");
+        return 2;
+    }
+    runtime_config cfg;
+    runtime_config_defaults(&cfg);
+    cfg.http_enabled = false;
+    cfg.services_dir = dir;
+    log_set_level(LOG_WARN);
+    static runtime rt;
+    cfg.nats_url = NULL; /* offline: the scripts are only read */
+    if (runtime_init(&rt, &cfg) != 0) return 1;
+    int n = services_print(rt.services, stdout);
+    runtime_shutdown(&rt);
+    runtime_run(&rt);
+    return n >= 0 ? 0 : 1;
+}
+
+/* ---- test ---- */
+
+static void test_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: microservice test [FILES...] [--services DIR] [--nats URL] [--postgres URL]\n"
+            "                         [--timeout S]\n"
+            "  Runs Lua test files (default: tests/services/*_test.lua) inside the runtime, with\n"
+            "  the services of DIR (default ./services) loaded: in-process only, or also over\n"
+            "  NATS with --nats (or NATS_URL). Prints a report and `N passed, N failed`; exits 1\n"
+            "  if a test failed.\n");
+}
+
+typedef struct test_run {
+    runtime *rt;
+    int exit_code;
+} test_run;
+
+static void tests_done(task *t, enum task_end how, lua_State *co, int nres)
+{
+    test_run *tr = t->udata;
+    if (how == TASK_OK && nres >= 2) {
+        int failed = (int)lua_tointeger(co, -nres + 1);
+        tr->exit_code = failed > 0 ? 1 : 0;
+    } else {
+        fprintf(stderr, "microservice test: the test runner failed: %s\n",
+                how == TASK_CANCELLED ? "cancelled" : lua_tostring(co, -1));
+        tr->exit_code = 2;
+    }
+    runtime_shutdown(tr->rt);
+}
+
+int command_test(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"services", required_argument, NULL, 's'},
+        {"nats", required_argument, NULL, 'n'},
+        {"postgres", required_argument, NULL, 'p'},
+        {"timeout", required_argument, NULL, 't'},
+        {"log-level", required_argument, NULL, 'l'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    runtime_config cfg;
+    runtime_config_defaults(&cfg);
+    cfg.http_enabled = false;
+    cfg.drain_timeout = 2;
+    const char *env = getenv("NATS_URL");
+    bool online = env && env[0];
+    double timeout = 5;
+    log_set_level(LOG_WARN);
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 's':
+            cfg.services_dir = optarg;
+            break;
+        case 'n':
+            cfg.nats_url = optarg;
+            online = true;
+            break;
+        case 'p':
+            cfg.postgres = optarg;
+            break;
+        case 't':
+            timeout = atof(optarg);
+            break;
+        case 'l': {
+            int level = log_level_parse(optarg);
+            if (level >= 0) log_set_level(level);
+            break;
+        }
+        case 'h':
+            test_usage(stdout);
+            return 0;
+        default:
+            test_usage(stderr);
+            return 2;
+        }
+    }
+    static runtime rt;
+    if (!online) cfg.nats_url = NULL; /* the unit level: no bus */
+    if (runtime_init(&rt, &cfg) != 0) return 2;
+    test_run tr = {.rt = &rt, .exit_code = 2};
+    task *t = sched_task_new(rt.sched, tests_done, &tr, "test");
+    lua_State *co = t->co;
+    lua_getglobal(co, "require");
+    lua_pushstring(co, "microservice.test");
+    if (lua_pcall(co, 1, 1, 0) != 0) {
+        fprintf(stderr, "microservice test: %s\n", lua_tostring(co, -1));
+        sched_task_discard(t);
+        return 2;
+    }
+    lua_getfield(co, -1, "main");
+    lua_remove(co, -2);
+    lua_newtable(co);
+    for (int i = optind; i < argc; i++) {
+        lua_pushstring(co, argv[i]);
+        lua_rawseti(co, -2, i - optind + 1);
+    }
+    lua_createtable(co, 0, 2);
+    lua_pushnumber(co, timeout);
+    lua_setfield(co, -2, "timeout");
+    lua_pushboolean(co, online);
+    lua_setfield(co, -2, "online");
+    sched_start_soon(t, 2);
+    runtime_run(&rt);
+    return tr.exit_code;
+}
