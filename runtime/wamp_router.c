@@ -1158,6 +1158,12 @@ static void on_ws_message(h2o_websocket_conn_t *ws, const struct wslay_event_on_
         return;
     }
     if (arg->opcode >= 0x8 || s->state == S_CLOSING) return; /* control frames: wslay's job */
+    if (arg->msg_length > s->r->rt->cfg.body_limit) {
+        log_info(TAG, "session %llu closed: a message of %zu bytes is over the limit of %zu",
+                 (unsigned long long)s->id, arg->msg_length, s->r->rt->cfg.body_limit);
+        close_session(s, 1009, "message too big");
+        return;
+    }
     bool binary = arg->opcode == WSLAY_BINARY_FRAME;
     if (binary != (s->ser == WAMP_MSGPACK)) {
         protocol_violation(s, s->ser == WAMP_MSGPACK ? "wamp.2.msgpack uses binary frames"
@@ -1244,7 +1250,9 @@ int wamp_router_upgrade(struct wamp_router *r, h2o_req_t *req)
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("sec-websocket-protocol"), 0,
                           NULL, proto, strlen(proto));
     s->ws = h2o_upgrade_to_websocket(req, key, s, on_ws_message);
-    wslay_event_config_set_max_recv_msg_length(s->ws->ws_ctx, r->rt->cfg.body_limit);
+    /* messages up to twice the limit are read whole and refused with a clean close (the peer
+     * sees 1009); beyond that wslay stops reading at once, and the peer may only see a reset */
+    wslay_event_config_set_max_recv_msg_length(s->ws->ws_ctx, 2 * r->rt->cfg.body_limit);
     s->next = r->sessions;
     if (r->sessions) r->sessions->prev = s;
     r->sessions = s;
