@@ -104,7 +104,8 @@ end
 --- Runs fn(...) in a new coroutine, from the next turn of the loop. Errors are logged.
 M.spawn = core.spawn
 
---- The current call: { procedure = "service.method", in_task = true, timeout_left = seconds }
+--- The current call: { procedure = "service.method", in_task = true, pid = process id,
+-- timeout_left = seconds }
 -- (timeout_left when the caller said how long it waits: after it, the call is abandoned).
 M.context = core.context
 

@@ -204,6 +204,7 @@ int command_list(int argc, char **argv)
     runtime_config cfg;
     runtime_config_defaults(&cfg);
     cfg.http_enabled = false;
+    cfg.watch = false;
     cfg.services_dir = dir;
     log_set_level(LOG_WARN);
     static runtime rt;
@@ -261,6 +262,7 @@ int command_test(int argc, char **argv)
     runtime_config cfg;
     runtime_config_defaults(&cfg);
     cfg.http_enabled = false;
+    cfg.watch = false;
     cfg.drain_timeout = 2;
     const char *env = getenv("NATS_URL");
     bool online = env && env[0];

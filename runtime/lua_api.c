@@ -10,6 +10,7 @@
 #include <lualib.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "codec.h"
 #include "log.h"
@@ -316,6 +317,8 @@ static int core_context(lua_State *L)
     }
     lua_pushboolean(L, t != NULL);
     lua_setfield(L, -2, "in_task");
+    lua_pushinteger(L, (lua_Integer)getpid());
+    lua_setfield(L, -2, "pid");
     if (t && t->deadline) {
         runtime *rt = lua_api_runtime(L);
         uint64_t now = uv_now(&rt->loop);

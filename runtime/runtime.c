@@ -17,6 +17,7 @@
 #include "nats_bridge.h"
 #include "pg_pool.h"
 #include "scheduler.h"
+#include "service_watch.h"
 #include "services.h"
 #include "wamp_router.h"
 
@@ -42,6 +43,7 @@ void runtime_config_defaults(runtime_config *cfg)
     cfg->call_timeout = 60.0;
     cfg->drain_timeout = 10.0;
     cfg->max_inflight = 32768;
+    cfg->watch = true;
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -80,6 +82,7 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
     }
     if (cfg->nats_url && nats_bridge_connect(rt->nats) != 0) return -1;
     if (services_load_dir(rt->services, cfg->services_dir) < 0) return -1;
+    if (cfg->watch) rt->watch = service_watch_start(rt);
     if (cfg->http_enabled) {
         rt->wamp = wamp_router_new(rt);
         rt->http = rt->wamp ? http_gateway_new(rt) : NULL;
@@ -158,6 +161,8 @@ void runtime_shutdown(runtime *rt)
     rt->shutting_down = true;
     if (rt->http) http_gateway_stop_accepting(rt->http);
     if (rt->wamp) wamp_router_shutdown(rt->wamp);
+    service_watch_stop(rt->watch); /* no reload while draining */
+    rt->watch = NULL;
     services_drain(rt->services);
     rt->drain_deadline = uv_now(&rt->loop) + (uint64_t)(rt->cfg.drain_timeout * 1000.0);
     uv_timer_start(&rt->drain_timer, drain_tick, 0, 10);

@@ -24,6 +24,7 @@ typedef struct runtime_config {
     double call_timeout;  /* seconds, default for HTTP and Lua calls */
     double drain_timeout; /* seconds, for SIGTERM */
     int max_inflight;     /* concurrent RPC coroutines before NATS intake pauses */
+    bool watch;           /* hot reload of the services folder */
 } runtime_config;
 
 struct scheduler;
@@ -32,6 +33,7 @@ struct http_gateway;
 struct services;
 struct pg_pool;
 struct wamp_router;
+struct service_watch;
 
 typedef struct runtime {
     uv_loop_t loop;
@@ -41,8 +43,9 @@ typedef struct runtime {
     struct nats_bridge *nats;
     struct http_gateway *http;
     struct services *services;
-    struct pg_pool *pg;       /* NULL without a database */
-    struct wamp_router *wamp; /* NULL with --http off */
+    struct pg_pool *pg;          /* NULL without a database */
+    struct wamp_router *wamp;    /* NULL with --http off */
+    struct service_watch *watch; /* hot reload; NULL when not watching */
     uv_signal_t sigint, sigterm;
     uv_timer_t drain_timer;
     uint64_t drain_deadline; /* uv_now() ms */

@@ -1,7 +1,14 @@
 /* services.c: owns the service scripts and everything they declare: the RPC registry (one NATS
  * queue subscription per RPC, subject and queue group "<service>.<method>"), subscriptions made
  * with microservice.subscribe, and spawned functions. It turns a NATS message into a task (decode
- * the envelope, bind the parameters, start the coroutine) and a task's end into the reply. */
+ * the envelope, bind the parameters, start the coroutine) and a task's end into the reply.
+ *
+ * Reloading a script (service_watch.c decides when): the new version runs first; if it fails, the
+ * old one keeps serving. Otherwise each RPC it declares takes the new code (calls in flight keep
+ * the function they started with, which stays on their coroutine's stack), new RPCs are
+ * subscribed, and RPCs it no longer declares are retired: their subscription drains at once and
+ * the entry is freed when its last call ends. Subscriptions the old version made while loading are
+ * removed. */
 #include "services.h"
 
 #include <dirent.h>
@@ -27,6 +34,9 @@ typedef struct rpc_entry {
     int svc_ref;
     nb_sub *sub;
     uint64_t calls, errors;
+    char *file;   /* the script that declares it */
+    int tasks;    /* calls running; a retired entry is freed when this reaches 0 */
+    bool retired; /* no longer declared: on the retired list */
     struct rpc_entry *next;
 } rpc_entry;
 
@@ -38,6 +48,8 @@ typedef struct lua_sub {
     nb_sub *sub;
     int tasks; /* running handlers; the entry lives until they end */
     bool unsubscribed;
+    char *file;        /* the script that subscribed while loading, or NULL */
+    unsigned load_gen; /* which load of that script */
     struct lua_sub *next;
 } lua_sub;
 
@@ -55,8 +67,13 @@ struct services {
     int nrpcs;
     lua_sub *subs;
     int next_sub_id;
+    rpc_entry *retired; /* no longer declared, calls still running */
+    const char *loading_file;
+    unsigned load_gen;
     codec_buf scratch;
 };
+
+static void rpc_release(struct services *s, rpc_entry *e);
 
 struct services *services_new(runtime *rt)
 {
@@ -205,6 +222,7 @@ static void call_done(task *t, enum task_end how, lua_State *co, int nres)
         }
     }
     if (c->sub) lua_sub_release(c->sub);
+    if (c->rpc) rpc_release(s, c->rpc);
     free(c);
     nats_bridge_kick(s->rt->nats);
 }
@@ -258,7 +276,6 @@ static void on_rpc_msg(void *udata, natsMsg *msg)
         nats_bridge_release(s->rt->nats, msg);
         return;
     }
-    c->rpc = e;
     lua_State *co = t->co;
     if (push_envelope(s, co, msg, e->subject) != 0) {
         e->errors++;
@@ -284,6 +301,8 @@ static void on_rpc_msg(void *udata, natsMsg *msg)
     }
     lua_remove(co, 1);
     lua_remove(co, 1);
+    c->rpc = e;
+    e->tasks++;
     sched_start(t, n);
 }
 
@@ -293,44 +312,109 @@ static bool valid_service_name(const char *name)
     return strpbrk(name, " \t\r\n*>") == NULL;
 }
 
-static int register_rpc(struct services *s, lua_State *L, int svc_idx, const char *service,
-                        const char *method, const char *file)
+static void rpc_free(rpc_entry *e)
 {
-    rpc_entry *e = calloc(1, sizeof *e);
-    size_t n = strlen(service) + strlen(method) + 2;
-    char *subject = malloc(n);
-    if (!e || !subject) {
-        free(e);
-        free(subject);
-        return -1;
+    lua_State *L = e->svcs->rt->L;
+    if (L && e->fn_ref > 0) { /* 0: never set (luaL_ref starts at 1) */
+        luaL_unref(L, LUA_REGISTRYINDEX, e->fn_ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, e->svc_ref);
     }
-    snprintf(subject, n, "%s.%s", service, method);
-    for (rpc_entry *o = s->rpcs; o; o = o->next) {
-        if (strcmp(o->subject, subject) == 0) {
-            log_error(TAG, "%s: %s is already declared by another script; skipped", file, subject);
-            free(e);
-            free(subject);
-            return -1;
+    rpc_binding_free(&e->binding);
+    free(e->subject);
+    free(e->file);
+    free(e);
+}
+
+static void list_remove(rpc_entry **head, rpc_entry *e)
+{
+    for (rpc_entry **p = head; *p; p = &(*p)->next) {
+        if (*p == e) {
+            *p = e->next;
+            return;
         }
     }
+}
+
+static void rpc_release(struct services *s, rpc_entry *e)
+{
+    if (--e->tasks > 0 || !e->retired) return;
+    list_remove(&s->retired, e);
+    rpc_free(e);
+}
+
+/* No longer declared: no new calls (the subscription drains), freed after the last one. */
+static void rpc_retire(struct services *s, rpc_entry *e)
+{
+    list_remove(&s->rpcs, e);
+    s->nrpcs--;
+    if (e->sub) nb_sub_drain(e->sub);
+    e->sub = NULL;
+    e->retired = true;
+    log_info(TAG, "%s: RPC %s removed", e->file, e->subject);
+    if (e->tasks == 0) {
+        rpc_free(e);
+        return;
+    }
+    e->next = s->retired;
+    s->retired = e;
+}
+
+static rpc_entry *rpc_find(struct services *s, const char *subject)
+{
+    for (rpc_entry *e = s->rpcs; e; e = e->next)
+        if (strcmp(e->subject, subject) == 0) return e;
+    return NULL;
+}
+
+/* The rpc value on top of L becomes e's code (binding, function, service table at svc_idx). */
+static int rpc_set_code(rpc_entry *e, lua_State *L, int svc_idx)
+{
     char err[128];
-    if (rpc_binding_init(&e->binding, L, -1, err, sizeof err) != 0) {
-        log_error(TAG, "%s: %s: %s", file, subject, err);
-        free(e);
-        free(subject);
+    rpc_binding b;
+    if (rpc_binding_init(&b, L, -1, err, sizeof err) != 0) {
+        log_error(TAG, "%s: %s: %s", e->file, e->subject, err);
         return -1;
     }
-    e->svcs = s;
-    e->subject = subject;
+    if (e->binding.names || e->binding.nparams) rpc_binding_free(&e->binding);
+    e->binding = b;
+    if (e->fn_ref > 0) {
+        luaL_unref(L, LUA_REGISTRYINDEX, e->fn_ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, e->svc_ref);
+    }
     lua_getfield(L, -1, "fn");
     e->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushvalue(L, svc_idx);
     e->svc_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+/* Declares subject for file with the rpc value on top of L: new code for an RPC this file already
+ * declares, or a new subscribed RPC. */
+static int declare_rpc(struct services *s, lua_State *L, int svc_idx, const char *subject,
+                       const char *file, bool *added)
+{
+    rpc_entry *e = rpc_find(s, subject);
+    *added = false;
+    if (e && strcmp(e->file, file) != 0) {
+        log_error(TAG, "%s: %s is already declared by %s; skipped", file, subject, e->file);
+        return -1;
+    }
+    if (e) return rpc_set_code(e, L, svc_idx);
+    e = calloc(1, sizeof *e);
+    if (!e) return -1;
+    e->svcs = s;
+    e->subject = strdup(subject);
+    e->file = strdup(file);
+    if (!e->subject || !e->file || rpc_set_code(e, L, svc_idx) != 0) {
+        rpc_free(e);
+        return -1;
+    }
     e->sub = nats_bridge_subscribe(s->rt->nats, subject, subject, on_rpc_msg, e);
     if (!e->sub) log_error(TAG, "%s: %s could not be subscribed", file, subject);
     e->next = s->rpcs;
     s->rpcs = e;
     s->nrpcs++;
+    *added = true;
     log_debug(TAG, "%s: RPC %s", file, subject);
     return 0;
 }
@@ -344,8 +428,21 @@ static bool is_rpc_value(lua_State *L, int idx)
     return yes;
 }
 
-/* Runs one script and registers the RPCs of the table it returns. */
-static int load_script(struct services *s, const char *path)
+static void unsubscribe_entry(struct services *s, lua_sub *ls);
+
+/* Removes the subscriptions file made while loading: those of the current load (same_gen) or
+ * those of earlier loads. */
+static void drop_load_subs(struct services *s, const char *file, bool same_gen)
+{
+    for (lua_sub *ls = s->subs, *next; ls; ls = next) {
+        next = ls->next;
+        if (ls->unsubscribed || !ls->file || strcmp(ls->file, file) != 0) continue;
+        if ((ls->load_gen == s->load_gen) == same_gen) unsubscribe_entry(s, ls);
+    }
+}
+
+/* Runs the script; on success returns with its table on top of L (and 0). */
+static int run_script(struct services *s, const char *path)
 {
     lua_State *L = s->rt->L;
     int top = lua_gettop(L);
@@ -357,34 +454,96 @@ static int load_script(struct services *s, const char *path)
         lua_settop(L, top);
         return -1;
     }
-    if (lua_pcall(L, 0, 1, top + 1) != 0) {
+    s->loading_file = path;
+    int rc = lua_pcall(L, 0, 1, top + 1);
+    s->loading_file = NULL;
+    if (rc != 0) {
         log_error(TAG, "%s failed while loading: %s", path, lua_tostring(L, -1));
         lua_settop(L, top);
         return -1;
     }
-    int svc = lua_gettop(L);
-    lua_getfield(L, svc, "name");
-    if (!lua_istable(L, svc) || lua_type(L, -1) != LUA_TSTRING ||
-        !valid_service_name(lua_tostring(L, -1))) {
+    lua_remove(L, top + 1);
+    lua_getfield(L, -1, "name");
+    bool ok = lua_istable(L, -2) && lua_type(L, -1) == LUA_TSTRING &&
+              valid_service_name(lua_tostring(L, -1));
+    lua_pop(L, 1);
+    if (!ok) {
         log_error(TAG,
                   "%s must return a table with a name (a NATS subject token, e.g. "
-                  "{ name = \"greeting_service\" }); skipped",
+                  "{ name = \"greeting_service\" }); the previous version, if any, still serves",
                   path);
         lua_settop(L, top);
         return -1;
     }
+    return 0;
+}
+
+int services_load_file(struct services *s, const char *path, bool reload)
+{
+    lua_State *L = s->rt->L;
+    int top = lua_gettop(L);
+    s->load_gen++;
+    if (run_script(s, path) != 0) {
+        drop_load_subs(s, path, true); /* what the failed version subscribed */
+        return -1;
+    }
+    int svc = lua_gettop(L);
+    lua_getfield(L, svc, "name");
     const char *service = lua_tostring(L, -1);
-    int count = 0;
+    /* the subjects this version declares, to retire the others afterwards */
+    lua_newtable(L);
+    int declared = lua_gettop(L);
+    int count = 0, added = 0;
     lua_pushnil(L);
     while (lua_next(L, svc)) {
-        if (lua_type(L, -2) == LUA_TSTRING && is_rpc_value(L, -1) &&
-            register_rpc(s, L, svc, service, lua_tostring(L, -2), path) == 0)
-            count++;
+        if (lua_type(L, -2) == LUA_TSTRING && is_rpc_value(L, -1)) {
+            char subject[512];
+            snprintf(subject, sizeof subject, "%s.%s", service, lua_tostring(L, -2));
+            bool is_new;
+            if (declare_rpc(s, L, svc, subject, path, &is_new) == 0) {
+                count++;
+                added += is_new;
+                lua_pushboolean(L, 1);
+                lua_setfield(L, declared, subject);
+            }
+        }
         lua_pop(L, 1);
     }
-    log_info(TAG, "%s: service %s with %d RPCs", path, service, count);
+    int removed = 0;
+    for (rpc_entry *e = s->rpcs, *next; e; e = next) {
+        next = e->next;
+        if (strcmp(e->file, path) != 0) continue;
+        lua_getfield(L, declared, e->subject);
+        bool still = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (!still) {
+            rpc_retire(s, e);
+            removed++;
+        }
+    }
+    drop_load_subs(s, path, false); /* the previous version's */
+    if (reload)
+        log_info(TAG, "reloaded %s: service %s with %d RPCs (%d new, %d removed)", path, service,
+                 count, added, removed);
+    else
+        log_info(TAG, "%s: service %s with %d RPCs", path, service, count);
     lua_settop(L, top);
     return count;
+}
+
+void services_remove_file(struct services *s, const char *path)
+{
+    int removed = 0;
+    for (rpc_entry *e = s->rpcs, *next; e; e = next) {
+        next = e->next;
+        if (strcmp(e->file, path) == 0) {
+            rpc_retire(s, e);
+            removed++;
+        }
+    }
+    s->load_gen++;
+    drop_load_subs(s, path, false);
+    log_info(TAG, "%s removed: %d RPCs retired", path, removed);
 }
 
 static int compare_names(const void *a, const void *b)
@@ -420,7 +579,7 @@ int services_load_dir(struct services *s, const char *dir)
     for (size_t i = 0; i < n; i++) {
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-        int c = names[i] ? load_script(s, path) : -1;
+        int c = names[i] ? services_load_file(s, path, false) : -1;
         if (c > 0) rpcs += c;
         free(names[i]);
     }
@@ -443,6 +602,7 @@ static void lua_sub_free(lua_sub *ls)
     }
     if (s->rt->L) luaL_unref(s->rt->L, LUA_REGISTRYINDEX, ls->fn_ref);
     free(ls->subject);
+    free(ls->file);
     free(ls);
 }
 
@@ -488,6 +648,10 @@ int services_subscribe(struct services *s, lua_State *L, const char *subject, co
     ls->svcs = s;
     ls->id = ++s->next_sub_id;
     ls->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (s->loading_file) { /* made by a script while it loads: goes when it is reloaded */
+        ls->file = strdup(s->loading_file);
+        ls->load_gen = s->load_gen;
+    }
     ls->sub = nats_bridge_subscribe(s->rt->nats, subject, queue, on_sub_msg, ls);
     ls->next = s->subs;
     s->subs = ls;
@@ -499,14 +663,20 @@ int services_subscribe(struct services *s, lua_State *L, const char *subject, co
     return ls->id;
 }
 
+static void unsubscribe_entry(struct services *s, lua_sub *ls)
+{
+    (void)s;
+    if (ls->sub) nb_sub_close(ls->sub);
+    ls->sub = NULL;
+    ls->unsubscribed = true;
+    if (ls->tasks == 0) lua_sub_free(ls);
+}
+
 int services_unsubscribe(struct services *s, int id)
 {
     for (lua_sub *ls = s->subs; ls; ls = ls->next) {
         if (ls->id != id || ls->unsubscribed) continue;
-        nb_sub_close(ls->sub);
-        ls->sub = NULL;
-        ls->unsubscribed = true;
-        if (ls->tasks == 0) lua_sub_free(ls);
+        unsubscribe_entry(s, ls);
         return 0;
     }
     return -1;
@@ -599,9 +769,12 @@ void services_free(struct services *s)
     while (s->rpcs) {
         rpc_entry *e = s->rpcs;
         s->rpcs = e->next;
-        rpc_binding_free(&e->binding);
-        free(e->subject);
-        free(e);
+        rpc_free(e);
+    }
+    while (s->retired) {
+        rpc_entry *e = s->retired;
+        s->retired = e->next;
+        rpc_free(e);
     }
     while (s->subs) {
         s->subs->unsubscribed = true;

@@ -4,6 +4,7 @@
 #define MICROSERVICE_SERVICES_H
 
 #include <lua.h>
+#include <stdbool.h>
 #include <stdio.h>
 
 #include "codec.h"
@@ -13,6 +14,12 @@ struct services *services_new(runtime *rt);
 /* Loads every *.lua in dir. A script that fails is logged with file and line and skipped; the
  * others still start. Returns the number of RPCs registered, or -1 if dir cannot be read. */
 int services_load_dir(struct services *s, const char *dir);
+/* (Re)loads one script: its RPCs take the new code, new ones are subscribed, those it no longer
+ * declares are retired. A script that fails leaves the previous version serving (logged with
+ * file:line). Returns the number of RPCs it declares, or -1. */
+int services_load_file(struct services *s, const char *path, bool reload);
+/* The script is gone: its RPCs are retired and its subscriptions removed. */
+void services_remove_file(struct services *s, const char *path);
 /* Stops taking new calls: subscriptions drain (what the server already sent is still served). */
 void services_drain(struct services *s);
 void services_free(struct services *s);

@@ -1,0 +1,438 @@
+-- microservice.test: the test runner behind `microservice test [FILES...]` (modelled on busted
+-- and luatest). The runtime loads the services, then calls main(files, opts) in a coroutine of
+-- its own, so tests may sleep, call, publish and query PostgreSQL like services do.
+--
+-- A test file (tests/services/*_test.lua by convention) is a Lua chunk run with these globals
+-- (the rest of _G stays visible; what the file sets stays in its own environment):
+--
+--   describe(name, fn)              groups tests; fn runs at once, to declare them (nests)
+--   it(name, fn) / it(name, {timeout = s}, fn)
+--                                   one test, run in its own coroutine (microservice.spawn)
+--   before_each(fn), after_each(fn) run around every test of the enclosing describe (outer
+--                                   ones first for before_each, last for after_each), in the
+--                                   test's coroutine; after_each runs even when the test failed
+--   function test_xxx() ... end     a top-level global function named test_* is a test too
+--   skip(message)                   at top level: skips the rest of the file; in describe: that
+--                                   block; in a test or hook: that test. Printed, never counted
+--   call(procedure, args, kwargs)   the unit-level call: binds args/kwargs exactly as a real
+--                                   call would (core.bind) and runs the RPC in this coroutine,
+--                                   without NATS; returns args, kwargs (nil ones as {}); errors
+--                                   (binding: wamp.error.invalid_argument or
+--                                   wamp.error.no_such_procedure; the RPC's own) propagate as is
+--   online                          true when the services are also served over NATS
+--                                   (--nats or NATS_URL): microservice.call/publish/subscribe work
+--   microservice                    require "microservice" (require works as usual)
+--
+-- Assertions (msg is optional, printed before the details):
+--   assert_eq(actual, expected, msg)     == or, for tables, deep equality (metatables ignored)
+--   assert_ne(actual, unexpected, msg)   the opposite
+--   assert_true(v, msg), assert_false(v, msg)   v truthy / v false or nil
+--   assert_nil(v, msg)
+--   assert_match(str, pattern, msg)      str is a string in which the Lua pattern is found
+--   assert_error(fn, expected, msg)      fn() raises; returns the error value. expected (optional)
+--                                        is an error value's uri ("wamp.error.invalid_argument")
+--                                        or a Lua pattern found in the error's text
+--
+-- Each test gets opts.timeout seconds (default 5; `--timeout S`), its own with {timeout = s};
+-- one that takes longer fails with "timed out after N s" and the runner goes on. A failure is
+-- reported with the file:line of the innermost frame in the test file and the message (with a
+-- trimmed traceback for Lua errors). The report goes to stdout:
+--
+--   tests/services/greeting_test.lua
+--     ok   greeting_service.hello › greets with a last name (0 ms)
+--     FAIL greeting_service.hello › refuses an unknown keyword
+--          tests/services/greeting_test.lua:21: expected "x", got "y"
+--   3 passed, 1 failed
+--
+-- The last line is always exactly `N passed, N failed`; a file that fails to load counts as one
+-- failure. main returns passed, failed (the process exits 1 when failed > 0).
+local microservice = require "microservice"
+local core = require "microservice.core"
+
+local M = {}
+
+local pack = function(...) return { n = select("#", ...), ... } end
+local unpack = unpack or table.unpack
+
+-- values in messages ------------------------------------------------------------------------------
+
+local function show(v)
+  if type(v) == "string" or type(v) == "table" or type(v) == "number" or type(v) == "boolean"
+      or v == microservice.null then
+    local ok, s = pcall(microservice.json.encode, v)
+    if ok then return s end
+  end
+  return tostring(v)
+end
+
+-- failures raised by assertions (no traceback) and skips
+local failure_mt = { __tostring = function(f) return f.message end }
+local skip_mt = { __tostring = function(s) return "skipped: " .. s.message end }
+
+local function fail(message, msg)
+  if msg ~= nil then message = tostring(msg) .. ": " .. message end
+  error(setmetatable({ message = message }, failure_mt), 0)
+end
+
+local function deep_eq(a, b, seen)
+  if a == b then return true end
+  if type(a) ~= "table" or type(b) ~= "table" then return false end
+  seen = seen or {}
+  if seen[a] == b then return true end
+  seen[a] = b
+  for k, v in pairs(a) do
+    if not deep_eq(v, rawget(b, k), seen) then return false end
+  end
+  for k in pairs(b) do
+    if rawget(a, k) == nil then return false end
+  end
+  return true
+end
+
+-- assertions -------------------------------------------------------------------------------------
+
+local A = {}
+
+function A.assert_eq(actual, expected, msg)
+  if not deep_eq(actual, expected) then
+    fail(("expected %s, got %s"):format(show(expected), show(actual)), msg)
+  end
+end
+
+function A.assert_ne(actual, unexpected, msg)
+  if deep_eq(actual, unexpected) then
+    fail(("expected a value other than %s"):format(show(unexpected)), msg)
+  end
+end
+
+function A.assert_true(v, msg)
+  if not v then fail(("expected a true value, got %s"):format(show(v)), msg) end
+end
+
+function A.assert_false(v, msg)
+  if v then fail(("expected false or nil, got %s"):format(show(v)), msg) end
+end
+
+function A.assert_nil(v, msg)
+  if v ~= nil then fail(("expected nil, got %s"):format(show(v)), msg) end
+end
+
+function A.assert_match(str, pattern, msg)
+  if type(str) ~= "string" or not str:find(pattern) then
+    fail(("expected a string matching %s, got %s"):format(show(pattern), show(str)), msg)
+  end
+end
+
+local function error_text(e)
+  if type(e) == "table" and getmetatable(e) == failure_mt then return e.message end
+  if microservice.is_error(e) then
+    local args = type(e.args) == "table" and e.args or {}
+    return tostring(e.uri) .. (args[1] ~= nil and (": " .. tostring(args[1])) or "")
+  end
+  return tostring(e)
+end
+
+function A.assert_error(fn, expected, msg)
+  local ok, e = pcall(fn)
+  if ok then
+    fail(expected and ("expected an error %s, got none"):format(show(expected))
+      or "expected an error, got none", msg)
+  end
+  if expected ~= nil then
+    local uri = type(e) == "table" and rawget(e, "uri") or nil
+    if uri ~= expected and not error_text(e):find(expected) then
+      fail(("expected an error %s, got %s"):format(show(expected),
+        uri and ("%s (%s)"):format(uri, show(e.args)) or show(error_text(e))), msg)
+    end
+  end
+  return e
+end
+
+-- the unit-level call ------------------------------------------------------------------------------
+
+function A.call(procedure, args, kwargs)
+  local bound = pack(core.bind(procedure, args, kwargs))
+  local r = pack(bound[1](unpack(bound, 2, bound.n)))
+  return r[1] == nil and microservice.json.array() or r[1], r[2] == nil and {} or r[2]
+end
+
+function A.skip(message)
+  error(setmetatable({ message = tostring(message or "skipped") }, skip_mt), 0)
+end
+
+-- collecting a file's tests ------------------------------------------------------------------------
+
+local function where(level)
+  local info = debug.getinfo(level + 1, "Sl")
+  return info and (info.short_src .. ":" .. (info.currentline or 0)) or "?"
+end
+
+-- The innermost frame of the test file at the point of an error (called in the error handler).
+local function frame_in(chunkname)
+  for level = 2, 200 do
+    local info = debug.getinfo(level, "Sl")
+    if not info then break end
+    if info.source == chunkname and (info.currentline or 0) > 0 then
+      return info.short_src .. ":" .. info.currentline
+    end
+  end
+end
+
+-- Lua error text starts with "file:line: ", the place the report shows anyway.
+local function strip_position(text, location)
+  if location and text:sub(1, #location + 2) == location .. ": " then
+    return text:sub(#location + 3)
+  end
+  return text
+end
+
+local function trimmed_traceback(tb)
+  local out = {}
+  for line in tb:gmatch("[^\n]+") do
+    if line ~= "stack traceback:" and not line:find("lualib/microservice_test.lua", 1, true)
+        and not line:find("[C]: in function 'xpcall'", 1, true)
+        and not line:find("[C]: in function 'error'", 1, true) then
+      out[#out + 1] = "  " .. line:gsub("^%s+", "")
+    end
+  end
+  return out
+end
+
+-- Runs fn(...) under xpcall: true, or false and a failure {location, message, trace, skip}.
+local function protected(chunkname, fallback, fn, ...)
+  local failure
+  local function handler(e)
+    local location = frame_in(chunkname) or fallback
+    if type(e) == "table" and getmetatable(e) == skip_mt then
+      failure = { skip = true, message = e.message }
+    elseif type(e) == "table" and getmetatable(e) == failure_mt then
+      failure = { location = e.location or location, message = e.message, trace = e.trace }
+    elseif type(e) == "string" then
+      failure = { location = location, message = strip_position(e, location),
+                  trace = trimmed_traceback(debug.traceback("", 2)) }
+    else
+      failure = { location = location, message = error_text(e) }
+    end
+    return e
+  end
+  local ok = xpcall(fn, handler, ...)
+  return ok, failure
+end
+
+local function collect(path, opts)
+  local file = { path = path, tests = {} }
+  local chunk, err = loadfile(path)
+  if not chunk then
+    file.load_error = { message = err }
+    return file
+  end
+  local chunkname = "@" .. path
+  file.chunkname = chunkname
+  local suite = { names = {}, before = {}, after = {} }
+
+  local env = setmetatable({}, { __index = _G })
+  for k, v in pairs(A) do env[k] = v end
+  env.microservice = microservice
+  env.online = opts.online and true or false
+
+  function env.describe(name, fn)
+    local outer = suite
+    local names = { unpack(outer.names) }
+    names[#names + 1] = tostring(name)
+    suite = { names = names, before = { unpack(outer.before) }, after = { unpack(outer.after) } }
+    local first = #file.tests + 1
+    local ok, failure = protected(chunkname, where(2), fn)
+    suite = outer
+    if not ok then
+      if failure.skip then
+        for i = #file.tests, first, -1 do file.tests[i] = nil end
+        file.tests[first] = { skip = failure.message, name = table.concat(names, " › ") }
+      else
+        error(setmetatable({ message = failure.message, location = failure.location,
+                             trace = failure.trace }, failure_mt), 0)
+      end
+    end
+  end
+
+  function env.it(name, test_opts, fn)
+    if fn == nil then fn, test_opts = test_opts, {} end
+    if type(fn) ~= "function" then error("it(name, [opts,] fn) expects a function", 2) end
+    local names = { unpack(suite.names) }
+    names[#names + 1] = tostring(name)
+    file.tests[#file.tests + 1] = {
+      name = table.concat(names, " › "), fn = fn, defined = where(2),
+      timeout = test_opts.timeout or opts.timeout,
+      before = suite.before, after = suite.after,
+    }
+  end
+
+  function env.before_each(fn) suite.before[#suite.before + 1] = fn end
+  function env.after_each(fn) table.insert(suite.after, 1, fn) end
+
+  setfenv(chunk, env)
+  local ok, failure = protected(chunkname, path .. ":0", chunk)
+  if not ok then
+    if failure.skip then
+      file.tests = { { skip = failure.message } }
+      return file
+    end
+    file.load_error = failure
+    file.tests = {} -- a file that fails to load is one failure; its tests do not run
+    return file
+  end
+
+  -- luatest style: global functions test_* defined in this file, in the order of their lines
+  local plain = {}
+  for k, v in pairs(env) do
+    if type(k) == "string" and k:match("^test_") and type(v) == "function" then
+      local info = debug.getinfo(v, "S")
+      if info.source == chunkname then
+        plain[#plain + 1] = { name = k, fn = v, line = info.linedefined,
+                              defined = info.short_src .. ":" .. info.linedefined }
+      end
+    end
+  end
+  table.sort(plain, function(a, b) return a.line < b.line end)
+  for _, t in ipairs(plain) do
+    file.tests[#file.tests + 1] = { name = t.name, fn = t.fn, defined = t.defined,
+                                    timeout = opts.timeout, before = {}, after = {} }
+  end
+  return file
+end
+
+-- running ------------------------------------------------------------------------------------------
+
+local function out(line)
+  io.stdout:write(line, "\n")
+  io.stdout:flush()
+end
+
+local function report_failure(f)
+  local text = (f.location and (f.location .. ": ") or "") .. tostring(f.message)
+  for line in (text .. "\n"):gmatch("([^\n]*)\n") do out("       " .. line) end
+  for _, line in ipairs(f.trace or {}) do out("       " .. line) end
+end
+
+-- Body of a test's coroutine: before_each hooks, the test, after_each hooks.
+local function run_test(chunkname, t, state)
+  local ok, failure = true, nil
+  for _, hook in ipairs(t.before) do
+    ok, failure = protected(chunkname, t.defined, hook)
+    if not ok then break end
+  end
+  if ok then ok, failure = protected(chunkname, t.defined, t.fn) end
+  for _, hook in ipairs(t.after) do
+    local hok, hfailure = protected(chunkname, t.defined, hook)
+    if ok and not hok then ok, failure = hok, hfailure end
+  end
+  state.failure = failure
+  state.done = true
+end
+
+local function run_one(file, t)
+  local state = { done = false }
+  local started = microservice.now()
+  local deadline = started + t.timeout
+  microservice.spawn(run_test, file.chunkname, t, state)
+  local interval = 0.001
+  while not state.done and microservice.now() < deadline do
+    microservice.sleep(math.min(interval, math.max(deadline - microservice.now(), 0)))
+    interval = math.min(interval * 2, 0.02)
+  end
+  local ms = math.floor((microservice.now() - started) * 1000 + 0.5)
+  if not state.done then
+    state.timed_out = true -- the coroutine goes on; what it does later is ignored
+    return false, { location = t.defined, message = ("timed out after %g s"):format(t.timeout) }
+  end
+  if state.failure and state.failure.skip then return "skip", state.failure end
+  return state.failure == nil, state.failure, ms
+end
+
+-- Every tests/services/*_test.lua, sorted.
+local function default_files()
+  local files = {}
+  local ok = pcall(function()
+    local ffi = require "ffi"
+    pcall(ffi.cdef, [[
+      typedef struct { size_t gl_pathc; char **gl_pathv; size_t gl_offs; int gl_flags;
+                       void *gl_reserved[16]; } microservice_test_glob_t;
+      int glob(const char *pattern, int flags, void *errfunc, microservice_test_glob_t *g);
+      void globfree(microservice_test_glob_t *g);
+    ]])
+    local g = ffi.new("microservice_test_glob_t")
+    if ffi.C.glob("tests/services/*_test.lua", 0, nil, g) == 0 then
+      for i = 0, tonumber(g.gl_pathc) - 1 do files[#files + 1] = ffi.string(g.gl_pathv[i]) end
+      ffi.C.globfree(g)
+    end
+  end)
+  if not ok then
+    local p = io.popen("ls -1 tests/services/*_test.lua 2>/dev/null")
+    if p then
+      for line in p:lines() do files[#files + 1] = line end
+      p:close()
+    end
+  end
+  table.sort(files)
+  return files
+end
+
+-- Waits (up to 10 s) until the bus takes messages, so that the first test does not race the
+-- connection.
+local function wait_for_bus()
+  local deadline = microservice.now() + 10
+  while not pcall(microservice.publish, "_microservice_test.ready") do
+    if microservice.now() > deadline then return false end
+    microservice.sleep(0.02)
+  end
+  return true
+end
+
+--- Runs the test files; prints the report; returns passed, failed.
+function M.main(files, opts)
+  opts = opts or {}
+  opts.timeout = tonumber(opts.timeout) or 5
+  if opts.timeout <= 0 then opts.timeout = 5 end
+  if not files or #files == 0 then
+    files = default_files()
+    if #files == 0 then out("no test files (tests/services/*_test.lua)") end
+  end
+  if opts.online and not wait_for_bus() then
+    out("warning: the bus is not connected after 10 s")
+  end
+  local passed, failed = 0, 0
+  for _, path in ipairs(files) do
+    out(path)
+    local file = collect(path, opts)
+    if file.load_error then
+      failed = failed + 1
+      out("  FAIL (loading the file)")
+      report_failure(file.load_error)
+    end
+    for _, t in ipairs(file.tests) do
+      local ok, failure, ms
+      if t.skip then
+        ok, failure = "skip", { message = t.skip }
+      else
+        ok, failure, ms = run_one(file, t)
+      end
+      if ok == "skip" and not t.name then
+        out("  skip " .. failure.message)
+      elseif ok == "skip" then
+        out(("  skip %s: %s"):format(t.name, failure.message))
+      elseif ok then
+        passed = passed + 1
+        out(("  ok   %s (%d ms)"):format(t.name, ms))
+      else
+        failed = failed + 1
+        out("  FAIL " .. t.name)
+        report_failure(failure)
+      end
+    end
+  end
+  out(("%d passed, %d failed"):format(passed, failed))
+  return passed, failed
+end
+
+M.assertions = A
+
+return M
