@@ -368,7 +368,7 @@ static int error_tostring(lua_State *L)
     if (lua_istable(L, -1)) {
         lua_rawgeti(L, -1, 1);
         if (lua_isstring(L, -1)) {
-            lua_pushfstring(L, "%s: %s", lua_tostring(L, -4), lua_tostring(L, -1));
+            lua_pushfstring(L, "%s: %s", lua_tostring(L, -3), lua_tostring(L, -1));
             return 1;
         }
     }
