@@ -342,9 +342,15 @@ int http_gateway_listen(struct http_gateway *g)
                   uv_strerror(rc));
         return -1;
     }
-    uv_tcp_init(&rt->loop, &g->listener);
+    uv_tcp_init_ex(&rt->loop, &g->listener, addr.ss_family);
     g->listener.data = g;
     g->listening = true;
+    if (rt->cfg.reuse_port) { /* workers: each listens, the kernel spreads the connections */
+        uv_os_fd_t fd;
+        int one = 1;
+        if (uv_fileno((uv_handle_t *)&g->listener, &fd) == 0)
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    }
     rc = uv_tcp_bind(&g->listener, (struct sockaddr *)&addr, 0);
     if (rc == 0) rc = uv_listen((uv_stream_t *)&g->listener, LISTEN_BACKLOG, on_accept);
     if (rc != 0) {

@@ -13,11 +13,17 @@
 #include <time.h>
 
 static enum log_level current_level = LOG_INFO;
+static char process_label[16]; /* set once, before anything runs (workers) */
 static const char *const level_names[] = {"DEBUG", "INFO", "WARN", "ERROR"};
 
 void log_set_level(enum log_level level)
 {
     current_level = level;
+}
+
+void log_set_process_label(const char *label)
+{
+    snprintf(process_label, sizeof process_label, "%s", label ? label : "");
 }
 
 enum log_level log_get_level(void)
@@ -70,6 +76,6 @@ void log_msg(enum log_level level, const char *tag, const char *fmt, ...)
     gmtime_r(&tv.tv_sec, &tm);
     char ts[32];
     strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
-    fprintf(stderr, "%s.%03dZ %-5s [%s] %s\n", ts, (int)(tv.tv_usec / 1000), level_names[level],
-            tag, folded);
+    fprintf(stderr, "%s.%03dZ %-5s %s%s[%s] %s\n", ts, (int)(tv.tv_usec / 1000), level_names[level],
+            process_label, process_label[0] ? " " : "", tag, folded);
 }

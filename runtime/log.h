@@ -5,6 +5,8 @@
 enum log_level { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
 
 void log_set_level(enum log_level level);
+/* A short name of this process put in every line ("main", "w1"...), or NULL for none. */
+void log_set_process_label(const char *label);
 enum log_level log_get_level(void);
 /* Parses "debug|info|warn|error"; -1 if unknown. */
 int log_level_parse(const char *name);

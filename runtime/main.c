@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "log.h"
 #include "runtime.h"
+#include "workers.h"
 
 static void usage(FILE *out)
 {
@@ -27,7 +28,7 @@ static void usage(FILE *out)
         "                     in SERVICES_DIR/migrations are applied at start-up\n"
         "  --postgres-pool N  database connections (default 4)\n"
         "  --frontend DIR     static files served at / (default ./frontend)\n"
-        "  --workers N        worker processes (default 1)\n"
+        "  --workers N|auto   worker processes sharing the port (default 1; auto: one per core)\n"
         "  --log-level L      debug, info, warn or error (default info)\n"
         "  --call-timeout S   default RPC timeout in seconds (default 60)\n"
         "  --drain-timeout S  how long SIGTERM waits for calls in flight (default 10)\n"
@@ -132,10 +133,11 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
             cfg->frontend_dir = optarg;
             break;
         case OPT_WORKERS:
-            if (parse_number(optarg, 1, 1, &v) != 0) {
-                fprintf(stderr, "microservice: --workers: only 1 is supported in this version\n");
-                return -1;
+            if (strcmp(optarg, "auto") == 0) {
+                cfg->workers = (int)uv_available_parallelism();
+                break;
             }
+            if (parse_number(optarg, 1, 256, &v) != 0) goto bad_number;
             cfg->workers = (int)v;
             break;
         case OPT_LOG_LEVEL: {
@@ -198,6 +200,7 @@ int main(int argc, char **argv)
      * hands the top of the heap back to the kernel each time and faults it in again at the next
      * request (16% of the CPU in a get_things profile, see bench/README.md). Keep it. */
     mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
+    if (cfg.workers > 1) return workers_run(&cfg);
     static runtime rt; /* big (loop, handles); lives for the whole process */
     if (runtime_init(&rt, &cfg) != 0) {
         log_error("runtime", "start-up failed");

@@ -25,6 +25,7 @@ typedef struct runtime_config {
     double drain_timeout; /* seconds, for SIGTERM */
     int max_inflight;     /* concurrent RPC coroutines before NATS intake pauses */
     bool watch;           /* hot reload of the services folder */
+    bool reuse_port;      /* SO_REUSEPORT on the HTTP listener (workers share it) */
 } runtime_config;
 
 struct scheduler;
