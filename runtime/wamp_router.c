@@ -7,7 +7,13 @@
  * the session is then marked dirty and a zero timer flushes all dirty sessions with
  * h2o_websocket_proceed, outside h2o's callbacks (proceed may end a session through the message
  * callback, and h2o forbids closing from inside it). A session whose queue passes its bound is a
- * slow consumer: it is dropped at the next flush. */
+ * slow consumer: it is dropped at the next flush.
+ *
+ * Writing: h2o 2.2's WebSocket helper writes one wslay chunk per socket write (a 2-byte header,
+ * then the payload, each waiting for the previous write to complete), which costs two system
+ * calls per message and lets a burst outrun any reader. So the router gives wslay its own send
+ * callback: frames are appended to the session's pending buffer, written in one piece whenever
+ * the socket is idle, and the next batch goes when that write completes. */
 #include "wamp_router.h"
 
 #include <h2o/websocket.h>
@@ -20,11 +26,10 @@
 #include "wamp_codec.h"
 
 #define TAG "wamp"
-#define MAX_ID 9007199254740992LL /* 2^53 */
-#define OUT_MAX_BYTES (4u * 1024 * 1024)
-#define OUT_MAX_MSGS 1024
-#define HDR_EXCLUDE "Wamp-Exclude"     /* the publishing session, when it excludes itself */
-#define HDR_PUBLISHER "Wamp-Publisher" /* the publishing session, when it discloses itself */
+#define MAX_ID 9007199254740992LL        /* 2^53 */
+#define OUT_MAX_BYTES (4u * 1024 * 1024) /* queued for one session before it is a slow consumer */
+#define HDR_EXCLUDE "Wamp-Exclude"       /* the publishing session, when it excludes itself */
+#define HDR_PUBLISHER "Wamp-Publisher"   /* the publishing session, when it discloses itself */
 #define HDR_PUBLICATION "Wamp-Publication"
 #define HDR_PROGRESS "Wamp-Progress"
 #define HDR_RECEIVE_PROGRESS "Wamp-Receive-Progress"
@@ -115,8 +120,10 @@ struct session {
     invocation *invs;
     uint64_t next_inv;
     bool dirty, slow;
-    bool close_queued;   /* the close frame is in wslay (after every queued message) */
-    uint16_t close_code; /* S_CLOSING: the close frame to send once the queue is empty */
+    codec_buf out_pending; /* frames wslay handed over, not yet written */
+    codec_buf out_writing; /* the batch the socket is writing */
+    bool close_queued;     /* the close frame is in wslay (after every queued message) */
+    uint16_t close_code;   /* S_CLOSING: the close frame to send once the queue is empty */
     const char *close_reason;
     uint64_t close_deadline; /* loop time: a peer that does not read by then is dropped */
     session *dirty_next;
@@ -207,7 +214,7 @@ static bool close_step(session *s, bool *again)
     if (s->state != S_CLOSING || s->close_queued) return true;
     wslay_event_context_ptr ctx = s->ws->ws_ctx;
     bool drained = wslay_event_get_queued_msg_count(ctx) == 0 && s->ws->sock &&
-                   !h2o_socket_is_writing(s->ws->sock);
+                   !h2o_socket_is_writing(s->ws->sock) && s->out_pending.len == 0;
     if (drained) {
         wslay_event_queue_close(ctx, s->close_code, (const uint8_t *)s->close_reason,
                                 strlen(s->close_reason));
@@ -244,9 +251,8 @@ static void flush_cb(uv_timer_t *t)
             recheck = true;
         }
         if (s->slow) {
-            log_warn(TAG,
-                     "session %llu closed: slow consumer (over %u bytes or %d messages queued)",
-                     (unsigned long long)s->id, OUT_MAX_BYTES, OUT_MAX_MSGS);
+            log_warn(TAG, "session %llu closed: slow consumer (over %u bytes queued)",
+                     (unsigned long long)s->id, OUT_MAX_BYTES);
             h2o_websocket_conn_t *ws = s->ws;
             session_end(s);
             h2o_websocket_close(ws);
@@ -269,12 +275,59 @@ static void mark_dirty(session *s)
         uv_timer_start(&s->r->flush_timer, flush_cb, 0, 0);
 }
 
+static size_t queued_bytes(session *s)
+{
+    return wslay_event_get_queued_msg_length(s->ws->ws_ctx) + s->out_pending.len +
+           s->out_writing.len;
+}
+
+static void write_batch(session *s);
+
+static void on_batch_written(h2o_socket_t *sock, const char *err)
+{
+    h2o_websocket_conn_t *ws = sock->data;
+    session *s = ws->data;
+    codec_buf_reset(&s->out_writing);
+    if (err) { /* as h2o does: the connection is over */
+        ws->cb(ws, NULL);
+        return;
+    }
+    if (s->out_pending.len) {
+        write_batch(s);
+        return;
+    }
+    h2o_websocket_proceed(ws); /* more from wslay, or the end of a closing session */
+}
+
+static void write_batch(session *s)
+{
+    codec_buf t = s->out_writing;
+    s->out_writing = s->out_pending;
+    s->out_pending = t;
+    h2o_iovec_t buf = h2o_iovec_init(s->out_writing.data, s->out_writing.len);
+    h2o_socket_write(s->ws->sock, &buf, 1, on_batch_written);
+}
+
+/* wslay's send callback: take the frame, start a write if the socket is idle. */
+static ssize_t ws_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
+                       void *user_data)
+{
+    (void)flags;
+    h2o_websocket_conn_t *ws = user_data;
+    session *s = ws->data;
+    if (!ws->sock || codec_buf_append(&s->out_pending, data, len) != 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    if (!h2o_socket_is_writing(ws->sock)) write_batch(s);
+    return (ssize_t)len;
+}
+
 static void queue_bytes(session *s, const char *p, size_t n)
 {
     if (s->slow) return;
     wslay_event_context_ptr ctx = s->ws->ws_ctx;
-    if (wslay_event_get_queued_msg_length(ctx) + n > OUT_MAX_BYTES ||
-        wslay_event_get_queued_msg_count(ctx) >= OUT_MAX_MSGS) {
+    if (queued_bytes(s) + n > OUT_MAX_BYTES) {
         s->slow = true;
         mark_dirty(s);
         return;
@@ -1144,6 +1197,8 @@ static void session_end(session *s)
     if (s->next) s->next->prev = s->prev;
     r->nsessions--;
     log_debug(TAG, "session %llu ended", (unsigned long long)s->id);
+    codec_buf_free(&s->out_pending);
+    codec_buf_free(&s->out_writing);
     free(s->topics.v);
     free(s->regs.v);
     free(s);
@@ -1253,6 +1308,11 @@ int wamp_router_upgrade(struct wamp_router *r, h2o_req_t *req)
     /* messages up to twice the limit are read whole and refused with a clean close (the peer
      * sees 1009); beyond that wslay stops reading at once, and the peer may only see a reset */
     wslay_event_config_set_max_recv_msg_length(s->ws->ws_ctx, 2 * r->rt->cfg.body_limit);
+    codec_buf_init(&s->out_pending);
+    codec_buf_init(&s->out_writing);
+    struct wslay_event_callbacks cbs = s->ws->ws_callbacks;
+    cbs.send_callback = ws_send;
+    wslay_event_config_set_callbacks(s->ws->ws_ctx, &cbs);
     s->next = r->sessions;
     if (r->sessions) r->sessions->prev = s;
     r->sessions = s;
