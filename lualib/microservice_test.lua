@@ -12,8 +12,9 @@
 --                                   ones first for before_each, last for after_each), in the
 --                                   test's coroutine; after_each runs even when the test failed
 --   function test_xxx() ... end     a top-level global function named test_* is a test too
---   skip(message)                   at top level: skips the rest of the file; in describe: that
---                                   block; in a test or hook: that test. Printed, never counted
+--   skip(message)                   at top level: skips the file; in describe: that block; in a
+--                                   test or hook: that test. Printed ("  skip name: message"),
+--                                   counted neither passed nor failed
 --   call(procedure, args, kwargs)   the unit-level call: binds args/kwargs exactly as a real
 --                                   call would (core.bind) and runs the RPC in this coroutine,
 --                                   without NATS; returns args, kwargs (nil ones as {}); errors
@@ -44,8 +45,9 @@
 --          tests/services/greeting_test.lua:21: expected "x", got "y"
 --   3 passed, 1 failed
 --
--- The last line is always exactly `N passed, N failed`; a file that fails to load counts as one
--- failure. main returns passed, failed (the process exits 1 when failed > 0).
+-- The last line is always exactly `N passed, N failed`; a file that fails to load (or whose
+-- describe body raises) counts as one failure and none of its tests run. main returns passed,
+-- failed (the process exits 1 when failed > 0). Without FILES: tests/services/*_test.lua, sorted.
 local microservice = require "microservice"
 local core = require "microservice.core"
 
@@ -336,7 +338,9 @@ local function run_one(file, t)
   microservice.spawn(run_test, file.chunkname, t, state)
   local interval = 0.001
   while not state.done and microservice.now() < deadline do
-    microservice.sleep(math.min(interval, math.max(deadline - microservice.now(), 0)))
+    -- never below 1 ms: a 0 ms timer started from a timer callback runs again in the same
+    -- pass of libuv's timers (1.44), before the loop's clock moves: a livelock
+    microservice.sleep(math.max(0.001, math.min(interval, deadline - microservice.now())))
     interval = math.min(interval * 2, 0.02)
   end
   local ms = math.floor((microservice.now() - started) * 1000 + 0.5)

@@ -263,7 +263,7 @@ int command_test(int argc, char **argv)
     runtime_config_defaults(&cfg);
     cfg.http_enabled = false;
     cfg.watch = false;
-    cfg.drain_timeout = 2;
+    cfg.drain_timeout = 0; /* when the runner returns, what is left (a timed-out test) goes */
     const char *env = getenv("NATS_URL");
     bool online = env && env[0];
     double timeout = 5;
@@ -324,6 +324,12 @@ int command_test(int argc, char **argv)
     lua_pushboolean(co, online);
     lua_setfield(co, -2, "online");
     sched_start_soon(t, 2);
+    int load_errors = services_load_errors(rt.services);
     runtime_run(&rt);
+    if (load_errors > 0 && tr.exit_code == 0) {
+        fprintf(stderr, "microservice test: %d service script(s) failed to load (see above)\n",
+                load_errors);
+        return 1;
+    }
     return tr.exit_code;
 }

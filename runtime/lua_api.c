@@ -91,6 +91,7 @@ static int core_sleep(lua_State *L)
 {
     double seconds = luaL_checknumber(L, 1);
     if (!(seconds >= 0)) return luaL_argerror(L, 1, "seconds must be a number >= 0");
+    if (seconds < 0.0005) return sched_yield_turn(L); /* sleep(0): the next turn of the loop */
     runtime *rt = lua_api_runtime(L);
     sleep_op *s = calloc(1, sizeof *s);
     if (!s) return luaL_error(L, "out of memory");

@@ -681,7 +681,7 @@ static void state_async_cb(uv_async_t *a)
         nb->ever_connected = true;
         nb->was_connected = true;
         send_probe(nb);
-    } else if (!connected && nb->was_connected) {
+    } else if (!connected && nb->was_connected && !nb->closing) {
         nb->was_connected = false;
         nb->confirmed = false;
         log_warn(TAG, "disconnected (%s); %d pending requests fail as unavailable",

@@ -147,7 +147,7 @@ static void drain_tick(uv_timer_t *t)
     bool idle = runtime_idle(rt);
     if (!idle && uv_now(&rt->loop) < rt->drain_deadline) return;
     uv_timer_stop(t);
-    if (!idle) {
+    if (!idle && sched_inflight(rt->sched) > 0) {
         log_warn(TAG, "drain deadline reached: cancelling %d calls in flight",
                  sched_inflight(rt->sched));
         sched_cancel_all(rt->sched);

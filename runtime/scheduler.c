@@ -26,12 +26,20 @@ struct scheduler {
     uint64_t started;
     task *pool[POOL_MAX]; /* finished tasks whose coroutine can be reused */
     int pooled;
+    struct soon_op *soon_head, *soon_tail; /* see sched_start_soon */
+    uv_check_t soon_check;
+    uv_idle_t soon_idle;
+    int open_handles; /* while closing */
 };
 
 struct scheduler *sched_new(runtime *rt)
 {
     struct scheduler *s = calloc(1, sizeof *s);
-    if (s) s->rt = rt;
+    if (!s) return NULL;
+    s->rt = rt;
+    uv_check_init(&rt->loop, &s->soon_check);
+    uv_idle_init(&rt->loop, &s->soon_idle);
+    s->soon_check.data = s->soon_idle.data = s;
     return s;
 }
 
@@ -192,49 +200,86 @@ void sched_start(task *t, int nargs)
     run(t, nargs);
 }
 
-/* The deferred first resume is itself an operation, so cancellation closes its timer. */
-typedef struct start_op {
+/* "Next turn": the deferred first resume of a spawned task and sleep(0) are operations queued
+ * for the next turn of the loop (a uv_check after the poll phase, with a uv_idle keeping the poll
+ * from blocking while the queue is not empty). A 0 ms timer would not do: libuv 1.44 runs a timer
+ * started from a timer callback in the same pass, so a loop of sleep(0) would never let the
+ * clock, or anything else, move. */
+typedef struct soon_op {
     sched_op base;
-    uv_timer_t timer;
     int nargs;
-} start_op;
+    bool start;     /* first resume (spawn) rather than a resume after sleep(0) */
+    bool cancelled; /* freed by the next pass */
+    struct soon_op *next;
+} soon_op;
 
-static void start_free_cb(uv_handle_t *h)
+static void soon_cancel(sched_op *op)
 {
-    free(h->data);
+    ((soon_op *)op)->cancelled = true;
 }
 
-static void start_cancel(sched_op *op)
+static void soon_idle_cb(uv_idle_t *h)
 {
-    start_op *s = (start_op *)op;
-    uv_close((uv_handle_t *)&s->timer, start_free_cb);
+    (void)h;
 }
 
-static void start_cb(uv_timer_t *timer)
+static void soon_check_cb(uv_check_t *h)
 {
-    start_op *s = timer->data;
-    task *t = s->base.task;
-    uv_close((uv_handle_t *)&s->timer, start_free_cb);
-    if (t->op != &s->base || t->token != s->base.token) return;
-    t->op = NULL;
-    sched_start(t, s->nargs);
+    struct scheduler *s = h->data;
+    soon_op *list = s->soon_head;
+    s->soon_head = s->soon_tail = NULL;
+    while (list) {
+        soon_op *o = list;
+        list = o->next;
+        task *t = o->base.task;
+        if (!o->cancelled && t->op == &o->base && t->token == o->base.token) {
+            t->op = NULL;
+            if (o->start)
+                sched_start(t, o->nargs);
+            else if (lua_status(t->co) == LUA_YIELD)
+                run(t, 0);
+        }
+        free(o);
+    }
+    if (!s->soon_head) {
+        uv_idle_stop(&s->soon_idle);
+        uv_check_stop(&s->soon_check);
+    }
+}
+
+static int soon_push(task *t, bool start, int nargs)
+{
+    struct scheduler *s = t->sched;
+    soon_op *o = calloc(1, sizeof *o);
+    if (!o) return -1;
+    o->base.cancel = soon_cancel;
+    o->base.task = t;
+    o->base.token = ++t->token;
+    o->start = start;
+    o->nargs = nargs;
+    t->op = &o->base;
+    if (s->soon_tail)
+        s->soon_tail->next = o;
+    else
+        s->soon_head = o;
+    s->soon_tail = o;
+    uv_check_start(&s->soon_check, soon_check_cb);
+    uv_idle_start(&s->soon_idle, soon_idle_cb);
+    return 0;
 }
 
 void sched_start_soon(task *t, int nargs)
 {
-    start_op *s = calloc(1, sizeof *s);
-    if (!s) { /* no memory for the deferral: start at once */
-        sched_start(t, nargs);
-        return;
-    }
-    s->base.cancel = start_cancel;
-    s->base.task = t;
-    s->base.token = ++t->token;
-    s->nargs = nargs;
-    t->op = &s->base;
-    uv_timer_init(&t->sched->rt->loop, &s->timer);
-    s->timer.data = s;
-    uv_timer_start(&s->timer, start_cb, 0, 0);
+    if (soon_push(t, true, nargs) != 0) sched_start(t, nargs); /* no memory: start at once */
+}
+
+int sched_yield_turn(lua_State *L)
+{
+    const char *err;
+    task *t = sched_current(L, &err);
+    if (!t) return luaL_error(L, "%s", err);
+    if (soon_push(t, false, 0) != 0) return luaL_error(L, "out of memory");
+    return lua_yield(L, 0);
 }
 
 task *sched_current(lua_State *L, const char **err)
@@ -309,16 +354,29 @@ void sched_cancel_all(struct scheduler *s)
         cancel_task(s->head, TASK_CANCELLED);
 }
 
+static void sched_handle_closed(uv_handle_t *h)
+{
+    struct scheduler *s = h->data;
+    if (--s->open_handles == 0) free(s);
+}
+
 void sched_free(struct scheduler *s)
 {
     if (!s) return;
     sched_cancel_all(s);
+    while (s->soon_head) { /* cancelled above: only memory is left */
+        struct soon_op *o = s->soon_head;
+        s->soon_head = o->next;
+        free(o);
+    }
     lua_State *L = s->rt->L;
     for (int i = 0; i < s->pooled; i++) {
         if (L) luaL_unref(L, LUA_REGISTRYINDEX, s->pool[i]->ref);
         uv_close((uv_handle_t *)&s->pool[i]->deadline_timer, task_free_cb);
     }
-    free(s);
+    s->open_handles = 2;
+    uv_close((uv_handle_t *)&s->soon_check, sched_handle_closed);
+    uv_close((uv_handle_t *)&s->soon_idle, sched_handle_closed);
 }
 
 void sched_set_finalizer(task *t, void (*fn)(void *arg), void *arg)

@@ -65,6 +65,9 @@ void sched_start(task *t, int nargs);
 /* Like sched_start, but from the next loop iteration: for tasks started by a running task, so that
  * coroutines never resume one another on the C stack. */
 void sched_start_soon(task *t, int nargs);
+/* From a C function called by Lua: suspends the current task until the next turn of the loop
+ * (sleep(0)); returns what the C function must return. */
+int sched_yield_turn(lua_State *L);
 
 /* From a C function called by Lua: the task whose main coroutine is L, or NULL (then, if err is
  * given, a message saying why an operation cannot wait here). */

@@ -70,6 +70,7 @@ struct services {
     rpc_entry *retired; /* no longer declared, calls still running */
     const char *loading_file;
     unsigned load_gen;
+    int load_errors; /* scripts that failed to load, since start */
     codec_buf scratch;
 };
 
@@ -88,6 +89,11 @@ codec_buf *services_scratch(struct services *s)
 {
     codec_buf_reset(&s->scratch);
     return &s->scratch;
+}
+
+int services_load_errors(struct services *s)
+{
+    return s->load_errors;
 }
 
 int services_rpc_count(struct services *s)
@@ -484,6 +490,7 @@ int services_load_file(struct services *s, const char *path, bool reload)
     int top = lua_gettop(L);
     s->load_gen++;
     if (run_script(s, path) != 0) {
+        s->load_errors++;
         drop_load_subs(s, path, true); /* what the failed version subscribed */
         return -1;
     }

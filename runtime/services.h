@@ -34,6 +34,8 @@ int services_spawn(struct services *s, lua_State *L, int fn_idx, int nargs);
 /* A buffer for encoding on the loop thread; reset at each call. */
 codec_buf *services_scratch(struct services *s);
 int services_rpc_count(struct services *s);
+/* How many times a script failed to load since start. */
+int services_load_errors(struct services *s);
 /* Prints "procedure(param, ...)" for every RPC, sorted; returns how many. */
 int services_print(struct services *s, FILE *out);
 /* For in-process calls (tests): pushes the RPC's function and its arguments bound from the tables
