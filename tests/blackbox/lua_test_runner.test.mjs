@@ -97,14 +97,14 @@ h.test('a failing file: FAIL lines with file:line and message, timeout, skip, ex
   failure(r, 'failures › fails in a helper called from here', 'failing_test.lua', 19, /^helper: expected a true value, got false$/);
   failure(r, 'failures › expects an error that never comes', 'failing_test.lua', 24, /wamp\.error\.invalid_argument.*got none/);
   assert.ok(r.lines.includes('  skip is skipped: not today'), show(r));
-  // the report is in file order, and the runner did not wait the 5 s the timed-out test sleeps
+  // the report is in file order, and the runner did not wait the 120 s the timed-out test sleeps
   const order = r.lines.filter((l) => /^ {2}(ok|FAIL|skip) /.test(l)).map((l) => l.slice(7).replace(/ \(\d+ ms\)$/, ''));
   assert.deepEqual(order, [
     'failures › passes', 'failures › fails assert_eq', 'failures › raises a Lua error',
     'failures › sleeps past its timeout', 'failures › fails in a helper called from here',
     'failures › expects an error that never comes', 'is skipped: not today', 'still runs after the others',
   ]);
-  assert.ok(Date.now() - t0 < 4500, `took ${Date.now() - t0} ms`);
+  assert.ok(Date.now() - t0 < 60000, `took ${Date.now() - t0} ms: the runner waited for the timed-out test`);
   // a Lua error comes with a traceback trimmed of the runner's frames
   assert.ok(!r.stdout.includes('microservice_test.lua'), show(r));
   closing(r, 2, 5);
