@@ -41,9 +41,10 @@ struct nb_sub {
     nb_msg_fn fn;
     void *udata;
     char *subject;
-    char *queue;          /* NULL: no queue group */
-    bool drain_requested; /* nb_sub_drain was called */
-    bool dead;            /* nats.c closed it: nothing more will come */
+    char *queue;                  /* NULL: no queue group */
+    bool drain_requested;         /* nb_sub_drain was called */
+    void (*on_gone)(void *udata); /* after the last delivery, when the subscription is freed */
+    bool dead;                    /* nats.c closed it: nothing more will come */
     nb_sub *prev, *next;
 };
 
@@ -392,6 +393,7 @@ static void sub_free(nb_sub *s)
     if (s->next) s->next->prev = s->prev;
     nb->nsubs--;
     natsSubscription_Destroy(s->sub);
+    if (s->on_gone) s->on_gone(s->udata);
     free(s->subject);
     free(s->queue);
     free(s);
@@ -540,6 +542,12 @@ nb_sub *nats_bridge_subscribe(nats_bridge *nb, const char *subject, const char *
     nb->subs = s;
     nb->nsubs++;
     return s;
+}
+
+void nb_sub_drain_notify(nb_sub *s, void (*on_gone)(void *udata))
+{
+    s->on_gone = on_gone;
+    nb_sub_drain(s);
 }
 
 void nb_sub_drain(nb_sub *s)
@@ -719,7 +727,19 @@ nats_bridge *nats_bridge_new(runtime *rt)
 static natsStatus configure(nats_bridge *nb)
 {
     natsOptions *o = nb->opts;
-    natsStatus st = natsOptions_SetURL(o, nb->rt->cfg.nats_url);
+    /* "nats://a:4222,nats://b:4222": a server list (SetURL takes one URL) */
+    const char *servers[32];
+    char list[2048];
+    snprintf(list, sizeof list, "%s", nb->rt->cfg.nats_url);
+    int n = 0;
+    for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok && n < 32;
+         tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ')
+            tok++;
+        if (*tok) servers[n++] = tok;
+    }
+    natsStatus st =
+        n > 1 ? natsOptions_SetServers(o, servers, n) : natsOptions_SetURL(o, nb->rt->cfg.nats_url);
     if (st == NATS_OK)
         st = natsOptions_SetEventLoop(o, &nb->rt->loop, natsLibuv_Attach, natsLibuv_Read,
                                       natsLibuv_Write, natsLibuv_Detach);

@@ -52,6 +52,9 @@ nb_sub *nats_bridge_subscribe(nats_bridge *nb, const char *subject, const char *
                               void *udata);
 /* Removes interest but keeps delivering what the server already sent; frees itself when done. */
 void nb_sub_drain(nb_sub *s);
+/* Like nb_sub_drain; on_gone(udata) runs once nothing more will be delivered (the subscription
+ * is freed), so that udata can outlive the last delivery. */
+void nb_sub_drain_notify(nb_sub *s, void (*on_gone)(void *udata));
 /* Unsubscribes at once and frees. */
 void nb_sub_close(nb_sub *s);
 /* Subscriptions still open or draining. */

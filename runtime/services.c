@@ -34,9 +34,10 @@ typedef struct rpc_entry {
     int svc_ref;
     nb_sub *sub;
     uint64_t calls, errors;
-    char *file;   /* the script that declares it */
-    int tasks;    /* calls running; a retired entry is freed when this reaches 0 */
-    bool retired; /* no longer declared: on the retired list */
+    char *file;    /* the script that declares it */
+    int tasks;     /* calls running; a retired entry is freed when this reaches 0 */
+    bool retired;  /* no longer declared: on the retired list */
+    bool draining; /* its subscription may still deliver what the server sent before */
     struct rpc_entry *next;
 } rpc_entry;
 
@@ -341,11 +342,26 @@ static void list_remove(rpc_entry **head, rpc_entry *e)
     }
 }
 
-static void rpc_release(struct services *s, rpc_entry *e)
+/* A retired entry goes when no call runs and its subscription can deliver nothing more. */
+static void rpc_maybe_free(struct services *s, rpc_entry *e)
 {
-    if (--e->tasks > 0 || !e->retired) return;
+    if (!e->retired || e->tasks > 0 || e->draining) return;
     list_remove(&s->retired, e);
     rpc_free(e);
+}
+
+static void rpc_release(struct services *s, rpc_entry *e)
+{
+    e->tasks--;
+    rpc_maybe_free(s, e);
+}
+
+static void rpc_sub_gone(void *udata)
+{
+    rpc_entry *e = udata;
+    e->sub = NULL;
+    e->draining = false;
+    rpc_maybe_free(e->svcs, e);
 }
 
 /* No longer declared: no new calls (the subscription drains), freed after the last one. */
@@ -353,16 +369,16 @@ static void rpc_retire(struct services *s, rpc_entry *e)
 {
     list_remove(&s->rpcs, e);
     s->nrpcs--;
-    if (e->sub) nb_sub_drain(e->sub);
-    e->sub = NULL;
     e->retired = true;
-    log_info(TAG, "%s: RPC %s removed", e->file, e->subject);
-    if (e->tasks == 0) {
-        rpc_free(e);
-        return;
-    }
     e->next = s->retired;
     s->retired = e;
+    log_info(TAG, "%s: RPC %s removed", e->file, e->subject);
+    if (e->sub) {
+        e->draining = true;
+        nb_sub_drain_notify(e->sub, rpc_sub_gone); /* may call rpc_sub_gone at once */
+        return;
+    }
+    rpc_maybe_free(s, e);
 }
 
 static rpc_entry *rpc_find(struct services *s, const char *subject)
