@@ -44,6 +44,12 @@ struct pg_job {
     pg_job *next;
 };
 
+/* A FIFO of jobs (the pool's queue, a connection's statements in flight). */
+typedef struct job_fifo {
+    pg_job *head, *tail;
+    int n;
+} job_fifo;
+
 struct pg_conn {
     pg_pool *pool;
     int index;
@@ -54,10 +60,8 @@ struct pg_conn {
     bool reserved;
     bool rollback_on_idle; /* reservation abandoned mid-statement */
     bool held_for_reserve; /* takes no new statements until it is empty, then is reserved */
-    pg_job *sent_head;     /* statements sent and not yet answered, in pipeline order */
-    pg_job *sent_tail;
-    int sent;
-    PGresult *result; /* the answer to sent_head so far */
+    job_fifo sent;         /* statements sent and not yet answered, in pipeline order */
+    PGresult *result;      /* the answer to sent.head so far */
     uv_timer_t retry;
     int retry_ms;
 };
@@ -68,9 +72,8 @@ struct pg_pool {
     int size;
     int queue_limit;
     pg_conn *conns;
-    pg_job *head, *tail;
-    int queued;
-    int up; /* connections IDLE or BUSY */
+    job_fifo queue; /* waiting for a connection */
+    int up;         /* connections IDLE or BUSY */
     bool last_attempt_failed;
     bool closing;
     int handles_open;
@@ -145,38 +148,39 @@ static void job_finish(pg_job *j, enum pg_status st, PGresult *res, const char *
     job_free(j);
 }
 
-static void queue_push(pg_pool *p, pg_job *j)
+static void fifo_push(job_fifo *q, pg_job *j)
 {
     j->next = NULL;
-    if (p->tail)
-        p->tail->next = j;
+    if (q->tail)
+        q->tail->next = j;
     else
-        p->head = j;
-    p->tail = j;
-    p->queued++;
+        q->head = j;
+    q->tail = j;
+    q->n++;
 }
 
-static pg_job *queue_pop(pg_pool *p)
+static pg_job *fifo_pop(job_fifo *q)
 {
-    pg_job *j = p->head;
+    pg_job *j = q->head;
     if (!j) return NULL;
-    p->head = j->next;
-    if (!p->head) p->tail = NULL;
-    p->queued--;
+    q->head = j->next;
+    if (!q->head) q->tail = NULL;
+    q->n--;
+    j->next = NULL;
     return j;
 }
 
-static bool queue_remove(pg_pool *p, pg_job *j)
+static bool fifo_remove(job_fifo *q, pg_job *j)
 {
     pg_job *prev = NULL;
-    for (pg_job *q = p->head; q; prev = q, q = q->next) {
-        if (q != j) continue;
+    for (pg_job *x = q->head; x; prev = x, x = x->next) {
+        if (x != j) continue;
         if (prev)
-            prev->next = q->next;
+            prev->next = x->next;
         else
-            p->head = q->next;
-        if (p->tail == q) p->tail = prev;
-        p->queued--;
+            q->head = x->next;
+        if (q->tail == x) q->tail = prev;
+        q->n--;
         return true;
     }
     return false;
@@ -185,7 +189,7 @@ static bool queue_remove(pg_pool *p, pg_job *j)
 static void fail_queue(pg_pool *p, const char *msg)
 {
     pg_job *j;
-    while ((j = queue_pop(p)))
+    while ((j = fifo_pop(&p->queue)))
         job_finish(j, PG_UNAVAILABLE, NULL, msg, NULL);
 }
 
@@ -245,9 +249,8 @@ static void conn_down(pg_conn *c, const char *reason)
     if (c->pg) PQfinish(c->pg);
     c->pg = NULL;
     c->state = C_DOWN;
-    pg_job *j = c->sent_head;
-    c->sent_head = c->sent_tail = NULL;
-    c->sent = 0;
+    pg_job *j = c->sent.head;
+    c->sent = (job_fifo){0};
     /* a reservation's holder learns at its next statement (PG_UNAVAILABLE) */
     c->reserved = false;
     c->rollback_on_idle = false;
@@ -325,28 +328,6 @@ static void conn_connect(pg_conn *c)
 
 /* ---- statements ---- */
 
-static void sent_push(pg_conn *c, pg_job *j)
-{
-    j->next = NULL;
-    j->conn = c;
-    if (c->sent_tail)
-        c->sent_tail->next = j;
-    else
-        c->sent_head = j;
-    c->sent_tail = j;
-    c->sent++;
-}
-
-static pg_job *sent_pop(pg_conn *c)
-{
-    pg_job *j = c->sent_head;
-    c->sent_head = j->next;
-    if (!c->sent_head) c->sent_tail = NULL;
-    c->sent--;
-    j->next = NULL;
-    return j;
-}
-
 /* Sends a statement and its sync point; the answer comes back in order (see read_results). */
 static void send_job(pg_conn *c, pg_job *j)
 {
@@ -361,7 +342,8 @@ static void send_job(pg_conn *c, pg_job *j)
         job_finish(j, PG_SQL_ERROR, NULL, PQerrorMessage(c->pg), NULL);
         return;
     }
-    sent_push(c, j);
+    j->conn = c;
+    fifo_push(&c->sent, j);
     c->state = C_BUSY;
     int rc = PQflush(c->pg);
     if (rc < 0 || poll_watch(c, rc == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE) != 0)
@@ -383,10 +365,10 @@ static void send_rollback(pg_conn *c)
 /* The sync point of the oldest statement arrived: it is answered. */
 static void statement_done(pg_conn *c)
 {
-    pg_job *j = sent_pop(c);
+    pg_job *j = fifo_pop(&c->sent);
     PGresult *res = c->result;
     c->result = NULL;
-    if (c->sent == 0) c->state = C_IDLE;
+    if (c->sent.n == 0) c->state = C_IDLE;
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     bool ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || st == PGRES_EMPTY_QUERY;
     bool was_rollback = j->internal_rollback;
@@ -431,7 +413,7 @@ static void read_results(pg_conn *c)
     /* per statement: its result(s), NULL, then PGRES_PIPELINE_SYNC for its sync point. A NULL
      * ends the results of one statement; two in a row mean nothing more is ready. */
     int nulls = 0;
-    while (c->state == C_BUSY && c->sent_head && !PQisBusy(c->pg)) {
+    while (c->state == C_BUSY && c->sent.head && !PQisBusy(c->pg)) {
         PGresult *r = PQgetResult(c->pg);
         if (!r) {
             if (++nulls >= 2) break;
@@ -479,8 +461,8 @@ static pg_conn *least_loaded(pg_pool *p)
         pg_conn *c = &p->conns[i];
         if ((c->state != C_IDLE && c->state != C_BUSY) || c->reserved || c->held_for_reserve)
             continue;
-        if (c->sent >= PIPELINE_DEPTH) continue;
-        if (!best || c->sent < best->sent) best = c;
+        if (c->sent.n >= PIPELINE_DEPTH) continue;
+        if (!best || c->sent.n < best->sent.n) best = c;
     }
     return best;
 }
@@ -506,7 +488,7 @@ static bool grant_reservation(pg_pool *p, pg_job *j)
     for (int i = 0; i < p->size; i++)
         p->conns[i].held_for_reserve = false;
     c->reserved = true;
-    queue_remove(p, j);
+    fifo_remove(&p->queue, j);
     job_finish(j, PG_OK, NULL, NULL, c);
     return true;
 }
@@ -515,15 +497,15 @@ static bool grant_reservation(pg_pool *p, pg_job *j)
  * PIPELINE_DEPTH in flight each), reservations to an empty connection. */
 static void dispatch(pg_pool *p)
 {
-    while (p->head) {
-        pg_job *j = p->head;
+    while (p->queue.head) {
+        pg_job *j = p->queue.head;
         if (j->kind == JOB_RESERVE) {
             if (!grant_reservation(p, j)) return; /* FIFO: later jobs wait behind it */
             continue;
         }
         pg_conn *c = least_loaded(p);
         if (!c) return;
-        send_job(c, queue_pop(p));
+        send_job(c, fifo_pop(&p->queue));
     }
 }
 
@@ -571,7 +553,7 @@ const char *pg_pool_state(const pg_pool *p)
 
 int pg_pool_queue_depth(const pg_pool *p)
 {
-    return p ? p->queued : 0;
+    return p ? p->queue.n : 0;
 }
 
 static bool fail_fast(pg_pool *p)
@@ -591,7 +573,7 @@ pg_job *pg_pool_query(pg_pool *p, pg_conn *conn, const char *sql, int nparams,
         fn(udata, PG_UNAVAILABLE, NULL, "a transaction runs one statement at a time");
         return NULL;
     }
-    if (!conn && p->queued >= p->queue_limit) {
+    if (!conn && p->queue.n >= p->queue_limit) {
         fn(udata, PG_QUEUE_FULL, NULL, "too many queries waiting for a database connection");
         return NULL;
     }
@@ -604,9 +586,9 @@ pg_job *pg_pool_query(pg_pool *p, pg_conn *conn, const char *sql, int nparams,
     j->udata = udata;
     if (conn) {
         send_job(conn, j);
-        return conn->sent_tail == j ? j : NULL; /* NULL: it already finished (send failed) */
+        return conn->sent.tail == j ? j : NULL; /* NULL: it already finished (send failed) */
     }
-    queue_push(p, j);
+    fifo_push(&p->queue, j);
     dispatch(p);
     return j;
 }
@@ -617,7 +599,7 @@ pg_job *pg_pool_reserve(pg_pool *p, pg_reserve_fn fn, void *udata)
         fn(udata, PG_UNAVAILABLE, NULL, "the database is unavailable");
         return NULL;
     }
-    if (p->queued >= p->queue_limit) {
+    if (p->queue.n >= p->queue_limit) {
         fn(udata, PG_QUEUE_FULL, NULL, "too many queries waiting for a database connection");
         return NULL;
     }
@@ -628,14 +610,14 @@ pg_job *pg_pool_reserve(pg_pool *p, pg_reserve_fn fn, void *udata)
     }
     j->rfn = fn;
     j->udata = udata;
-    queue_push(p, j);
+    fifo_push(&p->queue, j);
     dispatch(p);
     return j;
 }
 
 void pg_job_abandon(pg_job *j)
 {
-    if (queue_remove(j->pool, j)) {
+    if (fifo_remove(&j->pool->queue, j)) {
         job_free(j);
         return;
     }
