@@ -246,6 +246,17 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         respond_health(gw, req);
         return 0;
     }
+    if (h2o_memis(path.base, path.len, H2O_STRLIT("/openapi.json"))) {
+        codec_buf *buf = services_scratch(gw->rt->services);
+        char err[256];
+        if (services_openapi(gw->rt->services, buf, err, sizeof err) != 0) {
+            log_error(TAG, "openapi.json: %s", err);
+            respond_error_status(gw, req, 500, URI_RUNTIME_ERROR, "the API description failed");
+            return 0;
+        }
+        respond(req, 200, buf->data, buf->len);
+        return 0;
+    }
     if (h2o_memis(path.base, path.len, H2O_STRLIT("/websocket")))
         return wamp_router_upgrade(gw->rt->wamp, req);
     if (!is_rpc_path(path)) return -1;

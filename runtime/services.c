@@ -32,6 +32,7 @@ typedef struct rpc_entry {
     rpc_binding binding;
     int fn_ref;
     int svc_ref;
+    int rpc_ref; /* the rpc value itself (params, spec), for the API description */
     nb_sub *sub;
     uint64_t calls, errors;
     char *file;    /* the script that declares it */
@@ -325,6 +326,7 @@ static void rpc_free(rpc_entry *e)
     if (L && e->fn_ref > 0) { /* 0: never set (luaL_ref starts at 1) */
         luaL_unref(L, LUA_REGISTRYINDEX, e->fn_ref);
         luaL_unref(L, LUA_REGISTRYINDEX, e->svc_ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, e->rpc_ref);
     }
     rpc_binding_free(&e->binding);
     free(e->subject);
@@ -402,7 +404,10 @@ static int rpc_set_code(rpc_entry *e, lua_State *L, int svc_idx)
     if (e->fn_ref > 0) {
         luaL_unref(L, LUA_REGISTRYINDEX, e->fn_ref);
         luaL_unref(L, LUA_REGISTRYINDEX, e->svc_ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, e->rpc_ref);
     }
+    lua_pushvalue(L, -1);
+    e->rpc_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "fn");
     e->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushvalue(L, svc_idx);
@@ -770,6 +775,48 @@ int services_bind(struct services *s, lua_State *L, const char *procedure, int a
         return -1;
     }
     return n + 1;
+}
+
+/* The API description: require("microservice.openapi").document(rpcs) with rpcs an array of
+ * { procedure = "svc.method", rpc = <rpc value> } sorted by procedure; it returns JSON text. */
+int services_openapi(struct services *s, codec_buf *out, char *err, size_t errlen)
+{
+    lua_State *L = s->rt->L;
+    int top = lua_gettop(L);
+    rpc_entry **v = calloc((size_t)s->nrpcs + 1, sizeof *v);
+    if (!v) return -1;
+    int n = 0;
+    for (rpc_entry *e = s->rpcs; e; e = e->next)
+        v[n++] = e;
+    qsort(v, (size_t)n, sizeof *v, compare_rpcs);
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "microservice.openapi");
+    int rc = lua_pcall(L, 1, 1, 0);
+    if (rc == 0) {
+        lua_getfield(L, -1, "document");
+        lua_createtable(L, n, 0);
+        for (int i = 0; i < n; i++) {
+            lua_createtable(L, 0, 2);
+            lua_pushstring(L, v[i]->subject);
+            lua_setfield(L, -2, "procedure");
+            lua_rawgeti(L, LUA_REGISTRYINDEX, v[i]->rpc_ref);
+            lua_setfield(L, -2, "rpc");
+            lua_rawseti(L, -2, i + 1);
+        }
+        rc = lua_pcall(L, 1, 1, 0);
+    }
+    free(v);
+    size_t len;
+    const char *text = rc == 0 ? lua_tolstring(L, -1, &len) : NULL;
+    if (!text) {
+        snprintf(err, errlen, "%s", rc ? lua_tostring(L, -1) : "document() returned no text");
+        lua_settop(L, top);
+        return -1;
+    }
+    codec_buf_reset(out); /* document() may have used the same scratch buffer */
+    rc = codec_buf_append(out, text, len);
+    lua_settop(L, top);
+    return rc;
 }
 
 /* ---- life cycle ---- */

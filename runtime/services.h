@@ -34,6 +34,8 @@ int services_spawn(struct services *s, lua_State *L, int fn_idx, int nargs);
 /* A buffer for encoding on the loop thread; reset at each call. */
 codec_buf *services_scratch(struct services *s);
 int services_rpc_count(struct services *s);
+/* Appends the OpenAPI document of the RPCs (lualib/microservice_openapi.lua). 0 or -1 (err). */
+int services_openapi(struct services *s, codec_buf *out, char *err, size_t errlen);
 /* How many times a script failed to load since start. */
 int services_load_errors(struct services *s);
 /* Prints "procedure(param, ...)" for every RPC, sorted; returns how many. */
