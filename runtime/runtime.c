@@ -17,6 +17,7 @@
 #include "nats_bridge.h"
 #include "pg_pool.h"
 #include "scheduler.h"
+#include "service_api.h"
 #include "service_watch.h"
 #include "services.h"
 #include "wamp_router.h"
@@ -83,6 +84,7 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
     if (cfg->nats_url && nats_bridge_connect(rt->nats) != 0) return -1;
     if (services_load_dir(rt->services, cfg->services_dir) < 0) return -1;
     if (cfg->watch) rt->watch = service_watch_start(rt);
+    if (cfg->nats_url) rt->srv_api = service_api_start(rt);
     if (cfg->http_enabled) {
         rt->wamp = wamp_router_new(rt);
         rt->http = rt->wamp ? http_gateway_new(rt) : NULL;
@@ -163,6 +165,8 @@ void runtime_shutdown(runtime *rt)
     if (rt->wamp) wamp_router_shutdown(rt->wamp);
     service_watch_stop(rt->watch); /* no reload while draining */
     rt->watch = NULL;
+    service_api_stop(rt->srv_api);
+    rt->srv_api = NULL;
     services_drain(rt->services);
     rt->drain_deadline = uv_now(&rt->loop) + (uint64_t)(rt->cfg.drain_timeout * 1000.0);
     uv_timer_start(&rt->drain_timer, drain_tick, 0, 10);

@@ -35,6 +35,7 @@ struct services;
 struct pg_pool;
 struct wamp_router;
 struct service_watch;
+struct service_api;
 
 typedef struct runtime {
     uv_loop_t loop;
@@ -47,6 +48,7 @@ typedef struct runtime {
     struct pg_pool *pg;          /* NULL without a database */
     struct wamp_router *wamp;    /* NULL with --http off */
     struct service_watch *watch; /* hot reload; NULL when not watching */
+    struct service_api *srv_api; /* $SRV.*; NULL without a bus */
     uv_signal_t sigint, sigterm;
     uv_timer_t drain_timer;
     uint64_t drain_deadline; /* uv_now() ms */

@@ -12,6 +12,7 @@
 #include "services.h"
 
 #include <dirent.h>
+#include <sys/time.h>
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,10 @@ typedef struct rpc_entry {
     int rpc_ref; /* the rpc value itself (params, spec), for the API description */
     nb_sub *sub;
     uint64_t calls, errors;
+    uint64_t time_ns;                     /* total processing time */
+    uint32_t hist[SERVICES_HIST_BUCKETS]; /* calls by duration (services_hist_bounds) */
+    char last_error[200];
+    char *method;
     char *file;    /* the script that declares it */
     int tasks;     /* calls running; a retired entry is freed when this reaches 0 */
     bool retired;  /* no longer declared: on the retired list */
@@ -60,7 +65,8 @@ typedef struct call_ctx {
     struct services *svcs;
     rpc_entry *rpc;
     lua_sub *sub;
-    char reply[]; /* reply subject, "" when the message had none */
+    uint64_t started; /* uv_hrtime() when the message was taken */
+    char reply[];     /* reply subject, "" when the message had none */
 } call_ctx;
 
 struct services {
@@ -69,7 +75,8 @@ struct services {
     int nrpcs;
     lua_sub *subs;
     int next_sub_id;
-    rpc_entry *retired; /* no longer declared, calls still running */
+    rpc_entry *retired;         /* no longer declared, calls still running */
+    struct service_meta *metas; /* one per loaded script */
     const char *loading_file;
     unsigned load_gen;
     int load_errors; /* scripts that failed to load, since start */
@@ -77,6 +84,85 @@ struct services {
 };
 
 static void rpc_release(struct services *s, rpc_entry *e);
+
+/* What a script's table says about its service, for the NATS service API. */
+typedef struct service_meta {
+    char *file, *name, *version, *description, *metadata_json;
+    char id[24]; /* this process's instance of the service */
+    double started;
+    struct service_meta *next;
+} service_meta;
+
+static void meta_free(service_meta *m)
+{
+    free(m->file);
+    free(m->name);
+    free(m->version);
+    free(m->description);
+    free(m->metadata_json);
+    free(m);
+}
+
+static void meta_remove(struct services *s, const char *file)
+{
+    for (service_meta **p = &s->metas; *p; p = &(*p)->next) {
+        if (strcmp((*p)->file, file) == 0) {
+            service_meta *m = *p;
+            *p = m->next;
+            meta_free(m);
+            return;
+        }
+    }
+}
+
+static char *field_string(lua_State *L, int idx, const char *key, const char *fallback)
+{
+    lua_getfield(L, idx, key);
+    const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : fallback;
+    char *copy = strdup(v);
+    lua_pop(L, 1);
+    return copy;
+}
+
+/* Records (or refreshes) the service table at svc declared by file. */
+static void meta_update(struct services *s, lua_State *L, int svc, const char *file)
+{
+    service_meta *old = NULL;
+    for (service_meta *m = s->metas; m; m = m->next)
+        if (strcmp(m->file, file) == 0) old = m;
+    service_meta *m = calloc(1, sizeof *m);
+    if (!m) return;
+    m->file = strdup(file);
+    m->name = field_string(L, svc, "name", "");
+    m->version = field_string(L, svc, "version", "0.0.0");
+    m->description = field_string(L, svc, "description", "");
+    lua_getfield(L, svc, "metadata");
+    codec_buf *buf = services_scratch(s);
+    codec_error err;
+    if (lua_istable(L, -1) && codec_encode(L, -1, buf, 8, &err) == 0 && buf->len &&
+        buf->data[0] == '{')
+        m->metadata_json = strndup(buf->data, buf->len);
+    else
+        m->metadata_json = strdup("{}");
+    lua_pop(L, 1);
+    if (old) {
+        memcpy(m->id, old->id, sizeof m->id);
+        m->started = old->started;
+        meta_remove(s, file);
+    } else {
+        static const char digits[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        unsigned char rnd[22];
+        if (uv_random(NULL, NULL, rnd, sizeof rnd, 0, NULL) != 0) memset(rnd, 7, sizeof rnd);
+        for (size_t i = 0; i < sizeof rnd; i++)
+            m->id[i] = digits[rnd[i] % 36];
+        m->id[22] = '\0';
+        struct timeval tv;
+        gettimeofday(&tv, NULL);
+        m->started = (double)tv.tv_sec + tv.tv_usec / 1e6;
+    }
+    m->next = s->metas;
+    s->metas = m;
+}
 
 struct services *services_new(runtime *rt)
 {
@@ -200,14 +286,55 @@ static void log_app_error(const char *label, lua_State *co)
     lua_pop(co, 2);
 }
 
+const double services_hist_bounds[SERVICES_HIST_BUCKETS - 1] = {
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5,
+};
+
+static void record_error(rpc_entry *e, const char *message)
+{
+    e->errors++;
+    if (!message) message = "error";
+    size_t n = strlen(message);
+    if (n >= sizeof e->last_error) n = sizeof e->last_error - 1;
+    memcpy(e->last_error, message, n);
+    e->last_error[n] = '\0';
+}
+
+/* Counts a finished call: duration, histogram, and the error if it ended with one. */
+static void record_call(rpc_entry *e, enum task_end how, lua_State *co, uint64_t ns)
+{
+    e->calls++;
+    e->time_ns += ns;
+    double s = (double)ns / 1e9;
+    int b = 0;
+    while (b < SERVICES_HIST_BUCKETS - 1 && s > services_hist_bounds[b])
+        b++;
+    e->hist[b]++;
+    switch (how) {
+    case TASK_OK:
+        break;
+    case TASK_ERROR:
+        record_error(e, lua_tostring(co, -1));
+        break;
+    case TASK_APP_ERROR:
+        lua_getfield(co, -1, "uri");
+        record_error(e, lua_tostring(co, -1));
+        lua_pop(co, 1);
+        break;
+    case TASK_CANCELLED:
+        record_error(e, "cancelled at shutdown");
+        break;
+    case TASK_EXPIRED:
+        record_error(e, "abandoned after the caller's timeout");
+        break;
+    }
+}
+
 static void call_done(task *t, enum task_end how, lua_State *co, int nres)
 {
     call_ctx *c = t->udata;
     struct services *s = c->svcs;
-    if (c->rpc) {
-        c->rpc->calls++;
-        if (how != TASK_OK) c->rpc->errors++;
-    }
+    if (c->rpc) record_call(c->rpc, how, co, uv_hrtime() - c->started);
     if (how == TASK_APP_ERROR && !c->reply[0]) log_app_error(t->label, co);
     if (c->reply[0]) {
         switch (how) {
@@ -244,6 +371,7 @@ static call_ctx *call_ctx_new(struct services *s, natsMsg *msg)
     c->svcs = s;
     c->rpc = NULL;
     c->sub = NULL;
+    c->started = uv_hrtime();
     memcpy(c->reply, reply ? reply : "", n + 1);
     return c;
 }
@@ -286,7 +414,8 @@ static void on_rpc_msg(void *udata, natsMsg *msg)
     }
     lua_State *co = t->co;
     if (push_envelope(s, co, msg, e->subject) != 0) {
-        e->errors++;
+        e->calls++;
+        record_error(e, "malformed envelope");
         sched_task_discard(t);
         free(c);
         nats_bridge_release(s->rt->nats, msg);
@@ -301,7 +430,8 @@ static void on_rpc_msg(void *udata, natsMsg *msg)
     char err[256];
     int n = rpc_binding_push(&e->binding, co, e->svc_ref, 1, 2, e->subject, err, sizeof err);
     if (n < 0) {
-        e->errors++;
+        e->calls++;
+        record_error(e, err);
         if (c->reply[0]) reply_error(s, c->reply, URI_INVALID_ARGUMENT, err, 400);
         sched_task_discard(t);
         free(c);
@@ -330,6 +460,7 @@ static void rpc_free(rpc_entry *e)
     }
     rpc_binding_free(&e->binding);
     free(e->subject);
+    free(e->method);
     free(e->file);
     free(e);
 }
@@ -431,8 +562,9 @@ static int declare_rpc(struct services *s, lua_State *L, int svc_idx, const char
     if (!e) return -1;
     e->svcs = s;
     e->subject = strdup(subject);
+    e->method = strdup(strrchr(subject, '.') ? strrchr(subject, '.') + 1 : subject);
     e->file = strdup(file);
-    if (!e->subject || !e->file || rpc_set_code(e, L, svc_idx) != 0) {
+    if (!e->subject || !e->method || !e->file || rpc_set_code(e, L, svc_idx) != 0) {
         rpc_free(e);
         return -1;
     }
@@ -550,6 +682,7 @@ int services_load_file(struct services *s, const char *path, bool reload)
         }
     }
     drop_load_subs(s, path, false); /* the previous version's */
+    meta_update(s, L, svc, path);
     if (reload)
         log_info(TAG, "reloaded %s: service %s with %d RPCs (%d new, %d removed)", path, service,
                  count, added, removed);
@@ -571,6 +704,7 @@ void services_remove_file(struct services *s, const char *path)
     }
     s->load_gen++;
     drop_load_subs(s, path, false);
+    meta_remove(s, path);
     log_info(TAG, "%s removed: %d RPCs retired", path, removed);
 }
 
@@ -819,6 +953,26 @@ int services_openapi(struct services *s, codec_buf *out, char *err, size_t errle
     return rc;
 }
 
+void services_each_service(struct services *s, void (*fn)(void *u, const service_desc *d), void *u)
+{
+    for (service_meta *m = s->metas; m; m = m->next) {
+        service_desc d = {m->name,          m->id,   m->version, m->description,
+                          m->metadata_json, m->file, m->started};
+        fn(u, &d);
+    }
+}
+
+void services_each_rpc(struct services *s, const char *file,
+                       void (*fn)(void *u, const rpc_stats *st), void *u)
+{
+    for (rpc_entry *e = s->rpcs; e; e = e->next) {
+        if (file && strcmp(e->file, file) != 0) continue;
+        rpc_stats st = {e->subject, e->method,     e->calls, e->errors,
+                        e->time_ns, e->last_error, e->hist};
+        fn(u, &st);
+    }
+}
+
 /* ---- life cycle ---- */
 
 void services_drain(struct services *s)
@@ -849,6 +1003,11 @@ void services_free(struct services *s)
     while (s->subs) {
         s->subs->unsubscribed = true;
         lua_sub_free(s->subs);
+    }
+    while (s->metas) {
+        service_meta *m = s->metas;
+        s->metas = m->next;
+        meta_free(m);
     }
     codec_buf_free(&s->scratch);
     free(s);

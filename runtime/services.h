@@ -36,6 +36,30 @@ codec_buf *services_scratch(struct services *s);
 int services_rpc_count(struct services *s);
 /* Appends the OpenAPI document of the RPCs (lualib/microservice_openapi.lua). 0 or -1 (err). */
 int services_openapi(struct services *s, codec_buf *out, char *err, size_t errlen);
+/* Per-RPC statistics, for the NATS service API and /metrics. */
+#define SERVICES_HIST_BUCKETS 10                                     /* the last one is +Inf */
+extern const double services_hist_bounds[SERVICES_HIST_BUCKETS - 1]; /* seconds */
+
+typedef struct rpc_stats {
+    const char *subject; /* "service.method", also the queue group */
+    const char *method;
+    uint64_t calls, errors, time_ns;
+    const char *last_error; /* "" when none */
+    const uint32_t *hist;   /* SERVICES_HIST_BUCKETS counts */
+} rpc_stats;
+
+typedef struct service_desc {
+    const char *name, *id, *version, *description;
+    const char *metadata_json; /* a JSON object */
+    const char *file;
+    double started; /* unix time */
+} service_desc;
+
+/* Calls fn for every loaded service (one per script). */
+void services_each_service(struct services *s, void (*fn)(void *u, const service_desc *d), void *u);
+/* Calls fn for every RPC of file (NULL: of every file). */
+void services_each_rpc(struct services *s, const char *file,
+                       void (*fn)(void *u, const rpc_stats *st), void *u);
 /* How many times a script failed to load since start. */
 int services_load_errors(struct services *s);
 /* Prints "procedure(param, ...)" for every RPC, sorted; returns how many. */
