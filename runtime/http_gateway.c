@@ -23,6 +23,7 @@
 #include "rpc_error.h"
 #include "scheduler.h"
 #include "services.h"
+#include "metrics.h"
 #include "wamp_router.h"
 
 #define TAG "http"
@@ -39,7 +40,8 @@ struct http_gateway {
     bool listening;
     uv_timer_t close_timer;
     int connections;
-    struct gw_conn *conns; /* every accepted connection, until h2o closes it */
+    uint64_t by_status[600]; /* responses of the gateway by status */
+    struct gw_conn *conns;   /* every accepted connection, until h2o closes it */
     bool conns_shut;
     int inflight;
     uint64_t close_started;
@@ -86,14 +88,21 @@ static const char *reason_phrase(int status)
     }
 }
 
-static void respond(h2o_req_t *req, int status, const char *body, size_t len)
+static void respond_typed(struct http_gateway *gw, h2o_req_t *req, int status, const char *type,
+                          const char *body, size_t len)
 {
+    gw->by_status[status >= 100 && status < 600 ? status : 0]++;
     req->res.status = status;
     req->res.reason = reason_phrase(status);
     req->res.content_length = len;
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
-                   H2O_STRLIT("application/json"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, type, strlen(type));
     h2o_send_inline(req, body, len);
+}
+
+static void respond(struct http_gateway *gw, h2o_req_t *req, int status, const char *body,
+                    size_t len)
+{
+    respond_typed(gw, req, status, "application/json", body, len);
 }
 
 static void respond_error_status(struct http_gateway *gw, h2o_req_t *req, int status,
@@ -101,10 +110,10 @@ static void respond_error_status(struct http_gateway *gw, h2o_req_t *req, int st
 {
     codec_buf *buf = services_scratch(gw->rt->services);
     if (rpc_error_body(buf, uri, message) != 0) {
-        respond(req, 500, "{}", 2);
+        respond(gw, req, 500, "{}", 2);
         return;
     }
-    respond(req, status, buf->data, buf->len);
+    respond(gw, req, status, buf->data, buf->len);
 }
 
 static void respond_error(struct http_gateway *gw, h2o_req_t *req, const char *uri,
@@ -142,7 +151,7 @@ static void on_reply(void *udata, enum nb_status status, natsMsg *reply)
     h2o_req_t *req = call->req;
     switch (status) {
     case NB_OK:
-        respond(req, reply_status(reply), natsMsg_GetData(reply),
+        respond(gw, req, reply_status(reply), natsMsg_GetData(reply),
                 (size_t)natsMsg_GetDataLength(reply));
         nats_bridge_release(gw->rt->nats, reply);
         break;
@@ -235,7 +244,7 @@ static void respond_health(struct http_gateway *gw, h2o_req_t *req)
                      ok ? "ok" : "unavailable", nats_bridge_state(rt->nats), pg,
                      services_rpc_count(rt->services), sched_inflight(rt->sched), gw->inflight,
                      rt->shutting_down ? "true" : "false");
-    respond(req, ok ? 200 : 503, body, (size_t)n);
+    respond(gw, req, ok ? 200 : 503, body, (size_t)n);
 }
 
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
@@ -246,6 +255,13 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         respond_health(gw, req);
         return 0;
     }
+    if (h2o_memis(path.base, path.len, H2O_STRLIT("/metrics"))) {
+        codec_buf *buf = services_scratch(gw->rt->services);
+        metrics_render(gw->rt, buf);
+        respond_typed(gw, req, 200, "text/plain; version=0.0.4; charset=utf-8", buf->data,
+                      buf->len);
+        return 0;
+    }
     if (h2o_memis(path.base, path.len, H2O_STRLIT("/openapi.json"))) {
         codec_buf *buf = services_scratch(gw->rt->services);
         char err[256];
@@ -254,7 +270,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
             respond_error_status(gw, req, 500, URI_RUNTIME_ERROR, "the API description failed");
             return 0;
         }
-        respond(req, 200, buf->data, buf->len);
+        respond(gw, req, 200, buf->data, buf->len);
         return 0;
     }
     if (h2o_memis(path.base, path.len, H2O_STRLIT("/websocket")))
@@ -395,6 +411,11 @@ int http_gateway_inflight(struct http_gateway *g)
 int http_gateway_connections(struct http_gateway *g)
 {
     return g->connections;
+}
+
+const uint64_t *http_gateway_status_counts(struct http_gateway *g)
+{
+    return g->by_status;
 }
 
 static void close_timer_closed(uv_handle_t *h)

@@ -3,6 +3,8 @@
 #ifndef MICROSERVICE_HTTP_GATEWAY_H
 #define MICROSERVICE_HTTP_GATEWAY_H
 
+#include <stdint.h>
+
 #include "runtime.h"
 
 struct http_gateway *http_gateway_new(runtime *rt);
@@ -12,6 +14,8 @@ int http_gateway_listen(struct http_gateway *g);
 void http_gateway_stop_accepting(struct http_gateway *g);
 /* Requests still waiting for their reply. */
 int http_gateway_inflight(struct http_gateway *g);
+/* Responses sent by the gateway, indexed by HTTP status (600 entries). */
+const uint64_t *http_gateway_status_counts(struct http_gateway *g);
 /* Connections still open. */
 int http_gateway_connections(struct http_gateway *g);
 /* Closes every handle; on_closed runs on the loop when they are all released. */

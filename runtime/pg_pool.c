@@ -551,6 +551,11 @@ const char *pg_pool_state(const pg_pool *p)
     return p->last_attempt_failed ? "down" : "connecting";
 }
 
+int pg_pool_connections_up(const pg_pool *p)
+{
+    return p ? p->up : 0;
+}
+
 int pg_pool_queue_depth(const pg_pool *p)
 {
     return p ? p->queue.n : 0;

@@ -33,6 +33,7 @@ void pg_pool_start(pg_pool *p);
 /* "off" (no database), "connecting", "connected", "down". */
 const char *pg_pool_state(const pg_pool *p);
 int pg_pool_queue_depth(const pg_pool *p);
+int pg_pool_connections_up(const pg_pool *p);
 
 /* Queues a statement with parameters (values[i] NULL for SQL NULL; formats[i] 0 for text, 1 for
  * binary, or formats NULL for all text); conn is a reserved connection or NULL for any. Returns

@@ -1338,6 +1338,15 @@ int wamp_router_sessions(const struct wamp_router *r)
     return r ? r->nsessions : 0;
 }
 
+void wamp_router_counts(const struct wamp_router *r, int *subscriptions, int *registrations)
+{
+    *subscriptions = *registrations = 0;
+    for (const session *s = r ? r->sessions : NULL; s; s = s->next) {
+        *subscriptions += s->topics.n;
+        *registrations += s->regs.n;
+    }
+}
+
 void wamp_router_shutdown(struct wamp_router *r)
 {
     r->shutting_down = true;

@@ -1,0 +1,118 @@
+/* metrics.c: owns the Prometheus text exposition (format 0.0.4) of the process: per-RPC calls,
+ * errors and a latency histogram; gateway responses by status; WAMP sessions, subscriptions and
+ * registrations; NATS and PostgreSQL state and queue depths; calls in flight; Lua memory. It only
+ * reads what each subsystem counts. */
+#include "metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "http_gateway.h"
+#include "nats_bridge.h"
+#include "pg_pool.h"
+#include "scheduler.h"
+#include "services.h"
+#include "wamp_router.h"
+
+static void put(codec_buf *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void put(codec_buf *out, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n > 0) codec_buf_append(out, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+}
+
+static void header(codec_buf *out, const char *name, const char *type, const char *help)
+{
+    put(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+typedef struct rpc_pass {
+    codec_buf *out;
+    int part;
+} rpc_pass;
+
+static void rpc_line(void *u, const rpc_stats *st)
+{
+    rpc_pass *p = u;
+    switch (p->part) {
+    case 0:
+        put(p->out, "microservice_rpc_calls_total{procedure=\"%s\"} %llu\n", st->subject,
+            (unsigned long long)st->calls);
+        break;
+    case 1:
+        put(p->out, "microservice_rpc_errors_total{procedure=\"%s\"} %llu\n", st->subject,
+            (unsigned long long)st->errors);
+        break;
+    default: {
+        unsigned long long cum = 0;
+        for (int b = 0; b < SERVICES_HIST_BUCKETS; b++) {
+            cum += st->hist[b];
+            if (b < SERVICES_HIST_BUCKETS - 1)
+                put(p->out,
+                    "microservice_rpc_duration_seconds_bucket{procedure=\"%s\",le=\"%g\"} %llu\n",
+                    st->subject, services_hist_bounds[b], cum);
+            else
+                put(p->out,
+                    "microservice_rpc_duration_seconds_bucket{procedure=\"%s\",le=\"+Inf\"} %llu\n",
+                    st->subject, cum);
+        }
+        put(p->out, "microservice_rpc_duration_seconds_sum{procedure=\"%s\"} %.9f\n", st->subject,
+            (double)st->time_ns / 1e9);
+        put(p->out, "microservice_rpc_duration_seconds_count{procedure=\"%s\"} %llu\n", st->subject,
+            cum);
+    }
+    }
+}
+
+void metrics_render(runtime *rt, codec_buf *out)
+{
+    static const char *const parts[][3] = {
+        {"microservice_rpc_calls_total", "counter", "Calls served, by procedure."},
+        {"microservice_rpc_errors_total", "counter", "Calls that ended with an error."},
+        {"microservice_rpc_duration_seconds", "histogram", "Time from taking a call to its end."},
+    };
+    for (int i = 0; i < 3; i++) {
+        header(out, parts[i][0], parts[i][1], parts[i][2]);
+        rpc_pass p = {out, i};
+        services_each_rpc(rt->services, NULL, rpc_line, &p);
+    }
+    if (rt->http) {
+        header(out, "microservice_http_responses_total", "counter",
+               "Responses of the HTTP gateway, by status.");
+        const uint64_t *by = http_gateway_status_counts(rt->http);
+        for (int s = 100; s < 600; s++)
+            if (by[s])
+                put(out, "microservice_http_responses_total{status=\"%d\"} %llu\n", s,
+                    (unsigned long long)by[s]);
+    }
+    int subs = 0, regs = 0;
+    wamp_router_counts(rt->wamp, &subs, &regs);
+    header(out, "microservice_wamp_sessions", "gauge", "Open WAMP sessions.");
+    put(out, "microservice_wamp_sessions %d\n", wamp_router_sessions(rt->wamp));
+    header(out, "microservice_wamp_subscriptions", "gauge", "Subscriptions held by WAMP sessions.");
+    put(out, "microservice_wamp_subscriptions %d\n", subs);
+    header(out, "microservice_wamp_registrations", "gauge", "Registrations held by WAMP sessions.");
+    put(out, "microservice_wamp_registrations %d\n", regs);
+    header(out, "microservice_nats_connected", "gauge", "1 when the NATS connection is up.");
+    put(out, "microservice_nats_connected %d\n", nats_bridge_connected(rt->nats) ? 1 : 0);
+    header(out, "microservice_nats_pending_requests", "gauge", "Requests waiting for a reply.");
+    put(out, "microservice_nats_pending_requests %d\n", nats_bridge_pending_requests(rt->nats));
+    header(out, "microservice_nats_subscriptions", "gauge", "NATS subscriptions of the process.");
+    put(out, "microservice_nats_subscriptions %d\n", nats_bridge_sub_count(rt->nats));
+    header(out, "microservice_postgres_connections_up", "gauge",
+           "PostgreSQL connections up (0 without a database).");
+    put(out, "microservice_postgres_connections_up %d\n", pg_pool_connections_up(rt->pg));
+    header(out, "microservice_postgres_queue_depth", "gauge", "Queries waiting for a connection.");
+    put(out, "microservice_postgres_queue_depth %d\n", pg_pool_queue_depth(rt->pg));
+    header(out, "microservice_calls_in_flight", "gauge", "Lua coroutines running (calls, spawns).");
+    put(out, "microservice_calls_in_flight %d\n", sched_inflight(rt->sched));
+    header(out, "microservice_lua_memory_bytes", "gauge", "Memory of the Lua state.");
+    put(out, "microservice_lua_memory_bytes %d\n",
+        lua_gc(rt->L, LUA_GCCOUNT, 0) * 1024 + lua_gc(rt->L, LUA_GCCOUNTB, 0));
+}
