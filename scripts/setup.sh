@@ -6,12 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The Debian packages: every section of scripts/packages.txt, the one list (the Dockerfile
+# installs its build and runtime sections from the same file).
 # Never install Debian's "luajit" package: it conflicts with libluajit2-5.1-dev (the OpenResty
 # branch we need) and apt would silently remove the latter.
-packages=(build-essential cmake pkg-config git curl ca-certificates
-  libluajit2-5.1-dev libuv1-dev libnats-dev libh2o-dev libwslay-dev lua-cjson-dev
-  libssl-dev zlib1g-dev libpq-dev libjansson-dev libmsgpack-dev
-  nats-server postgresql wrk chromium)
+package_list=$(scripts/packages.sh)
+[ -n "$package_list" ] || { echo "setup: no packages in scripts/packages.txt" >&2; exit 1; }
+mapfile -t packages <<<"$package_list"
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 
