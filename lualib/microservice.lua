@@ -35,23 +35,55 @@ local function parameter_names(fn)
   return params, info.isvararg and true or false
 end
 
+-- With a spec (rpc{ kwargs = ..., args = ..., returns = ... }(fn), the language is described in
+-- lualib/microservice_schema.lua), params and vararg still come from fn, but the stored fn is a
+-- wrapper that checks the bound values by parameter name and then calls fn with them unchanged
+-- (the runtime passes them positionally in the order of params, then the extras of ...). The
+-- compiled spec is kept as schema, for the OpenAPI document.
 local function make_rpc(fn, spec)
   if type(fn) ~= "function" then
     error("rpc expects a function, got " .. type(fn), 3)
   end
   local params, vararg = parameter_names(fn)
-  return setmetatable({ fn = fn, params = params, vararg = vararg, spec = spec }, rpc_mt)
+  local rpc = { fn = fn, params = params, vararg = vararg, spec = spec }
+  if spec and (spec.kwargs ~= nil or spec.args ~= nil or spec.returns ~= nil) then
+    local S = require "microservice.schema"
+    local ok, compiled = pcall(S.compile_spec, spec, params, vararg)
+    if not ok then error(compiled, 3) end
+    rpc.schema = compiled
+    rpc.fn = S.wrap(fn, params, compiled, function(path, message, parameter, custom)
+      M.error("wamp.error.invalid_argument", { message },
+              custom and { parameter = parameter } or { path = path, parameter = parameter })
+    end)
+  end
+  return setmetatable(rpc, rpc_mt)
 end
 
 --- Marks fn as an RPC: rpc(fn), or rpc{ options }(fn).
 -- Positional args fill the parameters in order, kwargs fill them by name; a parameter named
 -- self receives the service table; a last parameter named kwargs receives the leftover keywords.
+-- Options: kwargs, args, returns: argument schemas (see microservice.schema), checked before fn
+-- runs (wamp.error.invalid_argument with the failing path) and shown in GET /openapi.json.
 function M.rpc(fn_or_spec)
   if type(fn_or_spec) == "table" and getmetatable(fn_or_spec) ~= rpc_mt then
-    return function(fn) return make_rpc(fn, fn_or_spec) end
+    return function(fn)
+      local r = make_rpc(fn, fn_or_spec) -- not a tail call: errors name the script's line
+      return r
+    end
   end
-  return make_rpc(fn_or_spec, nil)
+  local r = make_rpc(fn_or_spec, nil)
+  return r
 end
+
+--- The schema language of rpc{...} (lualib/microservice_schema.lua): S.type(T, constraints),
+-- S.check(schema, value).
+M.schema = setmetatable({}, {
+  __index = function(t, k)
+    local S = require "microservice.schema"
+    setmetatable(t, { __index = S })
+    return S[k]
+  end,
+})
 
 --- True when v was made by rpc().
 function M.is_rpc(v) return getmetatable(v) == rpc_mt end

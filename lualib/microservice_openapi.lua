@@ -1,7 +1,14 @@
 -- microservice.openapi: the OpenAPI 3.1 document of the RPCs, served at GET /openapi.json.
 -- document(rpcs) gets an array of { procedure = "svc.method", rpc = <rpc value> } (sorted) and
 -- returns the JSON text. Every RPC is POST /<procedure> with the [args, kwargs] envelope.
+-- An RPC with a spec (rpc{ kwargs = ..., args = ..., returns = ... }, see microservice.schema)
+-- gets the JSON Schema of each parameter in the request envelope: args[i] is the i-th parameter
+-- (self and a trailing kwargs excluded), then the extras of ... ; kwargs has the parameters and,
+-- with a trailing kwargs parameter, the keywords it describes. Required parameters cannot be
+-- marked required (each may come by position or by keyword); the runtime checks them. With
+-- returns, the 200 reply is [args, kwargs] with those schemas.
 local core = require "microservice.core"
+local S = require "microservice.schema"
 
 local M = {}
 
@@ -16,12 +23,32 @@ end
 
 local function operation(entry)
   local rpc = entry.rpc
+  local c = rpc.schema or { params = {} }
   local names = {}
+  local catch_all = false
   for i, p in ipairs(rpc.params or {}) do
-    if p ~= "self" and not (p == "kwargs" and i == #rpc.params) then names[#names + 1] = p end
+    if p == "kwargs" and i == #rpc.params then catch_all = true
+    elseif p ~= "self" then names[#names + 1] = p end
   end
-  local kwargs_props = {}
-  for _, p in ipairs(names) do kwargs_props[p] = {} end
+  local positional, kwargs_props = {}, {}
+  for i, p in ipairs(names) do
+    local s = c.params[p] and S.json_schema(c.params[p]) or {}
+    positional[i] = s
+    kwargs_props[p] = s
+  end
+  for k, node in pairs(c.extra_kwargs or {}) do kwargs_props[k] = S.json_schema(node) end
+  local args_schema = { type = "array" }
+  if #positional > 0 then args_schema.prefixItems = array(positional) end
+  if not rpc.vararg then args_schema.maxItems = #names
+  elseif c.varargs then args_schema.items = S.json_schema(c.varargs.items) end
+  local kwargs_schema = { type = "object", properties = kwargs_props }
+  if not catch_all then kwargs_schema.additionalProperties = false end
+  local ok_schema = { ["$ref"] = "#/components/schemas/Envelope" }
+  if c.returns then
+    ok_schema = { type = "array", minItems = 2, maxItems = 2, prefixItems = array({
+      c.returns.args and S.json_schema(c.returns.args) or { type = "array" },
+      c.returns.kwargs and S.json_schema(c.returns.kwargs) or { type = "object" } }) }
+  end
   return {
     operationId = entry.procedure,
     summary = ("RPC %s(%s)"):format(entry.procedure, table.concat(names, ", ")),
@@ -29,14 +56,14 @@ local function operation(entry)
       required = false,
       content = { ["application/json"] = { schema = {
         type = "array", maxItems = 2,
-        prefixItems = array({ { type = "array", maxItems = rpc.vararg and nil or #names },
-                              { type = "object", properties = kwargs_props } }),
+        prefixItems = array({ args_schema, kwargs_schema }),
       } } },
     },
     responses = {
       ["200"] = { description = "[args, kwargs]", content = { ["application/json"] = {
-        schema = { ["$ref"] = "#/components/schemas/Envelope" } } } },
-      ["400"] = error_response("wamp.error.invalid_argument, or an application error"),
+        schema = ok_schema } } },
+      ["400"] = error_response("wamp.error.invalid_argument (bad envelope, binding or schema: "
+        .. "the message names the failing path), or an application error"),
       ["404"] = error_response("wamp.error.no_such_procedure"),
       ["500"] = error_response("wamp.error.runtime_error"),
       ["503"] = error_response("wamp.error.unavailable"),
