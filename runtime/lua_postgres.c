@@ -286,6 +286,18 @@ static void param_to_text(lua_State *L, int idx, runtime *rt)
     luaL_error(L, "parameter $%d: cannot send a %s to PostgreSQL", idx - 2, luaL_typename(L, idx));
 }
 
+/* The end of a pg_* function: the failure it already had, or a yield until the pool answers. */
+static int yield_unless_done(lua_State *L, pg_op *o)
+{
+    if (o->done) {
+        lua_pushboolean(L, 0);
+        lua_api_push_error(L, URI_UNAVAILABLE, o->message, 503);
+        free(o);
+        return 2;
+    }
+    return sched_yield_op(L, &o->base);
+}
+
 /* pg_query(conn_or_nil, sql, ...) -> true, rows, count | false, err */
 static int core_pg_query(lua_State *L)
 {
@@ -317,13 +329,7 @@ static int core_pg_query(lua_State *L)
     o->rt = rt;
     /* a synchronous failure runs query_done before the yield: it then only records it */
     o->job = pg_pool_query(p, conn, sql, nparams, vals, lens, formats, query_done, o);
-    if (o->done) {
-        lua_pushboolean(L, 0);
-        lua_api_push_error(L, URI_UNAVAILABLE, o->message, 503);
-        free(o);
-        return 2;
-    }
-    return sched_yield_op(L, &o->base);
+    return yield_unless_done(L, o);
 }
 
 /* ---- transactions ---- */
@@ -379,13 +385,7 @@ static int core_pg_reserve(lua_State *L)
         free(o);
         return 2;
     }
-    if (o->done) {
-        lua_pushboolean(L, 0);
-        lua_api_push_error(L, URI_UNAVAILABLE, o->message, 503);
-        free(o);
-        return 2;
-    }
-    return sched_yield_op(L, &o->base);
+    return yield_unless_done(L, o);
 }
 
 /* pg_release(conn): after COMMIT or ROLLBACK. */

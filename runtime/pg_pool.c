@@ -87,6 +87,17 @@ static void on_poll(uv_poll_t *h, int status, int events);
 
 /* ---- jobs ---- */
 
+static void job_free(pg_job *j)
+{
+    for (int i = 0; i < j->nparams; i++)
+        free(j->values[i]);
+    free(j->values);
+    free(j->lengths);
+    free(j->formats);
+    free(j->sql);
+    free(j);
+}
+
 static pg_job *job_new(pg_pool *p, enum job_kind kind, const char *sql, int nparams,
                        const char *const *values, const size_t *lengths, const int *formats)
 {
@@ -113,25 +124,8 @@ static pg_job *job_new(pg_pool *p, enum job_kind kind, const char *sql, int npar
     }
     return j;
 fail:
-    for (int i = 0; i < j->nparams; i++)
-        free(j->values[i]);
-    free(j->values);
-    free(j->lengths);
-    free(j->formats);
-    free(j->sql);
-    free(j);
+    job_free(j); /* what was allocated so far */
     return NULL;
-}
-
-static void job_free(pg_job *j)
-{
-    for (int i = 0; i < j->nparams; i++)
-        free(j->values[i]);
-    free(j->values);
-    free(j->lengths);
-    free(j->formats);
-    free(j->sql);
-    free(j);
 }
 
 /* The one end of every job: its callback (unless abandoned), then it is freed. */
