@@ -74,7 +74,8 @@ static json_t *from_msgpack(const msgpack_object *o, int depth, int max_depth, c
     case MSGPACK_OBJECT_BIN: {
         const char *p = o->type == MSGPACK_OBJECT_STR ? o->via.str.ptr : o->via.bin.ptr;
         size_t n = o->type == MSGPACK_OBJECT_STR ? o->via.str.size : o->via.bin.size;
-        json_t *s = json_stringn(p, n); /* NULL unless valid UTF-8 */
+        /* msgpack-c gives a NULL pointer for an empty string */
+        json_t *s = n ? json_stringn(p, n) : json_string(""); /* NULL unless valid UTF-8 */
         if (!s) snprintf(err, errlen, "a string is not valid UTF-8");
         return s;
     }
@@ -93,13 +94,16 @@ static json_t *from_msgpack(const msgpack_object *o, int depth, int max_depth, c
         json_t *m = json_object();
         for (uint32_t i = 0; m && i < o->via.map.size; i++) {
             const msgpack_object_kv *kv = &o->via.map.ptr[i];
-            if (kv->key.type != MSGPACK_OBJECT_STR) {
-                snprintf(err, errlen, "a map key is not a string");
+            if (kv->key.type != MSGPACK_OBJECT_STR ||
+                (kv->key.via.str.size && memchr(kv->key.via.str.ptr, 0, kv->key.via.str.size))) {
+                /* a NUL in a key could not travel as JSON (jansson refuses it there) */
+                snprintf(err, errlen, "a map key is not a string, or contains NUL");
                 json_decref(m);
                 return NULL;
             }
             json_t *v = from_msgpack(&kv->val, depth + 1, max_depth, err, errlen);
-            if (!v || json_object_setn_new(m, kv->key.via.str.ptr, kv->key.via.str.size, v) != 0) {
+            const char *key = kv->key.via.str.size ? kv->key.via.str.ptr : "";
+            if (!v || json_object_setn_new(m, key, kv->key.via.str.size, v) != 0) {
                 if (v) snprintf(err, errlen, "a map key is not valid UTF-8");
                 json_decref(m);
                 return NULL;
@@ -113,8 +117,106 @@ static json_t *from_msgpack(const msgpack_object *o, int depth, int max_depth, c
     }
 }
 
+/* Big-endian unsigned of k bytes at p. */
+static size_t be(const unsigned char *p, int k)
+{
+    size_t v = 0;
+    for (int i = 0; i < k; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* Walks one msgpack object without building it: msgpack-c allocates arrays and maps for the
+ * counts the input declares, so a few bytes claiming 2^32 elements would exhaust memory. Every
+ * element takes at least one byte, so a count larger than what remains is refused first.
+ * Returns the object's length, or 0 when it is malformed, truncated or too deep. */
+static size_t mp_walk(const unsigned char *p, size_t len, int depth, int max_depth)
+{
+    if (len < 1 || depth > max_depth) return 0;
+    unsigned c = p[0];
+    if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3) return 1;
+    int lenbytes = 0;      /* size field width after the type byte */
+    bool is_items = false; /* the size counts elements (array) or pairs (map), not bytes */
+    bool pairs = false;
+    size_t size = 0;
+    if ((c & 0xe0) == 0xa0) {
+        size = c & 0x1f; /* fixstr */
+    } else if ((c & 0xf0) == 0x90) {
+        size = c & 0x0f; /* fixarray */
+        is_items = true;
+    } else if ((c & 0xf0) == 0x80) {
+        size = c & 0x0f; /* fixmap */
+        is_items = pairs = true;
+    } else {
+        switch (c) {
+        case 0xcc:
+        case 0xd0:
+            return len >= 2 ? 2 : 0;
+        case 0xcd:
+        case 0xd1:
+            return len >= 3 ? 3 : 0;
+        case 0xca:
+        case 0xce:
+        case 0xd2:
+            return len >= 5 ? 5 : 0;
+        case 0xcb:
+        case 0xcf:
+        case 0xd3:
+            return len >= 9 ? 9 : 0;
+        case 0xd9:
+        case 0xc4:
+            lenbytes = 1;
+            break;
+        case 0xda:
+        case 0xc5:
+            lenbytes = 2;
+            break;
+        case 0xdb:
+        case 0xc6:
+            lenbytes = 4;
+            break;
+        case 0xdc:
+            lenbytes = 2;
+            is_items = true;
+            break;
+        case 0xdd:
+            lenbytes = 4;
+            is_items = true;
+            break;
+        case 0xde:
+            lenbytes = 2;
+            is_items = pairs = true;
+            break;
+        case 0xdf:
+            lenbytes = 4;
+            is_items = pairs = true;
+            break;
+        default:
+            return 0; /* ext types and the reserved byte are not WAMP */
+        }
+        if (len < 1 + (size_t)lenbytes) return 0;
+        size = be(p + 1, lenbytes);
+    }
+    size_t at = 1 + (size_t)lenbytes;
+    if (!is_items) return size <= len - at ? at + size : 0;
+    if (pairs) size *= 2;
+    if (size > len - at) return 0;
+    for (size_t i = 0; i < size; i++) {
+        size_t k = mp_walk(p + at, len - at, depth + 1, max_depth);
+        if (k == 0) return 0;
+        at += k;
+    }
+    return at;
+}
+
 static json_t *decode_msgpack(const char *buf, size_t len, int max_depth, char *err, size_t errlen)
 {
+    size_t whole = mp_walk((const unsigned char *)buf, len, 1, max_depth);
+    if (whole == 0) {
+        snprintf(err, errlen, "invalid msgpack (malformed, truncated, or nested deeper than %d)",
+                 max_depth);
+        return NULL;
+    }
     msgpack_unpacked u;
     msgpack_unpacked_init(&u);
     size_t off = 0;
@@ -183,11 +285,11 @@ json_t *wamp_decode(enum wamp_serializer ser, const char *buf, size_t len, int m
 {
     if (ser == WAMP_MSGPACK) return decode_msgpack(buf, len, max_depth, err, errlen);
     json_error_t je;
-    json_t *v = json_loadb(buf, len, JSON_DECODE_ANY, &je);
+    json_t *v = json_loadb(buf, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
     if (!v && strstr(je.text, "too big integer")) {
         /* an integer beyond int64 (JavaScript writes 2**64 as 18446744073709552000): read every
          * number as a double, then give back integers to those that are exact */
-        v = json_loadb(buf, len, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, &je);
+        v = json_loadb(buf, len, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL | JSON_ALLOW_NUL, &je);
         if (v) v = exact_integers(v);
     }
     if (!v) {

@@ -386,7 +386,7 @@ static void send_error(session *s, int type, uint64_t request, const char *uri, 
 static int envelope_split(const char *data, size_t len, json_t **args, json_t **kwargs)
 {
     *args = *kwargs = NULL;
-    json_t *v = len ? json_loadb(data, len, 0, NULL) : json_array();
+    json_t *v = len ? json_loadb(data, len, JSON_ALLOW_NUL, NULL) : json_array();
     if (!json_is_array(v) || json_array_size(v) > 2) {
         json_decref(v);
         return -1;
@@ -710,8 +710,8 @@ static json_t *error_from_reply(uint64_t request, natsMsg *reply)
 {
     const char *code = NULL;
     natsMsgHeader_Get(reply, HDR_SERVICE_ERROR_CODE, &code);
-    json_t *body =
-        json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, NULL);
+    json_t *body = json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply),
+                              JSON_ALLOW_NUL, NULL);
     const char *uri = json_string_value(json_object_get(body, "error"));
     json_t *args = json_object_get(body, "args"), *kwargs = json_object_get(body, "kwargs");
     json_t *details = json_object();

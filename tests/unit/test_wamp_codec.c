@@ -125,6 +125,17 @@ static void test_refusals(void)
     refused(WAMP_MSGPACK, mdeep, 66, "65 levels of msgpack");
 }
 
+/* Regression cases found by tests/fuzz: a tiny message declaring 2^32 elements must be refused
+ * before msgpack-c allocates for them; empty strings and keys survive; NUL in a key is refused. */
+static void test_fuzz_regressions(void)
+{
+    refused(WAMP_MSGPACK, "\xdd\xff\xff\xff\xff\x01", 6, "array32 claiming 2^32 elements");
+    refused(WAMP_MSGPACK, "\xdf\x7f\xff\xff\xff\x01\x01", 7, "map32 claiming 2^31 pairs");
+    refused(WAMP_MSGPACK, "\x81\xa2J\x00\x01", 5, "NUL inside a map key");
+    roundtrip("[\"\", {\"\": \"\"}]", "[\"\",{\"\":\"\"}]");
+    roundtrip("[\"a\\u0000b\"]", "[\"a\\u0000b\"]");
+}
+
 static void test_big_unsigned(void)
 {
     /* a msgpack uint64 above INT64_MAX cannot be a JSON integer here: it becomes a double */
@@ -141,6 +152,7 @@ int main(void)
     test_doubles_exact();
     test_refusals();
     test_big_unsigned();
+    test_fuzz_regressions();
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
