@@ -105,6 +105,9 @@ struct nats_bridge {
     natsMsg *released[RELEASE_BATCH]; /* see nats_bridge_release */
     int nreleased;
 
+    void (*on_ready)(void *arg); /* see nats_bridge_on_ready */
+    void *on_ready_arg;
+
     bool closing;
     void (*on_closed)(void *arg);
     void *on_closed_arg;
@@ -631,6 +634,9 @@ static void probe_done(void *udata, enum nb_status status, natsMsg *reply)
         if (!nb->confirmed)
             log_info(TAG, "ready: %d subscriptions confirmed by the server", nb->nsubs);
         nb->confirmed = true;
+        void (*ready)(void *) = nb->on_ready;
+        nb->on_ready = NULL; /* once */
+        if (ready) ready(nb->on_ready_arg);
     } else if (status == NB_TIMEOUT && nats_bridge_connected(nb)) {
         send_probe(nb);
     }
@@ -661,6 +667,12 @@ static void send_probe(nats_bridge *nb)
 {
     if (nb->probe) return;
     nats_bridge_flush(nb, PROBE_TIMEOUT_S, probe_done, nb, &nb->probe);
+}
+
+void nats_bridge_on_ready(nats_bridge *nb, void (*fn)(void *arg), void *arg)
+{
+    nb->on_ready = fn;
+    nb->on_ready_arg = arg;
 }
 
 void nats_bridge_confirm(nats_bridge *nb)

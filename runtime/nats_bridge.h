@@ -38,6 +38,8 @@ bool nats_bridge_connected(nats_bridge *nb);
 bool nats_bridge_ready(nats_bridge *nb);
 /* "connecting", "connected", "reconnecting", "disconnected", "draining", "closed". */
 const char *nats_bridge_state(nats_bridge *nb);
+/* fn(arg) runs once, the first time the bridge becomes ready. */
+void nats_bridge_on_ready(nats_bridge *nb, void (*fn)(void *arg), void *arg);
 /* Asks the server to confirm every subscription made so far (see nats_bridge_ready). */
 void nats_bridge_confirm(nats_bridge *nb);
 /* A round trip through the server on this connection (a message to our own inbox): fn runs with

@@ -59,6 +59,16 @@ static void on_signal(uv_signal_t *h, int signum)
     runtime_shutdown(rt);
 }
 
+static void listen_when_ready(void *arg)
+{
+    runtime *rt = arg;
+    if (rt->shutting_down || !rt->http) return;
+    if (http_gateway_listen(rt->http) != 0) {
+        log_error(TAG, "cannot listen: this worker stops");
+        runtime_shutdown(rt);
+    }
+}
+
 int runtime_init(runtime *rt, const runtime_config *cfg)
 {
     memset(rt, 0, sizeof *rt);
@@ -88,7 +98,14 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
     if (cfg->http_enabled) {
         rt->wamp = wamp_router_new(rt);
         rt->http = rt->wamp ? http_gateway_new(rt) : NULL;
-        if (!rt->http || http_gateway_listen(rt->http) != 0) return -1;
+        if (!rt->http) return -1;
+        if (cfg->reuse_port && cfg->nats_url) {
+            /* a worker shares the port: it takes connections only once it can answer them, so
+             * the kernel keeps sending them to the others while it starts (or restarts) */
+            nats_bridge_on_ready(rt->nats, listen_when_ready, rt);
+        } else if (http_gateway_listen(rt->http) != 0) {
+            return -1;
+        }
     }
     uv_signal_init(&rt->loop, &rt->sigint);
     uv_signal_init(&rt->loop, &rt->sigterm);
