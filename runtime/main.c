@@ -35,6 +35,9 @@ static void usage(FILE *out)
         "  --body-limit B     largest request body in bytes (default 1048576)\n"
         "  --max-depth N      deepest JSON nesting accepted (default 64)\n"
         "  --max-inflight N   concurrent calls before NATS intake pauses (default 32768)\n"
+        "  --max-sessions N   WAMP sessions per process (default 10000)\n"
+        "  --max-subscriptions N, --max-registrations N\n"
+        "                     per WAMP session (default 1000 each)\n"
         "  SERVICES_DIR       folder of *.lua service scripts (default ./services)\n"
         "\n"
         "       microservice call <service>.<method> [ARGS...] [--kw name=value ...]\n"
@@ -89,6 +92,9 @@ enum {
     OPT_BODY_LIMIT,
     OPT_MAX_DEPTH,
     OPT_MAX_INFLIGHT,
+    OPT_MAX_SESSIONS,
+    OPT_MAX_SUBSCRIPTIONS,
+    OPT_MAX_REGISTRATIONS,
 };
 
 static int parse_args(int argc, char **argv, runtime_config *cfg)
@@ -106,6 +112,9 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         {"body-limit", required_argument, NULL, OPT_BODY_LIMIT},
         {"max-depth", required_argument, NULL, OPT_MAX_DEPTH},
         {"max-inflight", required_argument, NULL, OPT_MAX_INFLIGHT},
+        {"max-sessions", required_argument, NULL, OPT_MAX_SESSIONS},
+        {"max-subscriptions", required_argument, NULL, OPT_MAX_SUBSCRIPTIONS},
+        {"max-registrations", required_argument, NULL, OPT_MAX_REGISTRATIONS},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -162,6 +171,18 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         case OPT_MAX_DEPTH:
             if (parse_number(optarg, 1, 1000, &v) != 0) goto bad_number;
             cfg->max_depth = (int)v;
+            break;
+        case OPT_MAX_SESSIONS:
+            if (parse_number(optarg, 1, 1 << 20, &v) != 0) goto bad_number;
+            cfg->max_sessions = (int)v;
+            break;
+        case OPT_MAX_SUBSCRIPTIONS:
+            if (parse_number(optarg, 1, 1 << 20, &v) != 0) goto bad_number;
+            cfg->max_session_subs = (int)v;
+            break;
+        case OPT_MAX_REGISTRATIONS:
+            if (parse_number(optarg, 1, 1 << 20, &v) != 0) goto bad_number;
+            cfg->max_session_regs = (int)v;
             break;
         case OPT_MAX_INFLIGHT:
             if (parse_number(optarg, 1, 1 << 22, &v) != 0) goto bad_number;

@@ -44,6 +44,9 @@ void runtime_config_defaults(runtime_config *cfg)
     cfg->call_timeout = 60.0;
     cfg->drain_timeout = 10.0;
     cfg->max_inflight = 32768;
+    cfg->max_sessions = 10000;
+    cfg->max_session_subs = 1000;
+    cfg->max_session_regs = 1000;
     cfg->watch = true;
 }
 

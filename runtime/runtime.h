@@ -24,6 +24,9 @@ typedef struct runtime_config {
     double call_timeout;  /* seconds, default for HTTP and Lua calls */
     double drain_timeout; /* seconds, for SIGTERM */
     int max_inflight;     /* concurrent RPC coroutines before NATS intake pauses */
+    int max_sessions;     /* WAMP sessions per process */
+    int max_session_subs; /* subscriptions per WAMP session */
+    int max_session_regs; /* registrations per WAMP session */
     bool watch;           /* hot reload of the services folder */
     bool reuse_port;      /* SO_REUSEPORT on the HTTP listener (workers share it) */
 } runtime_config;

@@ -26,7 +26,8 @@
 #include "wamp_codec.h"
 
 #define TAG "wamp"
-#define MAX_ID 9007199254740992LL        /* 2^53 */
+#define MAX_ID 9007199254740992LL /* 2^53 */
+#define URI_LIMIT "wamp.error.limit_exceeded"
 #define OUT_MAX_BYTES (4u * 1024 * 1024) /* queued for one session before it is a slow consumer */
 #define HDR_EXCLUDE "Wamp-Exclude"       /* the publishing session, when it excludes itself */
 #define HDR_PUBLISHER "Wamp-Publisher"   /* the publishing session, when it discloses itself */
@@ -560,6 +561,10 @@ static void on_subscribe(session *s, json_t *msg)
     const char *why = NULL;
     router *r = s->r;
     topic *t = topic_find(r, json_string_value(uri), match);
+    if ((!t || !ptrs_has(&t->sessions, s)) && s->topics.n >= r->rt->cfg.max_session_subs) {
+        send_error(s, SUBSCRIBE, req, URI_LIMIT, "too many subscriptions in this session");
+        return;
+    }
     bool fresh = !t;
     if (!t) {
         char *subject = topic_subject(json_string_value(uri), match, &why);
@@ -945,6 +950,10 @@ static void on_register(session *s, json_t *msg)
         return;
     }
     router *r = s->r;
+    if (s->regs.n >= r->rt->cfg.max_session_regs) {
+        send_error(s, REGISTER, req, URI_LIMIT, "too many registrations in this session");
+        return;
+    }
     registration *g = reg_find(r, procedure);
     bool fresh = !g;
     if (g && (strcmp(invoke, "single") == 0 || strcmp(g->invoke, invoke) != 0 ||
@@ -1263,13 +1272,20 @@ static const char *choose_protocol(h2o_req_t *req, enum wamp_serializer *ser)
     return NULL;
 }
 
+static void refuse_with(h2o_req_t *req, int status, const char *uri, const char *message);
+
 static void refuse(h2o_req_t *req, const char *message)
 {
+    refuse_with(req, 400, URI_INVALID_ARGUMENT, message);
+}
+
+static void refuse_with(h2o_req_t *req, int status, const char *uri, const char *message)
+{
     char body[256];
-    int n = snprintf(body, sizeof body, "{\"error\":\"%s\",\"args\":[\"%s\"],\"kwargs\":{}}",
-                     URI_INVALID_ARGUMENT, message);
-    req->res.status = 400;
-    req->res.reason = "Bad Request";
+    int n = snprintf(body, sizeof body, "{\"error\":\"%s\",\"args\":[\"%s\"],\"kwargs\":{}}", uri,
+                     message);
+    req->res.status = status;
+    req->res.reason = status == 400 ? "Bad Request" : "Service Unavailable";
     req->res.content_length = (size_t)n;
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
                    H2O_STRLIT("application/json"));
@@ -1290,7 +1306,12 @@ int wamp_router_upgrade(struct wamp_router *r, h2o_req_t *req)
         return 0;
     }
     if (r->shutting_down) {
-        refuse(req, "the router is shutting down");
+        refuse_with(req, 503, URI_UNAVAILABLE, "the router is shutting down");
+        return 0;
+    }
+    if (r->nsessions >= r->rt->cfg.max_sessions) {
+        log_warn(TAG, "WebSocket refused: %d sessions already (--max-sessions)", r->nsessions);
+        refuse_with(req, 503, URI_UNAVAILABLE, "too many WAMP sessions in this process");
         return 0;
     }
     session *s = calloc(1, sizeof *s);
