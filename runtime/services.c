@@ -870,14 +870,23 @@ static int compare_rpcs(const void *a, const void *b)
     return strcmp((*(rpc_entry *const *)a)->subject, (*(rpc_entry *const *)b)->subject);
 }
 
-int services_print(struct services *s, FILE *out)
+/* The active RPCs sorted by subject, in an array the caller frees; NULL without memory. */
+static rpc_entry **sorted_rpcs(struct services *s, int *n)
 {
     rpc_entry **v = calloc((size_t)s->nrpcs + 1, sizeof *v);
-    if (!v) return -1;
-    int n = 0;
+    if (!v) return NULL;
+    *n = 0;
     for (rpc_entry *e = s->rpcs; e; e = e->next)
-        v[n++] = e;
-    qsort(v, (size_t)n, sizeof *v, compare_rpcs);
+        v[(*n)++] = e;
+    qsort(v, (size_t)*n, sizeof *v, compare_rpcs);
+    return v;
+}
+
+int services_print(struct services *s, FILE *out)
+{
+    int n;
+    rpc_entry **v = sorted_rpcs(s, &n);
+    if (!v) return -1;
     for (int i = 0; i < n; i++) {
         fprintf(out, "%s(", v[i]->subject);
         for (int p = 0; p < v[i]->binding.nparams; p++)
@@ -892,9 +901,7 @@ int services_print(struct services *s, FILE *out)
 int services_bind(struct services *s, lua_State *L, const char *procedure, int args_idx,
                   int kwargs_idx, const char **uri, char *err, size_t errlen)
 {
-    rpc_entry *e = s->rpcs;
-    while (e && strcmp(e->subject, procedure) != 0)
-        e = e->next;
+    rpc_entry *e = rpc_find(s, procedure);
     if (!e) {
         *uri = URI_NO_SUCH_PROCEDURE;
         snprintf(err, errlen, "no loaded service declares %s", procedure);
@@ -917,12 +924,9 @@ int services_openapi(struct services *s, codec_buf *out, char *err, size_t errle
 {
     lua_State *L = s->rt->L;
     int top = lua_gettop(L);
-    rpc_entry **v = calloc((size_t)s->nrpcs + 1, sizeof *v);
+    int n;
+    rpc_entry **v = sorted_rpcs(s, &n);
     if (!v) return -1;
-    int n = 0;
-    for (rpc_entry *e = s->rpcs; e; e = e->next)
-        v[n++] = e;
-    qsort(v, (size_t)n, sizeof *v, compare_rpcs);
     lua_getglobal(L, "require");
     lua_pushstring(L, "microservice.openapi");
     int rc = lua_pcall(L, 1, 1, 0);

@@ -14,31 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int passed, failed;
-
-#define CHECK(expr) check_((expr) != 0, __FILE__, __LINE__, #expr)
-
-static void check_(int ok, const char *file, int line, const char *expr)
-{
-    if (ok) {
-        passed++;
-        return;
-    }
-    failed++;
-    fprintf(stderr, "%s:%d: CHECK failed: %s\n", file, line, expr);
-}
-
-/* Helpers print the details of a mismatch and return 0; the CHECK around them gives the line. */
-static int diag(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("    ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return 0;
-}
+#include "check.h"
 #define DIAG diag
 
 static lua_State *L;
@@ -828,6 +804,5 @@ int main(void)
 
     codec_buf_free(&out);
     lua_close(L);
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return check_summary();
 }
