@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "codec.h"
 #include "log.h"
 #include "lua_api.h"
@@ -332,4 +333,60 @@ int command_test(int argc, char **argv)
         return 1;
     }
     return tr.exit_code;
+}
+
+/* ---- auth-secret, auth-token ---- */
+
+int command_auth_secret(int argc, char **argv)
+{
+    int iterations = 10000;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--iterations") == 0 && i + 1 < argc) {
+            iterations = atoi(argv[++i]);
+        } else {
+            fprintf(i == 1 && strcmp(argv[i], "--help") == 0 ? stdout : stderr,
+                    "usage: microservice auth-secret [--iterations N]  (password on stdin)\n"
+                    "Prints the salt, iterations, keylen and key to put in a user of the auth "
+                    "file.\n");
+            return strcmp(argv[i], "--help") == 0 ? 0 : 2;
+        }
+    }
+    if (iterations < 1 || iterations > 10000000) {
+        fprintf(stderr, "microservice auth-secret: --iterations is 1 .. 10000000\n");
+        return 2;
+    }
+    char password[1024];
+    if (!fgets(password, sizeof password, stdin)) {
+        fprintf(stderr, "microservice auth-secret: no password on stdin\n");
+        return 2;
+    }
+    password[strcspn(password, "\r\n")] = '\0';
+    if (!password[0]) {
+        fprintf(stderr, "microservice auth-secret: the password is empty\n");
+        return 2;
+    }
+    char *text = auth_make_secret(password, iterations);
+    memset(password, 0, sizeof password);
+    if (!text) {
+        fprintf(stderr, "microservice auth-secret: cannot derive the key\n");
+        return 1;
+    }
+    printf("%s\n", text);
+    free(text);
+    return 0;
+}
+
+int command_auth_token(int argc, char **argv)
+{
+    if (argc > 1) {
+        fprintf(strcmp(argv[1], "--help") == 0 ? stdout : stderr,
+                "usage: microservice auth-token\nPrints a new bearer token (give it to the "
+                "client) and its stored form (put it in a user's \"tokens\").\n");
+        return strcmp(argv[1], "--help") == 0 ? 0 : 2;
+    }
+    char *text = auth_make_token();
+    if (!text) return 1;
+    printf("%s\n", text);
+    free(text);
+    return 0;
 }

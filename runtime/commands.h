@@ -7,5 +7,9 @@
 int command_call(int argc, char **argv);
 int command_list(int argc, char **argv);
 int command_test(int argc, char **argv);
+/* auth-secret: a salted secret for the auth file from a password on stdin; auth-token: a new
+ * bearer token and the form the auth file stores. */
+int command_auth_secret(int argc, char **argv);
+int command_auth_token(int argc, char **argv);
 
 #endif

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include "auth.h"
 #include "codec.h"
 #include "log.h"
 #include "nats_bridge.h"
@@ -69,6 +70,10 @@ static const char *reason_phrase(int status)
         return "OK";
     case 400:
         return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
     case 404:
         return "Not Found";
     case 405:
@@ -187,22 +192,71 @@ static double request_timeout(struct http_gateway *gw, h2o_req_t *req)
     return timeout;
 }
 
+/* The caller of an RPC when authentication is on: a bearer token's user, else the anonymous role
+ * if the auth file has one. Answers 401 or 403 itself and returns false when the call may not
+ * go on; on success fills headers (authid, authrole and their signature for the services). */
+static bool authorize_call(struct http_gateway *gw, h2o_req_t *req, const char *subject,
+                           const char *headers[7], char sig[AUTH_SIG_MAX])
+{
+    const auth *a = gw->rt->auth;
+    headers[0] = NULL;
+    if (!a) return true;
+    const char *authid = "anonymous", *role = auth_anonymous_role(a);
+    ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
+    if (i >= 0) {
+        h2o_iovec_t v = req->headers.entries[i].value;
+        const auth_user *u = NULL;
+        if (v.len > 7 && h2o_lcstris(v.base, 7, H2O_STRLIT("bearer ")))
+            u = auth_token_find(a, v.base + 7, v.len - 7);
+        if (!u) {
+            h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL,
+                           H2O_STRLIT("Bearer realm=\"microservice\", error=\"invalid_token\""));
+            respond_error_status(gw, req, 401, URI_AUTHENTICATION_FAILED,
+                                 "the bearer token is not valid");
+            return false;
+        }
+        authid = auth_user_id(u);
+        role = auth_user_role(u);
+    } else if (!role) {
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL,
+                       H2O_STRLIT("Bearer realm=\"microservice\""));
+        respond_error_status(gw, req, 401, URI_AUTHENTICATION_FAILED,
+                             "authentication required: Authorization: Bearer <token>");
+        return false;
+    }
+    if (!auth_allowed(a, role, AUTH_CALL, subject)) {
+        char msg[320];
+        snprintf(msg, sizeof msg, "role %s may not call %s", role, subject);
+        respond_error_status(gw, req, 403, URI_NOT_AUTHORIZED, msg);
+        return false;
+    }
+    if (auth_sign(a, subject, authid, role, sig)) {
+        const char *h[] = {
+            AUTH_HDR_AUTHID, authid, AUTH_HDR_AUTHROLE, role, AUTH_HDR_SIGNATURE, sig, NULL};
+        memcpy(headers, h, sizeof h);
+    }
+    return true;
+}
+
 static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, h2o_iovec_t path)
 {
+    char subject[MAX_SUBJECT], sig[AUTH_SIG_MAX];
+    const char *headers[7];
+    snprintf(subject, sizeof subject, "%.*s", (int)path.len - 1, path.base + 1);
+    if (!authorize_call(gw, req, subject, headers, sig)) return 0;
     codec_error err;
     if (codec_decode_envelope(NULL, req->entity.base, req->entity.len, gw->rt->cfg.max_depth,
                               &err) != 0) {
         respond_error(gw, req, URI_INVALID_ARGUMENT, err.msg);
         return 0;
     }
-    char subject[MAX_SUBJECT];
-    snprintf(subject, sizeof subject, "%.*s", (int)path.len - 1, path.base + 1);
     gw_call *call = h2o_mem_alloc_shared(&req->pool, sizeof *call, call_dispose);
     call->gw = gw;
     call->req = req;
     call->pending = false;
-    int rc = nats_bridge_request(gw->rt->nats, subject, req->entity.base, req->entity.len, NULL,
-                                 request_timeout(gw, req), on_reply, call, &call->nbreq);
+    int rc = nats_bridge_request(gw->rt->nats, subject, req->entity.base, req->entity.len,
+                                 headers[0] ? headers : NULL, request_timeout(gw, req), on_reply,
+                                 call, &call->nbreq);
     if (rc != NB_OK) {
         respond_error(gw, req, rc == NB_UNAVAILABLE ? URI_UNAVAILABLE : URI_RUNTIME_ERROR,
                       rc == NB_UNAVAILABLE ? "the bus is unavailable"

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "codec.h"
 #include "log.h"
 #include "lua_postgres.h"
@@ -209,14 +210,20 @@ static int core_call(lua_State *L)
     const char *procedure = luaL_checkstring(L, 1);
     double timeout = luaL_optnumber(L, 4, rt->cfg.call_timeout);
     const char *err;
-    if (!sched_current(L, &err)) return luaL_error(L, "%s", err);
+    task *t = sched_current(L, &err);
+    if (!t) return luaL_error(L, "%s", err);
     codec_buf *buf = encode_envelope_arg(L, rt, 2, 3);
     call_op *c = calloc(1, sizeof *c);
     if (!c) return luaL_error(L, "out of memory");
     c->base.cancel = call_cancel;
     c->rt = rt;
-    int rc = nats_bridge_request(rt->nats, procedure, buf->data, buf->len, NULL, timeout,
-                                 call_reply_cb, c, &c->req);
+    /* a call made on behalf of an authenticated caller carries the caller on */
+    char sig[AUTH_SIG_MAX];
+    const char *headers[] = {
+        AUTH_HDR_AUTHID, t->authid, AUTH_HDR_AUTHROLE, t->authrole, AUTH_HDR_SIGNATURE, sig, NULL};
+    bool signed_call = t->authid && auth_sign(rt->auth, procedure, t->authid, t->authrole, sig);
+    int rc = nats_bridge_request(rt->nats, procedure, buf->data, buf->len,
+                                 signed_call ? headers : NULL, timeout, call_reply_cb, c, &c->req);
     if (rc != NB_OK) {
         free(c);
         lua_pushboolean(L, 0);
@@ -320,6 +327,12 @@ static int core_context(lua_State *L)
     lua_setfield(L, -2, "in_task");
     lua_pushinteger(L, (lua_Integer)getpid());
     lua_setfield(L, -2, "pid");
+    if (t && t->authid) {
+        lua_pushstring(L, t->authid);
+        lua_setfield(L, -2, "authid");
+        lua_pushstring(L, t->authrole);
+        lua_setfield(L, -2, "authrole");
+    }
     if (t && t->deadline) {
         runtime *rt = lua_api_runtime(L);
         uint64_t now = uv_now(&rt->loop);

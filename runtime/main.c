@@ -19,7 +19,7 @@ static void usage(FILE *out)
         "                    [--postgres-pool N]\n"
         "                    [--frontend DIR] [--workers N] [--log-level LEVEL]\n"
         "                    [--call-timeout S] [--drain-timeout S] [--body-limit BYTES]\n"
-        "                    [--max-depth N] [--max-inflight N] [SERVICES_DIR]\n"
+        "                    [--max-depth N] [--max-inflight N] [--auth FILE] [SERVICES_DIR]\n"
         "\n"
         "  --http HOST:PORT   HTTP gateway, frontend and /websocket (default 127.0.0.1:5000);\n"
         "                     'off' runs services only\n"
@@ -38,11 +38,16 @@ static void usage(FILE *out)
         "  --max-sessions N   WAMP sessions per process (default 10000)\n"
         "  --max-subscriptions N, --max-registrations N\n"
         "                     per WAMP session (default 1000 each)\n"
+        "  --max-session-calls N  calls in flight per WAMP session (default 1000)\n"
+        "  --auth FILE        users, tokens and roles (default $MICROSERVICE_AUTH; none: every\n"
+        "                     caller may do everything); see docs/auth.md\n"
         "  SERVICES_DIR       folder of *.lua service scripts (default ./services)\n"
         "\n"
         "       microservice call <service>.<method> [ARGS...] [--kw name=value ...]\n"
         "       microservice list [SERVICES_DIR]\n"
         "       microservice test [FILES...] [--services DIR] [--nats URL]\n"
+        "       microservice auth-secret [--iterations N]   (reads a password on stdin)\n"
+        "       microservice auth-token\n"
         "  (each with --help)\n");
 }
 
@@ -95,6 +100,8 @@ enum {
     OPT_MAX_SESSIONS,
     OPT_MAX_SUBSCRIPTIONS,
     OPT_MAX_REGISTRATIONS,
+    OPT_MAX_SESSION_CALLS,
+    OPT_AUTH,
 };
 
 static int parse_args(int argc, char **argv, runtime_config *cfg)
@@ -115,6 +122,8 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         {"max-sessions", required_argument, NULL, OPT_MAX_SESSIONS},
         {"max-subscriptions", required_argument, NULL, OPT_MAX_SUBSCRIPTIONS},
         {"max-registrations", required_argument, NULL, OPT_MAX_REGISTRATIONS},
+        {"max-session-calls", required_argument, NULL, OPT_MAX_SESSION_CALLS},
+        {"auth", required_argument, NULL, OPT_AUTH},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -184,6 +193,13 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
             if (parse_number(optarg, 1, 1 << 20, &v) != 0) goto bad_number;
             cfg->max_session_regs = (int)v;
             break;
+        case OPT_MAX_SESSION_CALLS:
+            if (parse_number(optarg, 1, 1 << 20, &v) != 0) goto bad_number;
+            cfg->max_session_calls = (int)v;
+            break;
+        case OPT_AUTH:
+            cfg->auth_file = optarg[0] ? optarg : NULL;
+            break;
         case OPT_MAX_INFLIGHT:
             if (parse_number(optarg, 1, 1 << 22, &v) != 0) goto bad_number;
             cfg->max_inflight = (int)v;
@@ -213,6 +229,10 @@ int main(int argc, char **argv)
     if (argc > 1 && strcmp(argv[1], "call") == 0) return command_call(argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "list") == 0) return command_list(argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "test") == 0) return command_test(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "auth-secret") == 0)
+        return command_auth_secret(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "auth-token") == 0)
+        return command_auth_token(argc - 1, argv + 1);
     runtime_config cfg;
     runtime_config_defaults(&cfg);
     if (parse_args(argc, argv, &cfg) != 0) return 2;

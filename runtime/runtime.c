@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "http_gateway.h"
 #include "log.h"
 #include "lua_api.h"
@@ -47,6 +48,9 @@ void runtime_config_defaults(runtime_config *cfg)
     cfg->max_sessions = 10000;
     cfg->max_session_subs = 1000;
     cfg->max_session_regs = 1000;
+    cfg->max_session_calls = 1000;
+    const char *auth_file = getenv("MICROSERVICE_AUTH");
+    cfg->auth_file = (auth_file && auth_file[0]) ? auth_file : NULL;
     cfg->watch = true;
 }
 
@@ -77,6 +81,17 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
     memset(rt, 0, sizeof *rt);
     rt->cfg = *cfg;
     if (uv_loop_init(&rt->loop) != 0) return -1;
+    if (cfg->auth_file) {
+        char err[512];
+        if (auth_load(cfg->auth_file, &rt->auth, err, sizeof err) != 0) {
+            log_error(TAG, "--auth %s", err);
+            return -1;
+        }
+        log_info(TAG, "authentication on (%s)%s", cfg->auth_file,
+                 auth_bus_signing(rt->auth) ? ""
+                                            : "; no bus_secret: callers' identities do not reach "
+                                              "services over NATS");
+    }
     rt->L = lua_api_new_state(rt);
     rt->sched = rt->L ? sched_new(rt) : NULL;
     rt->nats = rt->sched ? nats_bridge_new(rt) : NULL;
@@ -212,6 +227,8 @@ int runtime_run(runtime *rt)
     uv_run(&rt->loop, UV_RUN_NOWAIT); /* close callbacks of what was just freed */
     pg_pool_free(rt->pg);
     rt->pg = NULL;
+    auth_free(rt->auth);
+    rt->auth = NULL;
     if (uv_loop_close(&rt->loop) != 0) log_debug(TAG, "loop closed with handles still open");
     nats_Close();
     return rc;

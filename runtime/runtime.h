@@ -19,16 +19,18 @@ typedef struct runtime_config {
     const char *frontend_dir;
     const char *services_dir;
     int workers;
-    size_t body_limit;    /* bytes, HTTP and NATS request bodies */
-    int max_depth;        /* JSON nesting */
-    double call_timeout;  /* seconds, default for HTTP and Lua calls */
-    double drain_timeout; /* seconds, for SIGTERM */
-    int max_inflight;     /* concurrent RPC coroutines before NATS intake pauses */
-    int max_sessions;     /* WAMP sessions per process */
-    int max_session_subs; /* subscriptions per WAMP session */
-    int max_session_regs; /* registrations per WAMP session */
-    bool watch;           /* hot reload of the services folder */
-    bool reuse_port;      /* SO_REUSEPORT on the HTTP listener (workers share it) */
+    size_t body_limit;     /* bytes, HTTP and NATS request bodies */
+    int max_depth;         /* JSON nesting */
+    double call_timeout;   /* seconds, default for HTTP and Lua calls */
+    double drain_timeout;  /* seconds, for SIGTERM */
+    int max_inflight;      /* concurrent RPC coroutines before NATS intake pauses */
+    int max_sessions;      /* WAMP sessions per process */
+    int max_session_subs;  /* subscriptions per WAMP session */
+    int max_session_regs;  /* registrations per WAMP session */
+    int max_session_calls; /* calls in flight per WAMP session */
+    const char *auth_file; /* NULL: authentication off */
+    bool watch;            /* hot reload of the services folder */
+    bool reuse_port;       /* SO_REUSEPORT on the HTTP listener (workers share it) */
 } runtime_config;
 
 struct scheduler;
@@ -39,6 +41,7 @@ struct pg_pool;
 struct wamp_router;
 struct service_watch;
 struct service_api;
+struct auth;
 
 typedef struct runtime {
     uv_loop_t loop;
@@ -52,6 +55,7 @@ typedef struct runtime {
     struct wamp_router *wamp;    /* NULL with --http off */
     struct service_watch *watch; /* hot reload; NULL when not watching */
     struct service_api *srv_api; /* $SRV.*; NULL without a bus */
+    struct auth *auth;           /* NULL: authentication off */
     uv_signal_t sigint, sigterm;
     uv_timer_t drain_timer;
     uint64_t drain_deadline; /* uv_now() ms */

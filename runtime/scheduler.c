@@ -81,6 +81,7 @@ task *sched_task_new(struct scheduler *s, task_done_fn on_done, void *udata, con
     t->on_done = on_done;
     t->udata = udata;
     t->label = label;
+    t->authid = t->authrole = NULL;
     t->op = NULL;
     t->token++;
     link_task(s, t);

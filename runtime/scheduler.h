@@ -46,6 +46,8 @@ struct task {
     void *finalizer_arg;
     uv_timer_t deadline_timer; /* armed by sched_set_deadline */
     uint64_t deadline;         /* loop time (ms) when the caller stops waiting; 0: none */
+    const char *authid;        /* the caller, when authenticated; owned with udata */
+    const char *authrole;
     struct scheduler *sched;
     task *prev, *next; /* in-flight list */
 };

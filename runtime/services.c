@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "log.h"
 #include "lua_api.h"
 #include "nats_bridge.h"
@@ -65,8 +66,10 @@ typedef struct call_ctx {
     struct services *svcs;
     rpc_entry *rpc;
     lua_sub *sub;
-    uint64_t started; /* uv_hrtime() when the message was taken */
-    char reply[];     /* reply subject, "" when the message had none */
+    uint64_t started;         /* uv_hrtime() when the message was taken */
+    char authid[AUTH_ID_MAX]; /* the caller, when a trusted gateway signed it; "" otherwise */
+    char authrole[AUTH_ROLE_MAX];
+    char reply[]; /* reply subject, "" when the message had none */
 } call_ctx;
 
 struct services {
@@ -372,6 +375,7 @@ static call_ctx *call_ctx_new(struct services *s, natsMsg *msg)
     c->rpc = NULL;
     c->sub = NULL;
     c->started = uv_hrtime();
+    c->authid[0] = c->authrole[0] = '\0';
     memcpy(c->reply, reply ? reply : "", n + 1);
     return c;
 }
@@ -399,6 +403,27 @@ static int push_envelope(struct services *s, lua_State *co, natsMsg *msg, const 
 
 /* ---- RPCs ---- */
 
+/* The caller's identity, when a gateway holding the same bus_secret signed it for this subject;
+ * anything unsigned or forged is ignored (the call runs without an identity). */
+static void take_caller(struct services *s, call_ctx *c, task *t, natsMsg *msg)
+{
+    const char *id = NULL, *role = NULL, *sig = NULL;
+    if (!auth_bus_signing(s->rt->auth) ||
+        natsMsgHeader_Get(msg, AUTH_HDR_SIGNATURE, &sig) != NATS_OK ||
+        natsMsgHeader_Get(msg, AUTH_HDR_AUTHID, &id) != NATS_OK ||
+        natsMsgHeader_Get(msg, AUTH_HDR_AUTHROLE, &role) != NATS_OK)
+        return;
+    if (!auth_verify(s->rt->auth, natsMsg_GetSubject(msg), id, role, sig)) {
+        log_debug(t->label, "a call to %s carried an identity with a bad signature: ignored",
+                  natsMsg_GetSubject(msg));
+        return;
+    }
+    snprintf(c->authid, sizeof c->authid, "%s", id);
+    snprintf(c->authrole, sizeof c->authrole, "%s", role);
+    t->authid = c->authid;
+    t->authrole = c->authrole;
+}
+
 static void on_rpc_msg(void *udata, natsMsg *msg)
 {
     rpc_entry *e = udata;
@@ -424,6 +449,7 @@ static void on_rpc_msg(void *udata, natsMsg *msg)
     const char *timeout = NULL;
     if (natsMsgHeader_Get(msg, NB_HDR_TIMEOUT, &timeout) == NATS_OK && timeout)
         sched_set_deadline(t, strtod(timeout, NULL) / 1000.0);
+    take_caller(s, c, t, msg);
     nats_bridge_release(s->rt->nats, msg);
     /* stack: args kwargs -> args kwargs fn bound... -> fn bound... */
     lua_rawgeti(co, LUA_REGISTRYINDEX, e->fn_ref);

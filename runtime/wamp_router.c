@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "log.h"
 #include "nats_bridge.h"
 #include "rpc_error.h"
@@ -39,6 +40,8 @@ enum {
     HELLO = 1,
     WELCOME = 2,
     ABORT = 3,
+    CHALLENGE = 4,
+    AUTHENTICATE = 5,
     GOODBYE = 6,
     ERROR = 8,
     PUBLISH = 16,
@@ -114,7 +117,17 @@ struct session {
     h2o_websocket_conn_t *ws;
     enum wamp_serializer ser;
     uint64_t id;
-    enum { S_OPEN, S_ESTABLISHED, S_CLOSING } state;
+    /* S_CHALLENGED: CHALLENGE sent, waiting for AUTHENTICATE; S_VERIFYING: a ticket is being
+     * checked on the thread pool (auth_job) */
+    enum { S_OPEN, S_CHALLENGED, S_VERIFYING, S_ESTABLISHED, S_CLOSING } state;
+    char authid[AUTH_ID_MAX];
+    char authrole[AUTH_ROLE_MAX];
+    const char *authmethod; /* static string */
+    const auth_user *user;  /* while authenticating; NULL for an unknown authid */
+    char *challenge;        /* wampcra: the challenge text sent */
+    char *realm;            /* from HELLO, for WELCOME */
+    struct auth_job *auth_job;
+    int ncalls; /* calls waiting for their result */
     ptrs topics;
     ptrs regs;
     pending_call *calls;
@@ -384,6 +397,18 @@ static void send_error(session *s, int type, uint64_t request, const char *uri, 
 /* ---- the NATS envelope [args, kwargs] ---- */
 
 /* Splits a NATS payload into args and kwargs (new references); -1 if it is not an envelope. */
+/* Whether the session's role may do action on uri; answers ERROR not_authorized when not. */
+static bool allowed(session *s, enum auth_action action, const char *uri, int type,
+                    uint64_t request)
+{
+    if (auth_allowed(s->r->rt->auth, s->authrole, action, uri)) return true;
+    static const char *const verbs[] = {"call", "register", "publish", "subscribe to"};
+    char text[320];
+    snprintf(text, sizeof text, "role %s may not %s %s", s->authrole, verbs[action], uri);
+    send_error(s, type, request, URI_NOT_AUTHORIZED, text);
+    return false;
+}
+
 static int envelope_split(const char *data, size_t len, json_t **args, json_t **kwargs)
 {
     *args = *kwargs = NULL;
@@ -566,12 +591,16 @@ static void on_subscribe(session *s, json_t *msg)
         return;
     }
     bool fresh = !t;
+    char *subject = t ? NULL : topic_subject(json_string_value(uri), match, &why);
+    if (!t && !subject) {
+        send_error(s, SUBSCRIBE, req, "wamp.error.invalid_uri", why ? why : "out of memory");
+        return;
+    }
+    if (!allowed(s, AUTH_SUBSCRIBE, t ? t->subject : subject, SUBSCRIBE, req)) {
+        free(subject);
+        return;
+    }
     if (!t) {
-        char *subject = topic_subject(json_string_value(uri), match, &why);
-        if (!subject) {
-            send_error(s, SUBSCRIBE, req, "wamp.error.invalid_uri", why ? why : "out of memory");
-            return;
-        }
         t = calloc(1, sizeof *t);
         if (!t) {
             free(subject);
@@ -630,6 +659,10 @@ static void on_publish(session *s, json_t *msg)
     bool ack = json_is_true(json_object_get(opts, "acknowledge"));
     if (!valid_uri(json_string_value(uri), false)) {
         if (ack) send_error(s, PUBLISH, req, "wamp.error.invalid_uri", "not a valid topic");
+        return;
+    }
+    if (!auth_allowed(s->r->rt->auth, s->authrole, AUTH_PUBLISH, json_string_value(uri))) {
+        if (ack) allowed(s, AUTH_PUBLISH, json_string_value(uri), PUBLISH, req);
         return;
     }
     uint64_t pub = random_id();
@@ -743,6 +776,7 @@ static void on_call_reply(void *udata, enum nb_status status, natsMsg *reply)
         status == NB_OK && natsMsgHeader_Get(reply, HDR_PROGRESS, &progress) == NATS_OK;
     if (!is_progress) {
         call_unlink(c);
+        s->ncalls--;
     }
     const char *code = NULL;
     if (status == NB_OK && natsMsgHeader_Get(reply, HDR_SERVICE_ERROR_CODE, &code) == NATS_OK) {
@@ -783,11 +817,32 @@ static void on_call(session *s, json_t *msg)
         send_error(s, CALL, req, "wamp.error.invalid_uri", "not a valid procedure");
         return;
     }
+    if (!allowed(s, AUTH_CALL, json_string_value(uri), CALL, req)) return;
+    if (s->ncalls >= s->r->rt->cfg.max_session_calls) {
+        char text[128];
+        snprintf(text, sizeof text, "too many calls in flight in this session (limit %d)",
+                 s->r->rt->cfg.max_session_calls);
+        send_error(s, CALL, req, URI_LIMIT, text);
+        return;
+    }
     double timeout = s->r->rt->cfg.call_timeout;
     json_t *t = json_object_get(opts, "timeout");
     if (json_is_number(t) && json_number_value(t) > 0) timeout = json_number_value(t) / 1000.0;
     bool progress = json_is_true(json_object_get(opts, "receive_progress"));
-    const char *headers[] = {HDR_RECEIVE_PROGRESS, "1", NULL};
+    const char *headers[9];
+    char sig[AUTH_SIG_MAX];
+    int h = 0;
+    if (progress) {
+        headers[h++] = HDR_RECEIVE_PROGRESS;
+        headers[h++] = "1";
+    }
+    if (auth_sign(s->r->rt->auth, json_string_value(uri), s->authid, s->authrole, sig)) {
+        const char *id[] = {AUTH_HDR_AUTHID, s->authid,          AUTH_HDR_AUTHROLE,
+                            s->authrole,     AUTH_HDR_SIGNATURE, sig};
+        memcpy(headers + h, id, sizeof id);
+        h += 6;
+    }
+    headers[h] = NULL;
     pending_call *c = calloc(1, sizeof *c);
     size_t len;
     char *body = c ? envelope_text(msg, 4, &len) : NULL;
@@ -800,7 +855,7 @@ static void on_call(session *s, json_t *msg)
     c->request = req;
     c->progress = progress;
     int rc = nats_bridge_request(s->r->rt->nats, json_string_value(uri), body, len,
-                                 progress ? headers : NULL, timeout, on_call_reply, c, &c->req);
+                                 h ? headers : NULL, timeout, on_call_reply, c, &c->req);
     free(body);
     if (rc != NB_OK) {
         free(c);
@@ -810,6 +865,7 @@ static void on_call(session *s, json_t *msg)
     if (progress) nb_request_allow_progress(c->req, HDR_PROGRESS);
     c->next = s->calls;
     s->calls = c;
+    s->ncalls++;
 }
 
 static void on_cancel(session *s, json_t *msg)
@@ -823,6 +879,7 @@ static void on_cancel(session *s, json_t *msg)
     for (pending_call *c = s->calls; c; c = c->next) {
         if (c->request != req || c->ack) continue;
         call_unlink(c);
+        s->ncalls--;
         nb_request_cancel(c->req);
         send_error(s, CALL, req, "wamp.error.canceled", "the call was canceled");
         free(c);
@@ -942,6 +999,7 @@ static void on_register(session *s, json_t *msg)
         send_error(s, REGISTER, req, "wamp.error.invalid_uri", "not a valid procedure");
         return;
     }
+    if (!allowed(s, AUTH_REGISTER, procedure, REGISTER, req)) return;
     const char *invoke = json_string_value(json_object_get(opts, "invoke"));
     if (!invoke) invoke = "single";
     if (strcmp(invoke, "single") && strcmp(invoke, "roundrobin") && strcmp(invoke, "random")) {
@@ -1070,11 +1128,65 @@ static void on_error(session *s, json_t *msg)
 
 static json_t *welcome_details(void)
 {
-    return json_pack("{s{s{s{sbsbsb}}s{s{sbsbsbsb}}}ss}", "roles", "broker", "features",
+    return json_pack("{s{s{s{sbsbsb}}s{s{sbsbsbsb}}}}", "roles", "broker", "features",
                      "publisher_exclusion", 1, "publisher_identification", 1,
                      "pattern_based_subscription", 1, "dealer", "features",
                      "progressive_call_results", 1, "call_timeout", 1, "call_canceling", 1,
-                     "shared_registration", 1, "authmethod", "anonymous");
+                     "shared_registration", 1);
+}
+
+static void establish(session *s, const char *authid, const char *authrole, const char *method)
+{
+    snprintf(s->authid, sizeof s->authid, "%s", authid);
+    snprintf(s->authrole, sizeof s->authrole, "%s", authrole);
+    s->authmethod = method;
+    s->state = S_ESTABLISHED;
+    s->user = NULL;
+    free(s->challenge);
+    s->challenge = NULL;
+    json_t *d = welcome_details();
+    json_object_set_new(d, "realm", json_string(s->realm ? s->realm : ""));
+    json_object_set_new(d, "authid", json_string(s->authid));
+    json_object_set_new(d, "authrole", json_string(s->authrole));
+    json_object_set_new(d, "authmethod", json_string(method));
+    json_object_set_new(d, "authprovider", json_string(s->r->rt->auth ? "file" : "none"));
+    send_msg(s, json_pack("[iIo]", WELCOME, (json_int_t)s->id, d));
+    log_debug(TAG, "session %llu: %s as %s (%s)", (unsigned long long)s->id, s->authid, s->authrole,
+              method);
+}
+
+static void auth_failed(session *s, const char *why)
+{
+    log_info(TAG, "session %llu: authentication of %s failed (%s)", (unsigned long long)s->id,
+             s->authid[0] ? s->authid : "?", why);
+    abort_session(s, URI_AUTHENTICATION_FAILED, "authentication failed");
+}
+
+/* Sends the CHALLENGE of method (ticket or wampcra) for authid. */
+static void challenge(session *s, const char *method, const char *authid)
+{
+    const auth *a = s->r->rt->auth;
+    snprintf(s->authid, sizeof s->authid, "%s", authid);
+    s->user = auth_user_find(a, authid);
+    if (s->user && !auth_user_has_secret(s->user)) s->user = NULL; /* a token-only user */
+    s->authmethod = strcmp(method, "ticket") == 0 ? "ticket" : "wampcra";
+    json_t *extra = json_object();
+    if (strcmp(method, "wampcra") == 0) {
+        char salt[AUTH_SALT_MAX];
+        int iterations, keylen;
+        s->challenge = auth_cra_challenge(a, s->user, authid, s->id, salt, &iterations, &keylen);
+        if (!s->challenge) {
+            json_decref(extra);
+            abort_session(s, URI_AUTHENTICATION_FAILED, "cannot make a challenge");
+            return;
+        }
+        json_object_set_new(extra, "challenge", json_string(s->challenge));
+        json_object_set_new(extra, "salt", json_string(salt));
+        json_object_set_new(extra, "iterations", json_integer(iterations));
+        json_object_set_new(extra, "keylen", json_integer(keylen));
+    }
+    s->state = S_CHALLENGED;
+    send_msg(s, json_pack("[iso]", CHALLENGE, s->authmethod, extra));
 }
 
 static void on_hello(session *s, json_t *msg)
@@ -1089,10 +1201,108 @@ static void on_hello(session *s, json_t *msg)
         abort_session(s, "wamp.error.system_shutdown", "the router is shutting down");
         return;
     }
-    s->state = S_ESTABLISHED;
-    json_t *d = welcome_details();
-    json_object_set(d, "realm", realm);
-    send_msg(s, json_pack("[iIo]", WELCOME, (json_int_t)s->id, d));
+    s->realm = strdup(json_string_value(realm));
+    const auth *a = s->r->rt->auth;
+    if (!a) {
+        establish(s, "anonymous", "anonymous", "anonymous");
+        return;
+    }
+    json_t *methods = json_object_get(details, "authmethods");
+    const char *authid = json_string_value(json_object_get(details, "authid"));
+    if (methods && !json_is_array(methods)) {
+        protocol_violation(s, "HELLO.Details.authmethods is a list of strings");
+        return;
+    }
+    size_t n = methods ? json_array_size(methods) : 0;
+    for (size_t i = 0; i <= n; i++) {
+        /* no list at all means anonymous */
+        const char *m = i < n    ? json_string_value(json_array_get(methods, i))
+                        : n == 0 ? "anonymous"
+                                 : NULL;
+        if (!m) continue;
+        if ((strcmp(m, "ticket") == 0 || strcmp(m, "wampcra") == 0) &&
+            auth_identity_valid(authid, AUTH_ID_MAX)) {
+            challenge(s, m, authid);
+            return;
+        }
+        if (strcmp(m, "anonymous") == 0 && auth_anonymous_role(a)) {
+            establish(s, "anonymous", auth_anonymous_role(a), "anonymous");
+            return;
+        }
+    }
+    abort_session(s, URI_NO_AUTH_METHOD,
+                  auth_anonymous_role(a) ? "offer ticket or wampcra (with an authid), or anonymous"
+                                         : "this router wants ticket or wampcra, with an authid");
+}
+
+/* A ticket is checked on libuv's thread pool: PBKDF2 is slow on purpose. The job outlives a
+ * session that ends meanwhile (job->s is then NULL). */
+typedef struct auth_job {
+    uv_work_t work;
+    session *s;
+    const auth_user *user;
+    char *ticket;
+    bool ok;
+} auth_job;
+
+static void ticket_work(uv_work_t *w)
+{
+    auth_job *j = w->data;
+    j->ok = auth_ticket_ok(j->user, j->ticket);
+}
+
+static void ticket_done(uv_work_t *w, int status)
+{
+    auth_job *j = w->data;
+    session *s = j->s;
+    if (s) {
+        s->auth_job = NULL;
+        if (status == 0 && j->ok && s->state == S_VERIFYING)
+            establish(s, auth_user_id(j->user), auth_user_role(j->user), "ticket");
+        else if (s->state == S_VERIFYING)
+            auth_failed(s, "wrong ticket");
+    }
+    free(j->ticket);
+    free(j);
+}
+
+static void on_authenticate(session *s, json_t *msg)
+{
+    json_t *sig = json_array_get(msg, 1);
+    if (json_array_size(msg) != 3 || !json_is_string(sig) ||
+        !json_is_object(json_array_get(msg, 2))) {
+        protocol_violation(s, "AUTHENTICATE is [5, Signature|string, Extra|dict]");
+        return;
+    }
+    if (strcmp(s->authmethod, "wampcra") == 0) {
+        if (s->user && auth_cra_verify(s->user, s->challenge, json_string_value(sig)))
+            establish(s, auth_user_id(s->user), auth_user_role(s->user), "wampcra");
+        else
+            auth_failed(s, s->user ? "wrong signature" : "unknown authid");
+        return;
+    }
+    if (!s->user) { /* ticket: nobody to check against */
+        auth_failed(s, "unknown authid");
+        return;
+    }
+    auth_job *j = calloc(1, sizeof *j);
+    if (j) j->ticket = strdup(json_string_value(sig));
+    if (!j || !j->ticket) {
+        free(j);
+        abort_session(s, URI_AUTHENTICATION_FAILED, "out of memory");
+        return;
+    }
+    j->s = s;
+    j->user = s->user;
+    j->work.data = j;
+    if (uv_queue_work(&s->r->rt->loop, &j->work, ticket_work, ticket_done) != 0) {
+        free(j->ticket);
+        free(j);
+        abort_session(s, URI_AUTHENTICATION_FAILED, "cannot check the ticket now");
+        return;
+    }
+    s->auth_job = j;
+    s->state = S_VERIFYING;
 }
 
 static void on_goodbye(session *s, json_t *msg)
@@ -1119,6 +1329,15 @@ static void dispatch(session *s, json_t *msg)
             on_hello(s, msg);
         else
             protocol_violation(s, "the first message must be HELLO");
+        return;
+    }
+    if (s->state == S_CHALLENGED || s->state == S_VERIFYING) {
+        if (type == AUTHENTICATE && s->state == S_CHALLENGED)
+            on_authenticate(s, msg);
+        else if (type == ABORT)
+            close_session(s, 1000, "aborted");
+        else
+            protocol_violation(s, "after CHALLENGE the client sends AUTHENTICATE, once");
         return;
     }
     switch (type) {
@@ -1206,6 +1425,9 @@ static void session_end(session *s)
     if (s->next) s->next->prev = s->prev;
     r->nsessions--;
     log_debug(TAG, "session %llu ended", (unsigned long long)s->id);
+    if (s->auth_job) s->auth_job->s = NULL; /* it frees itself when the pool is done */
+    free(s->challenge);
+    free(s->realm);
     codec_buf_free(&s->out_pending);
     codec_buf_free(&s->out_writing);
     free(s->topics.v);

@@ -64,11 +64,15 @@ const raws = new Set();
 
 // Opens an autobahn Connection with one serializer and resolves {connection, session, details}
 // once the session is joined (WELCOME). Rejects if the connection closes first or on the deadline.
-export function openSession(url, ser, { realm = 'realm1', timeout = 10000 } = {}) {
+// authmethods, authid and onchallenge are autobahn's own options (authentication).
+export function openSession(url, ser, { realm = 'realm1', timeout = 10000, authmethods, authid, onchallenge } = {}) {
   return new Promise((resolve, reject) => {
     const connection = new autobahn.Connection({
       url,
       realm,
+      ...(authmethods ? { authmethods } : {}),
+      ...(authid ? { authid } : {}),
+      ...(onchallenge ? { onchallenge } : {}),
       serializers: [makeSerializer(ser)],
       max_retries: 0,
       retry_if_unreachable: false,
