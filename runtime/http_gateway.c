@@ -6,7 +6,11 @@
  * status taken from its Nats-Service-Error-Code header. A request whose client goes away is noticed
  * through a shared allocation in the request's pool: its dispose callback cancels the pending
  * NATS request, so no reply is ever written to a freed request. h2o itself answers 413 over the
- * body limit (max_request_entity_size). */
+ * body limit (max_request_entity_size).
+ *
+ * With a certificate a second listener speaks TLS (tls.c; h2 or http/1.1 by ALPN, so WSS too) into
+ * the same h2o context; with --http-redirect the plain one answers 308 to it, except /healthz which
+ * health checkers probe in plain HTTP. */
 #include "http_gateway.h"
 
 #include <h2o.h>
@@ -25,6 +29,7 @@
 #include "scheduler.h"
 #include "services.h"
 #include "metrics.h"
+#include "tls.h"
 #include "wamp_router.h"
 
 #define TAG "http"
@@ -35,10 +40,12 @@ struct http_gateway {
     runtime *rt;
     h2o_globalconf_t config;
     h2o_context_t ctx;
-    h2o_accept_ctx_t accept_ctx;
+    h2o_accept_ctx_t accept_ctx;     /* plain */
+    h2o_accept_ctx_t tls_accept_ctx; /* the same context and hosts, with the SSL_CTX */
+    SSL_CTX *ssl_ctx;                /* NULL without a certificate */
     bool ctx_ready;
-    uv_tcp_t listener;
-    bool listening;
+    uv_tcp_t listener, tls_listener;
+    bool listening, tls_listening;
     uv_timer_t close_timer;
     int connections;
     uint64_t by_status[600]; /* responses of the gateway by status */
@@ -68,6 +75,8 @@ static const char *reason_phrase(int status)
     switch (status) {
     case 200:
         return "OK";
+    case 308:
+        return "Permanent Redirect";
     case 400:
         return "Bad Request";
     case 401:
@@ -301,12 +310,68 @@ static void respond_health(struct http_gateway *gw, h2o_req_t *req)
     respond(gw, req, ok ? 200 : 503, body, (size_t)n);
 }
 
+static bool over_tls(h2o_req_t *req)
+{
+    h2o_socket_t *sock =
+        req->conn->callbacks->get_socket ? req->conn->callbacks->get_socket(req->conn) : NULL;
+    return sock && h2o_socket_get_ssl_protocol_version(sock) != NULL;
+}
+
+static bool host_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '-' || c == '_';
+}
+
+/* 308 to https://<host of the request>:<https port><path and query>. */
+static void redirect_to_https(struct http_gateway *gw, h2o_req_t *req)
+{
+    runtime_config *cfg = &gw->rt->cfg;
+    h2o_iovec_t host = req->authority;
+    bool ipv6 = false;
+    if (req->hostconf && host.base == req->hostconf->authority.hostport.base) {
+        host = h2o_iovec_init(cfg->https_host, strlen(cfg->https_host)); /* no Host header */
+        ipv6 = memchr(host.base, ':', host.len) != NULL;
+    } else if (host.len > 0 && host.base[0] == '[') { /* [v6]:port */
+        const char *end = memchr(host.base, ']', host.len);
+        if (!end)
+            host.len = 0;
+        else
+            host = h2o_iovec_init(host.base + 1, (size_t)(end - host.base) - 1);
+        ipv6 = true;
+    } else {
+        const char *colon = memchr(host.base, ':', host.len);
+        if (colon) host.len = (size_t)(colon - host.base);
+    }
+    bool ok = host.len > 0 && host.len < 256;
+    for (size_t i = 0; ok && i < host.len; i++)
+        ok = host_char(host.base[i]) || (ipv6 && (host.base[i] == ':' || host.base[i] == '%'));
+    if (!ok) {
+        respond_error_status(gw, req, 400, URI_INVALID_ARGUMENT, "bad Host header");
+        return;
+    }
+    h2o_iovec_t path =
+        req->path.len > 0 && req->path.base[0] == '/' ? req->path : h2o_iovec_init("/", 1);
+    char port[16] = "";
+    if (cfg->https_port != 443) snprintf(port, sizeof port, ":%d", cfg->https_port);
+    size_t cap = host.len + path.len + 32;
+    char *location = h2o_mem_alloc_pool(&req->pool, cap);
+    int n = snprintf(location, cap, "https://%s%.*s%s%s%.*s", ipv6 ? "[" : "", (int)host.len,
+                     host.base, ipv6 ? "]" : "", port, (int)path.len, path.base);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_LOCATION, NULL, location, (size_t)n);
+    respond_typed(gw, req, 308, "text/plain", H2O_STRLIT("use https\n"));
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     struct http_gateway *gw = ((struct gw_handler *)self)->gw;
     h2o_iovec_t path = req->path_normalized;
     if (h2o_memis(path.base, path.len, H2O_STRLIT("/healthz"))) {
         respond_health(gw, req);
+        return 0;
+    }
+    if (gw->rt->cfg.http_redirect && !over_tls(req)) {
+        redirect_to_https(gw, req);
         return 0;
     }
     if (h2o_memis(path.base, path.len, H2O_STRLIT("/metrics"))) {
@@ -379,7 +444,9 @@ static void on_accept(uv_stream_t *listener, int status)
     }
     uv_tcp_nodelay(&conn->tcp, 1);
     h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)&conn->tcp, connection_closed);
-    h2o_accept(&gw->accept_ctx, sock);
+    /* over TLS h2o does the handshake first; one that fails closes the socket */
+    h2o_accept(listener == (uv_stream_t *)&gw->tls_listener ? &gw->tls_accept_ctx : &gw->accept_ctx,
+               sock);
 }
 
 struct http_gateway *http_gateway_new(runtime *rt)
@@ -387,6 +454,13 @@ struct http_gateway *http_gateway_new(runtime *rt)
     struct http_gateway *gw = calloc(1, sizeof *gw);
     if (!gw) return NULL;
     gw->rt = rt;
+    if (rt->cfg.tls_cert) {
+        gw->ssl_ctx = tls_server_context(rt->cfg.tls_cert, rt->cfg.tls_key);
+        if (!gw->ssl_ctx) {
+            free(gw);
+            return NULL;
+        }
+    }
     h2o_config_init(&gw->config);
     gw->config.max_request_entity_size = rt->cfg.body_limit;
     h2o_hostconf_t *host =
@@ -406,40 +480,52 @@ struct http_gateway *http_gateway_new(runtime *rt)
     gw->ctx_ready = true;
     gw->accept_ctx.ctx = &gw->ctx;
     gw->accept_ctx.hosts = gw->config.hosts;
+    gw->tls_accept_ctx = gw->accept_ctx;
+    gw->tls_accept_ctx.ssl_ctx = gw->ssl_ctx;
     uv_timer_init(&rt->loop, &gw->close_timer);
     gw->close_timer.data = gw;
     return gw;
 }
 
-int http_gateway_listen(struct http_gateway *g)
+static int listen_on(struct http_gateway *g, uv_tcp_t *listener, bool *listening,
+                     const char *scheme, const char *host, int port)
 {
     runtime *rt = g->rt;
     struct sockaddr_storage addr;
-    int rc = strchr(rt->cfg.http_host, ':')
-                 ? uv_ip6_addr(rt->cfg.http_host, rt->cfg.http_port, (struct sockaddr_in6 *)&addr)
-                 : uv_ip4_addr(rt->cfg.http_host, rt->cfg.http_port, (struct sockaddr_in *)&addr);
+    int rc = strchr(host, ':') ? uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr)
+                               : uv_ip4_addr(host, port, (struct sockaddr_in *)&addr);
     if (rc != 0) {
-        log_error(TAG, "bad listen address %s:%d: %s", rt->cfg.http_host, rt->cfg.http_port,
-                  uv_strerror(rc));
+        log_error(TAG, "bad listen address %s:%d: %s", host, port, uv_strerror(rc));
         return -1;
     }
-    uv_tcp_init_ex(&rt->loop, &g->listener, addr.ss_family);
-    g->listener.data = g;
-    g->listening = true;
+    uv_tcp_init_ex(&rt->loop, listener, addr.ss_family);
+    listener->data = g;
+    *listening = true;
     if (rt->cfg.reuse_port) { /* workers: each listens, the kernel spreads the connections */
         uv_os_fd_t fd;
         int one = 1;
-        if (uv_fileno((uv_handle_t *)&g->listener, &fd) == 0)
+        if (uv_fileno((uv_handle_t *)listener, &fd) == 0)
             setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     }
-    rc = uv_tcp_bind(&g->listener, (struct sockaddr *)&addr, 0);
-    if (rc == 0) rc = uv_listen((uv_stream_t *)&g->listener, LISTEN_BACKLOG, on_accept);
+    rc = uv_tcp_bind(listener, (struct sockaddr *)&addr, 0);
+    if (rc == 0) rc = uv_listen((uv_stream_t *)listener, LISTEN_BACKLOG, on_accept);
     if (rc != 0) {
-        log_error(TAG, "cannot listen on %s:%d: %s", rt->cfg.http_host, rt->cfg.http_port,
-                  uv_strerror(rc));
+        log_error(TAG, "cannot listen on %s:%d: %s", host, port, uv_strerror(rc));
         return -1;
     }
-    log_info(TAG, "listening on http://%s:%d", rt->cfg.http_host, rt->cfg.http_port);
+    log_info(TAG, "listening on %s://%s:%d", scheme, host, port);
+    return 0;
+}
+
+int http_gateway_listen(struct http_gateway *g)
+{
+    runtime_config *cfg = &g->rt->cfg;
+    if (cfg->http_enabled &&
+        listen_on(g, &g->listener, &g->listening, "http", cfg->http_host, cfg->http_port) != 0)
+        return -1;
+    if (g->ssl_ctx && listen_on(g, &g->tls_listener, &g->tls_listening, "https", cfg->https_host,
+                                cfg->https_port) != 0)
+        return -1;
     return 0;
 }
 
@@ -453,6 +539,10 @@ void http_gateway_stop_accepting(struct http_gateway *g)
     if (g->listening) {
         g->listening = false;
         uv_close((uv_handle_t *)&g->listener, listener_closed);
+    }
+    if (g->tls_listening) {
+        g->tls_listening = false;
+        uv_close((uv_handle_t *)&g->tls_listener, listener_closed);
     }
     if (g->ctx_ready) h2o_context_request_shutdown(&g->ctx);
 }
@@ -524,5 +614,6 @@ void http_gateway_free(struct http_gateway *g)
 {
     if (!g) return;
     if (!g->ctx_ready) h2o_config_dispose(&g->config);
+    SSL_CTX_free(g->ssl_ctx); /* the connections' SSL objects held their own references */
     free(g);
 }

@@ -8,7 +8,8 @@
 #include "runtime.h"
 
 struct http_gateway *http_gateway_new(runtime *rt);
-/* Binds and listens on cfg.http_host:http_port. 0 or -1 (logged). */
+/* Binds and listens on cfg.http_host:http_port and, with a certificate, on cfg.https_host:
+ * https_port. 0 or -1 (logged). */
 int http_gateway_listen(struct http_gateway *g);
 /* Stops accepting and asks open connections to close once their requests are answered. */
 void http_gateway_stop_accepting(struct http_gateway *g);

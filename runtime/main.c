@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "log.h"
 #include "runtime.h"
+#include "tls.h"
 #include "workers.h"
 
 static void usage(FILE *out)
@@ -16,13 +17,19 @@ static void usage(FILE *out)
     fprintf(
         out,
         "usage: microservice [--http HOST:PORT|off] [--nats URL[,URL...]] [--postgres CONNINFO]\n"
-        "                    [--postgres-pool N]\n"
+        "                    [--postgres-pool N] [--tls-cert FILE --tls-key FILE]\n"
+        "                    [--https HOST:PORT] [--http-redirect]\n"
         "                    [--frontend DIR] [--workers N] [--log-level LEVEL]\n"
         "                    [--call-timeout S] [--drain-timeout S] [--body-limit BYTES]\n"
         "                    [--max-depth N] [--max-inflight N] [--auth FILE] [SERVICES_DIR]\n"
         "\n"
         "  --http HOST:PORT   HTTP gateway, frontend and /websocket (default 127.0.0.1:5000);\n"
-        "                     'off' runs services only\n"
+        "                     'off': no plain listener (with neither it nor TLS, services only)\n"
+        "  --tls-cert FILE    PEM certificate chain (default $TLS_CERT): also serve HTTPS,\n"
+        "                     HTTP/2 by ALPN, and WSS\n"
+        "  --tls-key FILE     its PEM private key (default $TLS_KEY)\n"
+        "  --https HOST:PORT  the TLS listener (default 127.0.0.1:5443)\n"
+        "  --http-redirect    plain HTTP answers 308 to https://, except /healthz\n"
         "  --nats URL         NATS server(s) (default $NATS_URL or nats://127.0.0.1:4222)\n"
         "  --postgres CONN    PostgreSQL conninfo or URL (default $DATABASE_URL); the migrations\n"
         "                     in SERVICES_DIR/migrations are applied at start-up\n"
@@ -51,12 +58,9 @@ static void usage(FILE *out)
         "  (each with --help)\n");
 }
 
-static int parse_http(runtime_config *cfg, const char *arg)
+/* HOST:PORT or [IPV6]:PORT */
+static int parse_hostport(const char *arg, char *host, size_t hostsize, int *port_out)
 {
-    if (strcmp(arg, "off") == 0) {
-        cfg->http_enabled = false;
-        return 0;
-    }
     const char *colon = strrchr(arg, ':');
     if (!colon || colon == arg) return -1;
     size_t hostlen = (size_t)(colon - arg);
@@ -64,13 +68,23 @@ static int parse_http(runtime_config *cfg, const char *arg)
         arg++;
         hostlen -= 2;
     }
-    if (hostlen >= sizeof cfg->http_host) return -1;
-    memcpy(cfg->http_host, arg, hostlen);
-    cfg->http_host[hostlen] = '\0';
+    if (hostlen >= hostsize) return -1;
+    memcpy(host, arg, hostlen);
+    host[hostlen] = '\0';
     char *end;
     long port = strtol(colon + 1, &end, 10);
     if (*end || port < 0 || port > 65535) return -1;
-    cfg->http_port = (int)port;
+    *port_out = (int)port;
+    return 0;
+}
+
+static int parse_http(runtime_config *cfg, const char *arg)
+{
+    if (strcmp(arg, "off") == 0) {
+        cfg->http_enabled = false;
+        return 0;
+    }
+    if (parse_hostport(arg, cfg->http_host, sizeof cfg->http_host, &cfg->http_port) != 0) return -1;
     cfg->http_enabled = true;
     return 0;
 }
@@ -81,6 +95,29 @@ static int parse_number(const char *arg, double min, double max, double *out)
     double v = strtod(arg, &end);
     if (end == arg || *end || v < min || v > max) return -1;
     *out = v;
+    return 0;
+}
+
+/* TLS_CERT and TLS_KEY stand in for absent flags; the cert and the key come together. */
+static int check_tls_args(runtime_config *cfg, bool https_given)
+{
+    const char *env_cert = getenv("TLS_CERT"), *env_key = getenv("TLS_KEY");
+    if (!cfg->tls_cert && env_cert && env_cert[0]) cfg->tls_cert = env_cert;
+    if (!cfg->tls_key && env_key && env_key[0]) cfg->tls_key = env_key;
+    if (!cfg->tls_cert != !cfg->tls_key) {
+        fprintf(stderr, "microservice: --tls-cert and --tls-key go together (missing %s)\n",
+                cfg->tls_cert ? "--tls-key" : "--tls-cert");
+        return -1;
+    }
+    if (https_given && !cfg->tls_cert) {
+        fprintf(stderr, "microservice: --https needs --tls-cert FILE and --tls-key FILE\n");
+        return -1;
+    }
+    if (cfg->http_redirect && (!cfg->tls_cert || !cfg->http_enabled)) {
+        fprintf(stderr, "microservice: --http-redirect needs --tls-cert/--tls-key and a plain "
+                        "--http listener\n");
+        return -1;
+    }
     return 0;
 }
 
@@ -102,6 +139,10 @@ enum {
     OPT_MAX_REGISTRATIONS,
     OPT_MAX_SESSION_CALLS,
     OPT_AUTH,
+    OPT_HTTPS,
+    OPT_TLS_CERT,
+    OPT_TLS_KEY,
+    OPT_HTTP_REDIRECT,
 };
 
 static int parse_args(int argc, char **argv, runtime_config *cfg)
@@ -124,11 +165,16 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         {"max-registrations", required_argument, NULL, OPT_MAX_REGISTRATIONS},
         {"max-session-calls", required_argument, NULL, OPT_MAX_SESSION_CALLS},
         {"auth", required_argument, NULL, OPT_AUTH},
+        {"https", required_argument, NULL, OPT_HTTPS},
+        {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+        {"tls-key", required_argument, NULL, OPT_TLS_KEY},
+        {"http-redirect", no_argument, NULL, OPT_HTTP_REDIRECT},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     int c;
     double v;
+    bool https_given = false;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case OPT_HTTP:
@@ -204,6 +250,23 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
             if (parse_number(optarg, 1, 1 << 22, &v) != 0) goto bad_number;
             cfg->max_inflight = (int)v;
             break;
+        case OPT_HTTPS:
+            if (parse_hostport(optarg, cfg->https_host, sizeof cfg->https_host, &cfg->https_port) !=
+                0) {
+                fprintf(stderr, "microservice: --https wants HOST:PORT, got '%s'\n", optarg);
+                return -1;
+            }
+            https_given = true;
+            break;
+        case OPT_TLS_CERT:
+            cfg->tls_cert = optarg;
+            break;
+        case OPT_TLS_KEY:
+            cfg->tls_key = optarg;
+            break;
+        case OPT_HTTP_REDIRECT:
+            cfg->http_redirect = true;
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -221,7 +284,7 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         fprintf(stderr, "microservice: unexpected argument '%s'\n", argv[optind]);
         return -1;
     }
-    return 0;
+    return check_tls_args(cfg, https_given);
 }
 
 int main(int argc, char **argv)
@@ -241,6 +304,14 @@ int main(int argc, char **argv)
      * hands the top of the heap back to the kernel each time and faults it in again at the next
      * request (16% of the CPU in a get_things profile, see bench/README.md). Keep it. */
     mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
+    if (cfg.tls_cert) { /* a bad certificate stops the start, not each worker in a loop */
+        SSL_CTX *tls = tls_server_context(cfg.tls_cert, cfg.tls_key);
+        if (!tls) {
+            log_error("runtime", "start-up failed");
+            return 1;
+        }
+        SSL_CTX_free(tls);
+    }
     if (cfg.workers > 1) return workers_run(&cfg);
     static runtime rt; /* big (loop, handles); lives for the whole process */
     if (runtime_init(&rt, &cfg) != 0) {

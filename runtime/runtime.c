@@ -31,6 +31,8 @@ void runtime_config_defaults(runtime_config *cfg)
     cfg->http_enabled = true;
     snprintf(cfg->http_host, sizeof cfg->http_host, "127.0.0.1");
     cfg->http_port = 5000;
+    snprintf(cfg->https_host, sizeof cfg->https_host, "127.0.0.1");
+    cfg->https_port = 5443;
     const char *nats = getenv("NATS_URL");
     cfg->nats_url = (nats && nats[0]) ? nats : "nats://127.0.0.1:4222";
     const char *pg = getenv("DATABASE_URL");
@@ -113,7 +115,7 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
     if (services_load_dir(rt->services, cfg->services_dir) < 0) return -1;
     if (cfg->watch) rt->watch = service_watch_start(rt);
     if (cfg->nats_url) rt->srv_api = service_api_start(rt);
-    if (cfg->http_enabled) {
+    if (cfg->http_enabled || cfg->tls_cert) {
         rt->wamp = wamp_router_new(rt);
         rt->http = rt->wamp ? http_gateway_new(rt) : NULL;
         if (!rt->http) return -1;

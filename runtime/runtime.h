@@ -12,6 +12,11 @@ typedef struct runtime_config {
     bool http_enabled;
     char http_host[256];
     int http_port;
+    const char *tls_cert; /* PEM certificate chain; NULL: no HTTPS listener */
+    const char *tls_key;  /* PEM private key */
+    char https_host[256];
+    int https_port;
+    bool http_redirect;   /* the plain listener answers 308 to https (except /healthz) */
     const char *nats_url; /* one URL or a comma-separated list; NULL: no bus (offline) */
     const char *postgres; /* NULL: no database */
     int postgres_pool;    /* connections */
@@ -30,7 +35,7 @@ typedef struct runtime_config {
     int max_session_calls; /* calls in flight per WAMP session */
     const char *auth_file; /* NULL: authentication off */
     bool watch;            /* hot reload of the services folder */
-    bool reuse_port;       /* SO_REUSEPORT on the HTTP listener (workers share it) */
+    bool reuse_port;       /* SO_REUSEPORT on the HTTP listeners (workers share them) */
 } runtime_config;
 
 struct scheduler;
@@ -52,7 +57,7 @@ typedef struct runtime {
     struct http_gateway *http;
     struct services *services;
     struct pg_pool *pg;          /* NULL without a database */
-    struct wamp_router *wamp;    /* NULL with --http off */
+    struct wamp_router *wamp;    /* NULL with neither HTTP nor HTTPS */
     struct service_watch *watch; /* hot reload; NULL when not watching */
     struct service_api *srv_api; /* $SRV.*; NULL without a bus */
     struct auth *auth;           /* NULL: authentication off */

@@ -64,8 +64,9 @@ const raws = new Set();
 
 // Opens an autobahn Connection with one serializer and resolves {connection, session, details}
 // once the session is joined (WELCOME). Rejects if the connection closes first or on the deadline.
-// authmethods, authid and onchallenge are autobahn's own options (authentication).
-export function openSession(url, ser, { realm = 'realm1', timeout = 10000, authmethods, authid, onchallenge } = {}) {
+// authmethods, authid and onchallenge are autobahn's own options (authentication); `agent` (an
+// https.Agent, e.g. with the test CA) goes to the `ws` client autobahn uses in node.
+export function openSession(url, ser, { realm = 'realm1', timeout = 10000, authmethods, authid, onchallenge, agent } = {}) {
   return new Promise((resolve, reject) => {
     const connection = new autobahn.Connection({
       url,
@@ -77,6 +78,8 @@ export function openSession(url, ser, { realm = 'realm1', timeout = 10000, authm
       max_retries: 0,
       retry_if_unreachable: false,
       autoping_interval: 60000,
+      // autobahn hands `agent` to `ws` only from a transport's own options
+      ...(agent ? { transports: [{ type: 'websocket', url, agent }] } : {}),
     });
     connections.add(connection);
     let opened = false;
