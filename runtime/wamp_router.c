@@ -30,8 +30,10 @@
 #define MAX_ID 9007199254740992LL /* 2^53 */
 #define URI_LIMIT "wamp.error.limit_exceeded"
 #define OUT_MAX_BYTES (4u * 1024 * 1024) /* queued for one session before it is a slow consumer */
-#define HDR_EXCLUDE "Wamp-Exclude"       /* the publishing session, when it excludes itself */
-#define HDR_PUBLISHER "Wamp-Publisher"   /* the publishing session, when it discloses itself */
+#define MAX_AUTH_JOBS 64 /* tickets checked at once (PBKDF2 on the thread pool); more are refused  \
+                          */
+#define HDR_EXCLUDE "Wamp-Exclude"     /* the publishing session, when it excludes itself */
+#define HDR_PUBLISHER "Wamp-Publisher" /* the publishing session, when it discloses itself */
 #define HDR_PUBLICATION "Wamp-Publication"
 #define HDR_PROGRESS "Wamp-Progress"
 #define HDR_RECEIVE_PROGRESS "Wamp-Receive-Progress"
@@ -154,6 +156,7 @@ struct wamp_router {
     session *dirty;
     uv_timer_t flush_timer;
     codec_buf out;
+    int auth_jobs; /* tickets being checked on the thread pool */
     bool shutting_down;
 };
 
@@ -1239,6 +1242,7 @@ static void on_hello(session *s, json_t *msg)
  * session that ends meanwhile (job->s is then NULL). */
 typedef struct auth_job {
     uv_work_t work;
+    router *r;
     session *s;
     const auth_user *user;
     char *ticket;
@@ -1255,6 +1259,7 @@ static void ticket_done(uv_work_t *w, int status)
 {
     auth_job *j = w->data;
     session *s = j->s;
+    j->r->auth_jobs--;
     if (s) {
         s->auth_job = NULL;
         if (status == 0 && j->ok && s->state == S_VERIFYING)
@@ -1285,6 +1290,12 @@ static void on_authenticate(session *s, json_t *msg)
         auth_failed(s, "unknown authid");
         return;
     }
+    if (s->r->auth_jobs >= MAX_AUTH_JOBS) {
+        log_warn(TAG, "session %llu: %d tickets are being checked already: refused",
+                 (unsigned long long)s->id, s->r->auth_jobs);
+        abort_session(s, URI_AUTHENTICATION_FAILED, "too many sign-ins at once, try again");
+        return;
+    }
     auth_job *j = calloc(1, sizeof *j);
     if (j) j->ticket = strdup(json_string_value(sig));
     if (!j || !j->ticket) {
@@ -1292,6 +1303,7 @@ static void on_authenticate(session *s, json_t *msg)
         abort_session(s, URI_AUTHENTICATION_FAILED, "out of memory");
         return;
     }
+    j->r = s->r;
     j->s = s;
     j->user = s->user;
     j->work.data = j;
@@ -1303,6 +1315,7 @@ static void on_authenticate(session *s, json_t *msg)
     }
     s->auth_job = j;
     s->state = S_VERIFYING;
+    s->r->auth_jobs++;
 }
 
 static void on_goodbye(session *s, json_t *msg)
