@@ -21,7 +21,7 @@ local function error_response(description)
   }
 end
 
-local function operation(entry)
+local function operation(entry, opts)
   local rpc = entry.rpc
   local c = rpc.schema or { params = {} }
   local names = {}
@@ -68,18 +68,32 @@ local function operation(entry)
       ["500"] = error_response("wamp.error.runtime_error"),
       ["503"] = error_response("wamp.error.unavailable"),
       ["504"] = error_response("wamp.error.timeout"),
+      ["401"] = opts.bearer and error_response("wamp.error.authentication_failed") or nil,
+      ["403"] = opts.bearer and error_response("wamp.error.not_authorized") or nil,
     },
   }
 end
 
-function M.document(rpcs)
+-- opts.bearer: authentication is on (docs/auth.md); opts.anonymous: callers without a token
+-- are let in with the anonymous role.
+function M.document(rpcs, opts)
+  opts = opts or {}
   local paths = {}
-  for _, entry in ipairs(rpcs) do paths["/" .. entry.procedure] = { post = operation(entry) } end
+  for _, entry in ipairs(rpcs) do
+    paths["/" .. entry.procedure] = { post = operation(entry, opts) }
+  end
+  local security, schemes
+  if opts.bearer then
+    schemes = { bearer = { type = "http", scheme = "bearer" } }
+    security = array({ { bearer = array() } })
+    if opts.anonymous then security[2] = {} end
+  end
   return core.json_encode({
     openapi = "3.1.0",
     info = { title = "microservice RPCs", version = "1.0.0" },
     paths = paths,
-    components = { schemas = {
+    security = security,
+    components = { securitySchemes = schemes, schemas = {
       Envelope = { type = "array", minItems = 2, maxItems = 2,
                    prefixItems = array({ { type = "array" }, { type = "object" } }) },
       Error = { type = "object", required = array({ "error", "args", "kwargs" }),

@@ -944,8 +944,9 @@ int services_bind(struct services *s, lua_State *L, const char *procedure, int a
     return n + 1;
 }
 
-/* The API description: require("microservice.openapi").document(rpcs) with rpcs an array of
- * { procedure = "svc.method", rpc = <rpc value> } sorted by procedure; it returns JSON text. */
+/* The API description: require("microservice.openapi").document(rpcs, opts) with rpcs an array
+ * of { procedure = "svc.method", rpc = <rpc value> } sorted by procedure and opts saying whether
+ * bearer tokens are checked; it returns JSON text. */
 int services_openapi(struct services *s, codec_buf *out, char *err, size_t errlen)
 {
     lua_State *L = s->rt->L;
@@ -967,7 +968,12 @@ int services_openapi(struct services *s, codec_buf *out, char *err, size_t errle
             lua_setfield(L, -2, "rpc");
             lua_rawseti(L, -2, i + 1);
         }
-        rc = lua_pcall(L, 1, 1, 0);
+        lua_createtable(L, 0, 2);
+        lua_pushboolean(L, s->rt->auth != NULL);
+        lua_setfield(L, -2, "bearer");
+        lua_pushboolean(L, auth_anonymous_role(s->rt->auth) != NULL);
+        lua_setfield(L, -2, "anonymous");
+        rc = lua_pcall(L, 2, 1, 0);
     }
     free(v);
     size_t len;

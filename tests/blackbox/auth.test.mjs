@@ -272,3 +272,18 @@ h.test('a broken auth file stops the start-up with a message naming the problem'
   assert.equal(r.status, 1);
   assert.match(r.stderr.toString(), /missing\.json/);
 });
+
+h.test('/openapi.json declares the bearer scheme (and anonymous access where it exists)', async () => {
+  const { Validator } = await import('@seriousme/openapi-schema-validator');
+  for (const [rt, anonymous] of [[open, true], [strict, false]]) {
+    const doc = await (await fetch(rt.url('/openapi.json'))).json();
+    const res = await new Validator().validate(doc);
+    assert.equal(res.valid, true, JSON.stringify(res.errors));
+    assert.deepEqual(doc.components.securitySchemes, { bearer: { type: 'http', scheme: 'bearer' } });
+    assert.deepEqual(doc.security, anonymous ? [{ bearer: [] }, {}] : [{ bearer: [] }]);
+    if (anonymous) {
+      const op = doc.paths['/whoami.me'].post;
+      assert.ok(op.responses['401'] && op.responses['403'], JSON.stringify(Object.keys(op.responses)));
+    }
+  }
+});
