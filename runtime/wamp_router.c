@@ -30,8 +30,9 @@
 #define MAX_ID 9007199254740992LL /* 2^53 */
 #define URI_LIMIT "wamp.error.limit_exceeded"
 #define OUT_MAX_BYTES (4u * 1024 * 1024) /* queued for one session before it is a slow consumer */
-#define MAX_AUTH_JOBS 64 /* tickets checked at once (PBKDF2 on the thread pool); more are refused  \
-                          */
+#define MAX_AUTH_JOBS                                                                              \
+    64 /* tickets checked at once (PBKDF2 on the thread pool); more are refused                    \
+        */
 #define HDR_EXCLUDE "Wamp-Exclude"     /* the publishing session, when it excludes itself */
 #define HDR_PUBLISHER "Wamp-Publisher" /* the publishing session, when it discloses itself */
 #define HDR_PUBLICATION "Wamp-Publication"
@@ -89,6 +90,7 @@ typedef struct registration {
     uint64_t id;
     char *procedure;
     char invoke[16]; /* "single", "roundrobin", "random" */
+    bool disclose;   /* INVOCATION carries the caller's authid and authrole (disclose_caller) */
     nb_sub *sub;
     ptrs callees;
     int rr;
@@ -983,6 +985,14 @@ static void on_invocation_msg(void *udata, natsMsg *m)
     json_t *details = json_object();
     if (reply && natsMsgHeader_Get(m, HDR_RECEIVE_PROGRESS, &rp) == NATS_OK)
         json_object_set_new(details, "receive_progress", json_true());
+    const char *id = NULL, *role = NULL, *sig = NULL;
+    if (g->disclose && natsMsgHeader_Get(m, AUTH_HDR_AUTHID, &id) == NATS_OK &&
+        natsMsgHeader_Get(m, AUTH_HDR_AUTHROLE, &role) == NATS_OK &&
+        natsMsgHeader_Get(m, AUTH_HDR_SIGNATURE, &sig) == NATS_OK &&
+        auth_verify(r->rt->auth, natsMsg_GetSubject(m), id, role, sig)) {
+        json_object_set_new(details, "caller_authid", json_string(id));
+        json_object_set_new(details, "caller_authrole", json_string(role));
+    }
     send_msg(callee, json_pack("[iIIooo]", INVOCATION, (json_int_t)inv->id, (json_int_t)g->id,
                                details, args, kwargs));
     nats_bridge_release(r->rt->nats, m);
@@ -1030,6 +1040,7 @@ static void on_register(session *s, json_t *msg)
         g->id = ++r->next_reg_id;
         g->procedure = strdup(procedure);
         snprintf(g->invoke, sizeof g->invoke, "%s", invoke);
+        g->disclose = json_is_true(json_object_get(opts, "disclose_caller"));
         g->sub = nats_bridge_subscribe(r->rt->nats, procedure, procedure, on_invocation_msg, g);
         g->next = r->regs;
         r->regs = g;

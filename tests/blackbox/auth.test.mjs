@@ -231,6 +231,13 @@ h.test('WAMP: per-role permissions for call, register, publish and subscribe', a
   assert.deepEqual(sink.events[0].args, ['hello']);
   assert.deepEqual(await a.session.call('guest.echo', ['hi']), ['hi']);
   await g.session.publish('news.guest', ['from guest'], {}, { acknowledge: true });
+  // a callee that asks for it learns who calls (disclose_caller)
+  await s.register('guest.who', (args, kwargs, details) => [details.caller_authid, details.caller_authrole],
+    { disclose_caller: true });
+  const seen = await a.session.call('guest.who', []);
+  assert.deepEqual(seen.args ?? seen, ['alice', 'admin']);
+  const viaHttp = await h.post(open, 'guest.who', [], { headers: bearer(token) });
+  assert.deepEqual(viaHttp.json, [[['alice', 'admin']], {}]);
   closeSession(a);
   closeSession(g);
 });
