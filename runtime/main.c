@@ -8,6 +8,7 @@
 
 #include "commands.h"
 #include "log.h"
+#include "nats_auth.h"
 #include "runtime.h"
 #include "workers.h"
 
@@ -19,11 +20,14 @@ static void usage(FILE *out)
         "                    [--postgres-pool N]\n"
         "                    [--frontend DIR] [--workers N] [--log-level LEVEL]\n"
         "                    [--call-timeout S] [--drain-timeout S] [--body-limit BYTES]\n"
-        "                    [--max-depth N] [--max-inflight N] [SERVICES_DIR]\n"
+        "                    [--max-depth N] [--max-inflight N] [--nats-user U --nats-password P]\n"
+        "                    [--nats-token T] [--nats-nkey FILE] [--nats-creds FILE] [--nats-tls]\n"
+        "                    [--nats-ca FILE] [--nats-cert FILE --nats-key FILE] [SERVICES_DIR]\n"
         "\n"
         "  --http HOST:PORT   HTTP gateway, frontend and /websocket (default 127.0.0.1:5000);\n"
         "                     'off' runs services only\n"
-        "  --nats URL         NATS server(s) (default $NATS_URL or nats://127.0.0.1:4222)\n"
+        "  --nats URL         NATS server(s) (default $NATS_URL or "
+        "nats://127.0.0.1:4222)\n" NATS_AUTH_USAGE
         "  --postgres CONN    PostgreSQL conninfo or URL (default $DATABASE_URL); the migrations\n"
         "                     in SERVICES_DIR/migrations are applied at start-up\n"
         "  --postgres-pool N  database connections (default 4)\n"
@@ -95,6 +99,7 @@ enum {
     OPT_MAX_SESSIONS,
     OPT_MAX_SUBSCRIPTIONS,
     OPT_MAX_REGISTRATIONS,
+    OPT_NATS_AUTH, /* NATS_AUTH_NOPTS ids from here */
 };
 
 static int parse_args(int argc, char **argv, runtime_config *cfg)
@@ -115,6 +120,7 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         {"max-sessions", required_argument, NULL, OPT_MAX_SESSIONS},
         {"max-subscriptions", required_argument, NULL, OPT_MAX_SUBSCRIPTIONS},
         {"max-registrations", required_argument, NULL, OPT_MAX_REGISTRATIONS},
+        NATS_AUTH_LONG_OPTIONS(OPT_NATS_AUTH),
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -192,6 +198,10 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
             usage(stdout);
             exit(0);
         default:
+            if (c >= OPT_NATS_AUTH && c < OPT_NATS_AUTH + NATS_AUTH_NOPTS) {
+                nats_auth_set(&cfg->nats_auth, c - OPT_NATS_AUTH, optarg);
+                break;
+            }
             usage(stderr);
             return -1;
         }
@@ -203,6 +213,11 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
     if (optind < argc) cfg->services_dir = argv[optind++];
     if (optind < argc) {
         fprintf(stderr, "microservice: unexpected argument '%s'\n", argv[optind]);
+        return -1;
+    }
+    char err[512];
+    if (nats_auth_check(&cfg->nats_auth, err, sizeof err) != 0) {
+        fprintf(stderr, "microservice: %s\n", err);
         return -1;
     }
     return 0;
