@@ -718,7 +718,7 @@ static void connection_lost(nats_bridge *nb)
     release_all(nb);
     nb->last_error[0] = '\0';
     nb->retry_ms = 0;
-    connect_retry_later(nb, RETRY_MS, true);
+    connect_retry_later(nb, RETRY_MS, false);
 }
 
 static void state_async_cb(uv_async_t *a)
