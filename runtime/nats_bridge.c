@@ -783,10 +783,8 @@ static natsStatus configure(nats_bridge *nb)
         log_error(TAG, "%s", err);
         return NATS_INVALID_ARG;
     }
-    natsStatus st = NATS_OK;
-    if (st == NATS_OK)
-        st = natsOptions_SetEventLoop(o, &nb->rt->loop, natsLibuv_Attach, natsLibuv_Read,
-                                      natsLibuv_Write, natsLibuv_Detach);
+    natsStatus st = natsOptions_SetEventLoop(o, &nb->rt->loop, natsLibuv_Attach, natsLibuv_Read,
+                                             natsLibuv_Write, natsLibuv_Detach);
     /* without SendAsap every flush waits about 1 ms in nats.c's flusher thread */
     if (st == NATS_OK) st = natsOptions_SetSendAsap(o, true);
     if (st == NATS_OK) st = natsOptions_SetMaxReconnect(o, -1);
@@ -855,7 +853,7 @@ static void probe_handle_closed(uv_handle_t *h)
     if (nb->probe_ok) {
         nb->probe_ok = false;
         if (connect_now(nb) == 0) return;
-        connect_retry_later(nb, nb->retry_ms, false);
+        connect_retry_later(nb, nb->retry_ms ? nb->retry_ms : RETRY_MS, false);
         return;
     }
     nb->probe_url++;
