@@ -18,6 +18,7 @@
 #include "auth.h"
 #include "codec.h"
 #include "log.h"
+#include "nats_auth.h"
 #include "lua_api.h"
 #include "nats_bridge.h"
 #include "rpc_error.h"
@@ -28,11 +29,11 @@
 
 static void call_usage(FILE *out)
 {
-    fprintf(out,
-            "usage: microservice call <service>.<method> [ARGS...] [--kw name=value ...]\n"
-            "                         [--nats URL] [--timeout S] [--json]\n"
-            "  ARGS and keyword values are JSON when they parse as JSON, else strings.\n"
-            "  Prints the reply [args, kwargs]; exits 1 on an RPC error, 2 on a usage error.\n");
+    fprintf(out, "usage: microservice call <service>.<method> [ARGS...] [--kw name=value ...]\n"
+                 "                         [--nats URL] [--timeout S] [--json] [NATS OPTIONS]\n"
+                 "  ARGS and keyword values are JSON when they parse as JSON, else strings.\n"
+                 "  Prints the reply [args, kwargs]; exits 1 on an RPC error, 2 on a usage error.\n"
+                 "NATS OPTIONS (as for the runtime):\n" NATS_AUTH_USAGE);
 }
 
 /* A command-line word as a JSON value: itself if it parses, else a string. */
@@ -57,15 +58,24 @@ static int print_error_reply(natsMsg *reply)
     return 1;
 }
 
+enum { CALL_OPT_NATS_AUTH = 1000 };
+
 int command_call(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"kw", required_argument, NULL, 'k'},      {"nats", required_argument, NULL, 'n'},
-        {"timeout", required_argument, NULL, 't'}, {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+        {"kw", required_argument, NULL, 'k'},
+        {"nats", required_argument, NULL, 'n'},
+        {"timeout", required_argument, NULL, 't'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        NATS_AUTH_LONG_OPTIONS(CALL_OPT_NATS_AUTH),
+        {NULL, 0, NULL, 0},
     };
     const char *env = getenv("NATS_URL");
     const char *url = env && env[0] ? env : "nats://127.0.0.1:4222";
+    nats_auth_config auth;
+    nats_auth_from_env(&auth);
+    char err[512];
     double timeout = 60;
     bool compact = false;
     json_t *args = json_array(), *kwargs = json_object();
@@ -98,6 +108,10 @@ int command_call(int argc, char **argv)
             rc = 0;
             goto out;
         default:
+            if (c >= CALL_OPT_NATS_AUTH && c < CALL_OPT_NATS_AUTH + NATS_AUTH_NOPTS) {
+                nats_auth_set(&auth, c - CALL_OPT_NATS_AUTH, optarg);
+                break;
+            }
             call_usage(stderr);
             goto out;
         }
@@ -105,7 +119,11 @@ int command_call(int argc, char **argv)
     /* the procedure, then positional arguments (options may come after them too) */
     const char *procedure = NULL;
     for (; optind < argc; optind++) {
-        if (strcmp(argv[optind], "--kw") == 0 && optind + 1 < argc) {
+        bool has_arg = false;
+        int which = nats_auth_lookup(argv[optind], &has_arg);
+        if (which >= 0 && (!has_arg || optind + 1 < argc)) {
+            nats_auth_set(&auth, which, has_arg ? argv[++optind] : NULL);
+        } else if (strcmp(argv[optind], "--kw") == 0 && optind + 1 < argc) {
             const char *kv = argv[++optind], *eq = strchr(kv, '=');
             if (!eq || eq == kv) {
                 fprintf(stderr, "microservice call: --kw wants name=value, got '%s'\n", kv);
@@ -130,6 +148,10 @@ int command_call(int argc, char **argv)
         call_usage(stderr);
         goto out;
     }
+    if (nats_auth_check(&auth, err, sizeof err) != 0) {
+        fprintf(stderr, "microservice call: %s\n", err);
+        goto out;
+    }
     json_t *env_v = json_pack("[OO]", args, kwargs);
     char *body = json_dumps(env_v, JSON_COMPACT | JSON_REAL_PRECISION(17));
     json_decref(env_v);
@@ -139,13 +161,22 @@ int command_call(int argc, char **argv)
     natsMsg *req = NULL, *reply = NULL;
     char ms[32];
     snprintf(ms, sizeof ms, "%.0f", timeout * 1000);
+    char log_url[2048];
+    nats_auth_redact(url, log_url, sizeof log_url);
     natsStatus st = natsOptions_Create(&no);
-    if (st == NATS_OK) st = natsOptions_SetURL(no, url);
+    if (st == NATS_OK && nats_auth_apply(no, url, &auth, err, sizeof err) != 0) {
+        fprintf(stderr, "microservice call: %s\n", err);
+        rc = 2;
+        goto done;
+    }
     if (st == NATS_OK) st = natsOptions_SetTimeout(no, 2000);
     if (st == NATS_OK) st = natsConnection_Connect(&nc, no);
     if (st != NATS_OK) {
-        fprintf(stderr, "error: %s: cannot reach NATS at %s (%s)\n", URI_UNAVAILABLE, url,
-                natsStatus_GetText(st));
+        natsStatus last = NATS_OK;
+        const char *detail = nats_GetLastError(&last);
+        fprintf(stderr, "error: %s: cannot connect to NATS at %s (%s%s%s)\n", URI_UNAVAILABLE,
+                log_url, natsStatus_GetText(st), detail && detail[0] ? ": " : "",
+                detail ? detail : "");
         rc = 1;
         goto done;
     }
@@ -223,7 +254,7 @@ static void test_usage(FILE *out)
 {
     fprintf(out,
             "usage: microservice test [FILES...] [--services DIR] [--nats URL] [--postgres URL]\n"
-            "                         [--timeout S]\n"
+            "                         [--timeout S] [NATS OPTIONS as for `call`]\n"
             "  Runs Lua test files (default: tests/services/*_test.lua) inside the runtime, with\n"
             "  the services of DIR (default ./services) loaded: in-process only, or also over\n"
             "  NATS with --nats (or NATS_URL). Prints a report and `N passed, N failed`; exits 1\n"
@@ -252,13 +283,10 @@ static void tests_done(task *t, enum task_end how, lua_State *co, int nres)
 int command_test(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"services", required_argument, NULL, 's'},
-        {"nats", required_argument, NULL, 'n'},
-        {"postgres", required_argument, NULL, 'p'},
-        {"timeout", required_argument, NULL, 't'},
-        {"log-level", required_argument, NULL, 'l'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"services", required_argument, NULL, 's'},  {"nats", required_argument, NULL, 'n'},
+        {"postgres", required_argument, NULL, 'p'},  {"timeout", required_argument, NULL, 't'},
+        {"log-level", required_argument, NULL, 'l'}, {"help", no_argument, NULL, 'h'},
+        NATS_AUTH_LONG_OPTIONS(CALL_OPT_NATS_AUTH),  {NULL, 0, NULL, 0},
     };
     runtime_config cfg;
     runtime_config_defaults(&cfg);
@@ -295,9 +323,18 @@ int command_test(int argc, char **argv)
             test_usage(stdout);
             return 0;
         default:
+            if (c >= CALL_OPT_NATS_AUTH && c < CALL_OPT_NATS_AUTH + NATS_AUTH_NOPTS) {
+                nats_auth_set(&cfg.nats_auth, c - CALL_OPT_NATS_AUTH, optarg);
+                break;
+            }
             test_usage(stderr);
             return 2;
         }
+    }
+    char err[512];
+    if (nats_auth_check(&cfg.nats_auth, err, sizeof err) != 0) {
+        fprintf(stderr, "microservice test: %s\n", err);
+        return 2;
     }
     static runtime rt;
     if (!online) cfg.nats_url = NULL; /* the unit level: no bus */

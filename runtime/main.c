@@ -8,6 +8,7 @@
 
 #include "commands.h"
 #include "log.h"
+#include "nats_auth.h"
 #include "runtime.h"
 #include "tls.h"
 #include "workers.h"
@@ -21,7 +22,11 @@ static void usage(FILE *out)
         "                    [--https HOST:PORT] [--http-redirect]\n"
         "                    [--frontend DIR] [--workers N] [--log-level LEVEL]\n"
         "                    [--call-timeout S] [--drain-timeout S] [--body-limit BYTES]\n"
-        "                    [--max-depth N] [--max-inflight N] [--auth FILE] [SERVICES_DIR]\n"
+        "                    [--max-depth N] [--max-inflight N] [--auth FILE]\n"
+        "                    [--nats-user U --nats-password P] [--nats-token T] [--nats-nkey "
+        "FILE]\n"
+        "                    [--nats-creds FILE] [--nats-tls] [--nats-ca FILE]\n"
+        "                    [--nats-cert FILE --nats-key FILE] [SERVICES_DIR]\n"
         "\n"
         "  --http HOST:PORT   HTTP gateway, frontend and /websocket (default 127.0.0.1:5000);\n"
         "                     'off': no plain listener (with neither it nor TLS, services only)\n"
@@ -30,7 +35,8 @@ static void usage(FILE *out)
         "  --tls-key FILE     its PEM private key (default $TLS_KEY)\n"
         "  --https HOST:PORT  the TLS listener (default 127.0.0.1:5443)\n"
         "  --http-redirect    plain HTTP answers 308 to https://, except /healthz\n"
-        "  --nats URL         NATS server(s) (default $NATS_URL or nats://127.0.0.1:4222)\n"
+        "  --nats URL         NATS server(s) (default $NATS_URL or "
+        "nats://127.0.0.1:4222)\n" NATS_AUTH_USAGE
         "  --postgres CONN    PostgreSQL conninfo or URL (default $DATABASE_URL); the migrations\n"
         "                     in SERVICES_DIR/migrations are applied at start-up\n"
         "  --postgres-pool N  database connections (default 4)\n"
@@ -143,6 +149,7 @@ enum {
     OPT_TLS_CERT,
     OPT_TLS_KEY,
     OPT_HTTP_REDIRECT,
+    OPT_NATS_AUTH, /* NATS_AUTH_NOPTS ids from here */
 };
 
 static int parse_args(int argc, char **argv, runtime_config *cfg)
@@ -169,6 +176,7 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
         {"tls-key", required_argument, NULL, OPT_TLS_KEY},
         {"http-redirect", no_argument, NULL, OPT_HTTP_REDIRECT},
+        NATS_AUTH_LONG_OPTIONS(OPT_NATS_AUTH),
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -271,6 +279,10 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
             usage(stdout);
             exit(0);
         default:
+            if (c >= OPT_NATS_AUTH && c < OPT_NATS_AUTH + NATS_AUTH_NOPTS) {
+                nats_auth_set(&cfg->nats_auth, c - OPT_NATS_AUTH, optarg);
+                break;
+            }
             usage(stderr);
             return -1;
         }
@@ -284,7 +296,13 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         fprintf(stderr, "microservice: unexpected argument '%s'\n", argv[optind]);
         return -1;
     }
-    return check_tls_args(cfg, https_given);
+    if (check_tls_args(cfg, https_given) != 0) return -1;
+    char err[512];
+    if (nats_auth_check(&cfg->nats_auth, err, sizeof err) != 0) {
+        fprintf(stderr, "microservice: %s\n", err);
+        return -1;
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "nats_auth.h"
 #include "scheduler.h"
 
 #define TAG "nats"
@@ -33,6 +34,8 @@
 #define DRAIN_BUDGET 512 /* messages per loop iteration, over all subscriptions */
 #define INBOX_RING 65536
 #define PROBE_TIMEOUT_S 2.0
+#define RETRY_MS 250      /* while no server is reachable */
+#define RETRY_MAX_MS 5000 /* the longest wait after a server refused us */
 #define RELEASE_BATCH 1024
 
 struct nb_sub {
@@ -101,6 +104,9 @@ struct nats_bridge {
     bool probe_busy; /* a lookup or a probe connection is open */
     bool probe_ok;
     bool retry_logged;
+    int retry_ms;         /* the next wait after a refused connection, doubling to RETRY_MAX_MS */
+    char last_error[512]; /* the last refusal logged, to log each new one once */
+    char log_url[2048];   /* cfg.nats_url without passwords or tokens, for logs */
 
     natsMsg *released[RELEASE_BATCH]; /* see nats_bridge_release */
     int nreleased;
@@ -684,19 +690,52 @@ void nats_bridge_confirm(nats_bridge *nb)
 
 static void finish_close(nats_bridge *nb);
 static int connect_now(nats_bridge *nb);
+static void connect_retry_later(nats_bridge *nb, int ms, bool unreachable);
+
+/* nats.c closed the connection by itself: it stops reconnecting when a server refuses the
+ * credentials twice in a row. Start again from scratch, as at start-up: the subscriptions are
+ * opened again on the next connection. */
+static void connection_lost(nats_bridge *nb)
+{
+    const char *text = NULL;
+    natsStatus st = natsConnection_GetLastError(nb->nc, &text);
+    log_error(TAG, "the NATS client gave up the connection (%s%s%s); connecting again",
+              natsStatus_GetText(st), text && text[0] ? ": " : "", text ? text : "");
+    atomic_store(&nb->closed_seen, false);
+    nb->was_connected = false;
+    nb->confirmed = false;
+    fail_all_pending(nb, NB_UNAVAILABLE);
+    for (nb_sub *s = nb->subs; s; s = s->next) {
+        natsSubscription_Destroy(s->sub);
+        s->sub = NULL;
+        s->dead = s->drain_requested; /* a drained one is freed by the next check */
+    }
+    natsSubscription_Destroy(nb->inbox_sub);
+    nb->inbox_sub = NULL;
+    natsConnection_Destroy(nb->nc);
+    nb->nc = NULL;
+    inbox_async_cb(&nb->inbox_async); /* release what the ring still holds */
+    release_all(nb);
+    nb->last_error[0] = '\0';
+    nb->retry_ms = 0;
+    connect_retry_later(nb, RETRY_MS, false);
+}
 
 static void state_async_cb(uv_async_t *a)
 {
     nats_bridge *nb = a->data;
     if (atomic_load(&nb->closed_seen)) {
-        finish_close(nb);
+        if (nb->closing)
+            finish_close(nb);
+        else if (nb->nc)
+            connection_lost(nb);
         return;
     }
     bool connected = nats_bridge_connected(nb);
     if (connected && !nb->was_connected) {
-        const char *url = "?";
-        char buf[256];
-        if (natsConnection_GetConnectedUrl(nb->nc, buf, sizeof buf) == NATS_OK) url = buf;
+        char buf[256], url[256] = "?";
+        if (natsConnection_GetConnectedUrl(nb->nc, buf, sizeof buf) == NATS_OK)
+            nats_auth_redact(buf, url, sizeof url);
         log_info(TAG, "%s %s", nb->ever_connected ? "reconnected to" : "connected to", url);
         nb->ever_connected = true;
         nb->was_connected = true;
@@ -739,22 +778,13 @@ nats_bridge *nats_bridge_new(runtime *rt)
 static natsStatus configure(nats_bridge *nb)
 {
     natsOptions *o = nb->opts;
-    /* "nats://a:4222,nats://b:4222": a server list (SetURL takes one URL) */
-    const char *servers[32];
-    char list[2048];
-    snprintf(list, sizeof list, "%s", nb->rt->cfg.nats_url);
-    int n = 0;
-    for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok && n < 32;
-         tok = strtok_r(NULL, ",", &save)) {
-        while (*tok == ' ')
-            tok++;
-        if (*tok) servers[n++] = tok;
+    char err[512];
+    if (nats_auth_apply(o, nb->rt->cfg.nats_url, &nb->rt->cfg.nats_auth, err, sizeof err) != 0) {
+        log_error(TAG, "%s", err);
+        return NATS_INVALID_ARG;
     }
-    natsStatus st =
-        n > 1 ? natsOptions_SetServers(o, servers, n) : natsOptions_SetURL(o, nb->rt->cfg.nats_url);
-    if (st == NATS_OK)
-        st = natsOptions_SetEventLoop(o, &nb->rt->loop, natsLibuv_Attach, natsLibuv_Read,
-                                      natsLibuv_Write, natsLibuv_Detach);
+    natsStatus st = natsOptions_SetEventLoop(o, &nb->rt->loop, natsLibuv_Attach, natsLibuv_Read,
+                                             natsLibuv_Write, natsLibuv_Detach);
     /* without SendAsap every flush waits about 1 ms in nats.c's flusher thread */
     if (st == NATS_OK) st = natsOptions_SetSendAsap(o, true);
     if (st == NATS_OK) st = natsOptions_SetMaxReconnect(o, -1);
@@ -773,7 +803,6 @@ static natsStatus configure(nats_bridge *nb)
  * when one answers, natsConnection_Connect (quick, the server is known to be there). Once
  * connected, nats.c reconnects by itself. */
 
-static void connect_retry_later(nats_bridge *nb);
 static void probe_next(nats_bridge *nb);
 
 /* host and port of the n-th URL of "nats://[user:pass@]host[:port],..." */
@@ -792,7 +821,9 @@ static int url_host_port(const char *urls, int n, char *host, size_t hostlen, ch
     if (!end) end = p + strlen(p);
     const char *scheme = strstr(p, "://");
     if (scheme && scheme < end) p = scheme + 3;
-    const char *at = memchr(p, '@', (size_t)(end - p));
+    const char *at = NULL; /* the last '@', as nats.c reads it (a password may hold one) */
+    for (const char *q = p; q < end; q++)
+        if (*q == '@') at = q;
     if (at) p = at + 1;
     const char *colon;
     if (*p == '[') { /* [::1]:4222 */
@@ -822,7 +853,7 @@ static void probe_handle_closed(uv_handle_t *h)
     if (nb->probe_ok) {
         nb->probe_ok = false;
         if (connect_now(nb) == 0) return;
-        connect_retry_later(nb);
+        connect_retry_later(nb, nb->retry_ms ? nb->retry_ms : RETRY_MS, false);
         return;
     }
     nb->probe_url++;
@@ -865,7 +896,7 @@ static void probe_next(nats_bridge *nb)
     char host[256], port[16];
     if (url_host_port(nb->rt->cfg.nats_url, nb->probe_url, host, sizeof host, port, sizeof port) !=
         0) {
-        connect_retry_later(nb); /* every URL tried */
+        connect_retry_later(nb, RETRY_MS, true); /* every URL tried */
         return;
     }
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
@@ -886,14 +917,14 @@ static void retry_timer_cb(uv_timer_t *t)
     probe_next(nb);
 }
 
-static void connect_retry_later(nats_bridge *nb)
+static void connect_retry_later(nats_bridge *nb, int ms, bool unreachable)
 {
     if (nb->closing) return;
-    if (!nb->retry_logged) {
-        log_warn(TAG, "%s not reachable yet; retrying in the background", nb->rt->cfg.nats_url);
+    if (!nb->retry_logged && unreachable) {
+        log_warn(TAG, "%s not reachable yet; retrying in the background", nb->log_url);
         nb->retry_logged = true;
     }
-    uv_timer_start(&nb->retry_timer, retry_timer_cb, 250, 0);
+    uv_timer_start(&nb->retry_timer, retry_timer_cb, (uint64_t)ms, 0);
 }
 
 static int open_inbox(nats_bridge *nb)
@@ -914,10 +945,30 @@ static int connect_now(nats_bridge *nb)
 {
     natsStatus st = natsConnection_Connect(&nb->nc, nb->opts);
     if (st != NATS_OK) {
-        log_debug(TAG, "connect to %s failed: %s", nb->rt->cfg.nats_url, natsStatus_GetText(st));
+        /* A server answered but refused us (credentials, TLS): the same cause is logged once and
+         * retried with a growing wait, as the server's configuration may still change. */
+        natsStatus last = NATS_OK;
+        const char *detail = nats_GetLastError(&last);
+        char reason[sizeof nb->last_error];
+        snprintf(reason, sizeof reason, "%s%s%s%s", natsStatus_GetText(st),
+                 detail && detail[0] ? ": " : "", detail ? detail : "",
+                 st == NATS_SSL_ERROR ? " (certificate verify failed? --nats-ca names the CA of "
+                                        "the server's certificate)"
+                                      : "");
+        nb->retry_ms = nb->retry_ms ? nb->retry_ms * 2 : RETRY_MS;
+        if (nb->retry_ms > RETRY_MAX_MS) nb->retry_ms = RETRY_MAX_MS;
+        if (strcmp(reason, nb->last_error) != 0) {
+            log_error(TAG, "connecting to %s failed: %s; retrying (every %d s at most)",
+                      nb->log_url, reason, RETRY_MAX_MS / 1000);
+            snprintf(nb->last_error, sizeof nb->last_error, "%s", reason);
+        } else {
+            log_debug(TAG, "connecting to %s failed again: %s", nb->log_url, reason);
+        }
         nb->nc = NULL;
         return -1;
     }
+    nb->retry_ms = 0;
+    nb->last_error[0] = '\0';
     if (open_inbox(nb) != 0) return -1;
     log_debug(TAG, "opening %d subscriptions", nb->nsubs);
     for (nb_sub *s = nb->subs; s; s = s->next)
@@ -930,10 +981,11 @@ int nats_bridge_connect(nats_bridge *nb)
 {
     natsLibuv_Init();
     natsLibuv_SetThreadLocalLoop(&nb->rt->loop);
+    nats_auth_redact(nb->rt->cfg.nats_url, nb->log_url, sizeof nb->log_url);
     natsStatus st = natsOptions_Create(&nb->opts);
     if (st == NATS_OK) st = configure(nb);
     if (st != NATS_OK) {
-        log_error(TAG, "bad NATS options (%s): %s", nb->rt->cfg.nats_url, natsStatus_GetText(st));
+        log_error(TAG, "bad NATS options (%s): %s", nb->log_url, natsStatus_GetText(st));
         return -1;
     }
     natsInbox *inbox = NULL;
@@ -942,7 +994,7 @@ int nats_bridge_connect(nats_bridge *nb)
     natsInbox_Destroy(inbox);
     char host[256], port[16];
     if (url_host_port(nb->rt->cfg.nats_url, 0, host, sizeof host, port, sizeof port) != 0) {
-        log_error(TAG, "bad NATS URL: %s", nb->rt->cfg.nats_url);
+        log_error(TAG, "bad NATS URL: %s", nb->log_url);
         return -1;
     }
     nb->probe_url = 0;

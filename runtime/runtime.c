@@ -15,6 +15,7 @@
 #include "http_gateway.h"
 #include "log.h"
 #include "lua_api.h"
+#include "nats_auth.h"
 #include "nats_bridge.h"
 #include "pg_pool.h"
 #include "scheduler.h"
@@ -35,6 +36,7 @@ void runtime_config_defaults(runtime_config *cfg)
     cfg->https_port = 5443;
     const char *nats = getenv("NATS_URL");
     cfg->nats_url = (nats && nats[0]) ? nats : "nats://127.0.0.1:4222";
+    nats_auth_from_env(&cfg->nats_auth);
     const char *pg = getenv("DATABASE_URL");
     cfg->postgres = (pg && pg[0]) ? pg : NULL;
     cfg->frontend_dir = "./frontend";

@@ -8,6 +8,17 @@
 #include <uv.h>
 #include <lua.h>
 
+/* Credentials and TLS for the NATS connection (see nats_auth.h); NULL: not set. */
+typedef struct nats_auth_config {
+    const char *user, *password; /* also accepted as nats://user:password@host in the URL */
+    const char *token;
+    const char *nkey_seed_file; /* NKey user seed (SU...); the public key is derived from it */
+    const char *creds_file;     /* user JWT and seed (.creds) */
+    bool tls;                   /* require TLS (also implied by tls:// URLs, ca, cert) */
+    const char *ca_file;        /* CA certificates for the server's certificate */
+    const char *cert_file, *key_file; /* client certificate (mutual TLS) */
+} nats_auth_config;
+
 typedef struct runtime_config {
     bool http_enabled;
     char http_host[256];
@@ -18,6 +29,7 @@ typedef struct runtime_config {
     int https_port;
     bool http_redirect;   /* the plain listener answers 308 to https (except /healthz) */
     const char *nats_url; /* one URL or a comma-separated list; NULL: no bus (offline) */
+    nats_auth_config nats_auth;
     const char *postgres; /* NULL: no database */
     int postgres_pool;    /* connections */
     double postgres_wait; /* seconds to wait for the database at start-up (migrations) */

@@ -261,11 +261,15 @@ function natsInfo(port, timeoutMs = 1000) {
   });
 }
 
-export async function startNats({ dir, port, name = 'nats' } = {}) {
+// config: optional text of a nats-server configuration file (written to <dir>/<name>-<port>.conf,
+// returned as configFile; the listen address and port come from the command line).
+export async function startNats({ dir, port, name = 'nats', config } = {}) {
   for (let attempt = 0; ; attempt++) {
     const p = port || await freePort();
     const logFile = path.join(dir, `${name}-${p}.log`);
-    const proc = spawnChild(NATS_SERVER, ['-a', '127.0.0.1', '-p', String(p), '-l', logFile], {
+    const configFile = config === undefined ? null : path.join(dir, `${name}-${p}.conf`);
+    if (configFile) fs.writeFileSync(configFile, config);
+    const proc = spawnChild(NATS_SERVER, [...(configFile ? ['-c', configFile] : []), '-a', '127.0.0.1', '-p', String(p), '-l', logFile], {
       logFile: path.join(dir, `${name}-${p}.stdio.log`),
     });
     logFiles.add(logFile);
@@ -286,6 +290,7 @@ export async function startNats({ dir, port, name = 'nats' } = {}) {
       url: `nats://127.0.0.1:${p}`,
       proc,
       logFile,
+      configFile,
       stop: (signal = 'SIGTERM') => stopChild(proc, signal),
     };
   }
