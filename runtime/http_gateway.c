@@ -21,6 +21,7 @@
 #include "nats_bridge.h"
 #include "pg_pool.h"
 #include "rpc_error.h"
+#include "rpc_path.h"
 #include "scheduler.h"
 #include "services.h"
 #include "metrics.h"
@@ -28,7 +29,6 @@
 
 #define TAG "http"
 #define LISTEN_BACKLOG 4096
-#define MAX_SUBJECT 256
 
 struct http_gateway {
     runtime *rt;
@@ -187,7 +187,7 @@ static double request_timeout(struct http_gateway *gw, h2o_req_t *req)
     return timeout;
 }
 
-static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, h2o_iovec_t path)
+static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, const char *subject)
 {
     codec_error err;
     if (codec_decode_envelope(NULL, req->entity.base, req->entity.len, gw->rt->cfg.max_depth,
@@ -195,8 +195,6 @@ static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, h2o_iovec_t path)
         respond_error(gw, req, URI_INVALID_ARGUMENT, err.msg);
         return 0;
     }
-    char subject[MAX_SUBJECT];
-    snprintf(subject, sizeof subject, "%.*s", (int)path.len - 1, path.base + 1);
     gw_call *call = h2o_mem_alloc_shared(&req->pool, sizeof *call, call_dispose);
     call->gw = gw;
     call->req = req;
@@ -212,15 +210,6 @@ static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, h2o_iovec_t path)
     call->pending = true;
     gw->inflight++;
     return 0;
-}
-
-/* "/<service>.<method>": one path segment with a dot inside. */
-static bool is_rpc_path(h2o_iovec_t path)
-{
-    if (path.len < 4 || path.len > MAX_SUBJECT || path.base[0] != '/' || path.base[1] == '.')
-        return false;
-    if (memchr(path.base + 1, '/', path.len - 1)) return false;
-    return memchr(path.base + 1, '.', path.len - 1) != NULL && path.base[path.len - 1] != '.';
 }
 
 static bool frontend_has(struct http_gateway *gw, h2o_iovec_t path)
@@ -275,14 +264,26 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     }
     if (h2o_memis(path.base, path.len, H2O_STRLIT("/websocket")))
         return wamp_router_upgrade(gw->rt->wamp, req);
-    if (!is_rpc_path(path)) return -1;
+    char subject[RPC_SUBJECT_MAX + 1];
+    const char *why;
+    enum rpc_path_result route =
+        rpc_path_to_subject(path.base, path.len, subject, sizeof subject, &why);
+    if (route == RPC_PATH_NOT_RPC) return -1;
     if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"))) {
         if (frontend_has(gw, path)) return -1; /* a static file such as /app.js */
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, H2O_STRLIT("POST"));
         respond_error_status(gw, req, 405, URI_INVALID_ARGUMENT, "method not allowed: use POST");
         return 0;
     }
-    return handle_rpc(gw, req, path);
+    if (route == RPC_PATH_RESERVED) { /* as if nothing served it: system subjects stay hidden */
+        respond_error_status(gw, req, 404, URI_NO_SUCH_PROCEDURE, why);
+        return 0;
+    }
+    if (route == RPC_PATH_INVALID) {
+        respond_error_status(gw, req, 400, URI_INVALID_ARGUMENT, why);
+        return 0;
+    }
+    return handle_rpc(gw, req, subject);
 }
 
 /* ---- connections ---- */
