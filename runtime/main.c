@@ -19,7 +19,8 @@ static void usage(FILE *out)
         "                    [--postgres-pool N]\n"
         "                    [--frontend DIR] [--workers N] [--log-level LEVEL]\n"
         "                    [--call-timeout S] [--drain-timeout S] [--body-limit BYTES]\n"
-        "                    [--max-depth N] [--max-inflight N] [SERVICES_DIR]\n"
+        "                    [--max-depth N] [--max-inflight N] [--max-conn-inflight N]\n"
+        "                    [--max-lua-memory MB] [SERVICES_DIR]\n"
         "\n"
         "  --http HOST:PORT   HTTP gateway, frontend and /websocket (default 127.0.0.1:5000);\n"
         "                     'off' runs services only\n"
@@ -38,6 +39,11 @@ static void usage(FILE *out)
         "  --max-sessions N   WAMP sessions per process (default 10000)\n"
         "  --max-subscriptions N, --max-registrations N\n"
         "                     per WAMP session (default 1000 each)\n"
+        "  --max-conn-inflight N  RPC calls in flight on one HTTP connection, 1 to 100\n"
+        "                     (HTTP/2 streams; default 100); more are answered 429\n"
+        "  --max-lua-memory MB  Lua heap: new calls are refused (503) while it is over MB after\n"
+        "                     a full collection; a call that grows it past 2 x MB fails with\n"
+        "                     'out of memory' (default 1024; 0: no limit)\n"
         "  SERVICES_DIR       folder of *.lua service scripts (default ./services)\n"
         "\n"
         "       microservice call <service>.<method> [ARGS...] [--kw name=value ...]\n"
@@ -95,6 +101,8 @@ enum {
     OPT_MAX_SESSIONS,
     OPT_MAX_SUBSCRIPTIONS,
     OPT_MAX_REGISTRATIONS,
+    OPT_MAX_CONN_INFLIGHT,
+    OPT_MAX_LUA_MEMORY,
 };
 
 static int parse_args(int argc, char **argv, runtime_config *cfg)
@@ -115,6 +123,8 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         {"max-sessions", required_argument, NULL, OPT_MAX_SESSIONS},
         {"max-subscriptions", required_argument, NULL, OPT_MAX_SUBSCRIPTIONS},
         {"max-registrations", required_argument, NULL, OPT_MAX_REGISTRATIONS},
+        {"max-conn-inflight", required_argument, NULL, OPT_MAX_CONN_INFLIGHT},
+        {"max-lua-memory", required_argument, NULL, OPT_MAX_LUA_MEMORY},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -187,6 +197,25 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         case OPT_MAX_INFLIGHT:
             if (parse_number(optarg, 1, 1 << 22, &v) != 0) goto bad_number;
             cfg->max_inflight = (int)v;
+            break;
+        case OPT_MAX_CONN_INFLIGHT:
+            if (parse_number(optarg, 1, 100, &v) != 0) {
+                fprintf(stderr,
+                        "microservice: --max-conn-inflight wants 1 to 100 (h2o lets an HTTP/2 "
+                        "client open at most 100 streams at a time), got '%s'\n",
+                        optarg);
+                return -1;
+            }
+            cfg->max_conn_inflight = (int)v;
+            break;
+        case OPT_MAX_LUA_MEMORY:
+            if (parse_number(optarg, 0, 1 << 20, &v) != 0) {
+                fprintf(stderr,
+                        "microservice: --max-lua-memory wants megabytes (0: no limit), got '%s'\n",
+                        optarg);
+                return -1;
+            }
+            cfg->max_lua_memory = (size_t)(v * 1024 * 1024);
             break;
         case 'h':
             usage(stdout);

@@ -8,6 +8,8 @@
 #include <uv.h>
 #include <lua.h>
 
+#include "lua_memory.h"
+
 typedef struct runtime_config {
     bool http_enabled;
     char http_host[256];
@@ -29,6 +31,10 @@ typedef struct runtime_config {
     int max_session_regs; /* registrations per WAMP session */
     bool watch;           /* hot reload of the services folder */
     bool reuse_port;      /* SO_REUSEPORT on the HTTP listener (workers share it) */
+    /* RPC calls in flight on one HTTP connection (HTTP/2 streams) */
+    int max_conn_inflight;
+    /* bytes of Lua heap above which calls are refused (twice: allocations fail); 0: no limit */
+    size_t max_lua_memory;
 } runtime_config;
 
 struct scheduler;
@@ -43,6 +49,7 @@ struct service_api;
 typedef struct runtime {
     uv_loop_t loop;
     lua_State *L;
+    lua_memory lua_mem; /* L's allocator: heap accounting and --max-lua-memory */
     runtime_config cfg;
     struct scheduler *sched;
     struct nats_bridge *nats;
