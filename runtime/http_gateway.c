@@ -26,6 +26,7 @@
 #include "nats_bridge.h"
 #include "pg_pool.h"
 #include "rpc_error.h"
+#include "rpc_path.h"
 #include "scheduler.h"
 #include "services.h"
 #include "metrics.h"
@@ -34,7 +35,16 @@
 
 #define TAG "http"
 #define LISTEN_BACKLOG 4096
-#define MAX_SUBJECT 256
+#define CONN_BUCKETS 256
+
+/* Calls in flight on one connection (HTTP/2 multiplexes them), keyed by h2o's connection id,
+ * which is never reused: nothing here points at a connection, so its end needs no hook. An entry
+ * exists while its count is above 0, i.e. while a call of its connection holds it. */
+typedef struct conn_calls {
+    uint64_t id;
+    int count;
+    struct conn_calls *next;
+} conn_calls;
 
 struct http_gateway {
     runtime *rt;
@@ -52,6 +62,7 @@ struct http_gateway {
     struct gw_conn *conns;   /* every accepted connection, until h2o closes it */
     bool conns_shut;
     int inflight;
+    conn_calls *conn_calls[CONN_BUCKETS]; /* see conn_calls */
     uint64_t close_started;
     void (*on_closed)(void *arg);
     void *on_closed_arg;
@@ -67,6 +78,7 @@ typedef struct gw_call {
     struct http_gateway *gw;
     h2o_req_t *req;
     nb_request *nbreq;
+    conn_calls *cc; /* its connection's count, held while pending */
     bool pending;
 } gw_call;
 
@@ -91,6 +103,8 @@ static const char *reason_phrase(int status)
         return "Request Timeout";
     case 413:
         return "Payload Too Large";
+    case 429:
+        return "Too Many Requests";
     case 500:
         return "Internal Server Error";
     case 503:
@@ -138,13 +152,54 @@ static void respond_error(struct http_gateway *gw, h2o_req_t *req, const char *u
 
 /* ---- the RPC route ---- */
 
+/* The count of connection id, created at 0 when absent (NULL without memory). */
+static conn_calls *conn_calls_get(struct http_gateway *gw, uint64_t id)
+{
+    conn_calls **head = &gw->conn_calls[id % CONN_BUCKETS];
+    for (conn_calls *c = *head; c; c = c->next)
+        if (c->id == id) return c;
+    conn_calls *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->id = id;
+    c->next = *head;
+    *head = c;
+    return c;
+}
+
+/* Frees the entry once no call holds it. */
+static void conn_calls_forget(struct http_gateway *gw, conn_calls *cc)
+{
+    if (cc->count > 0) return;
+    for (conn_calls **p = &gw->conn_calls[cc->id % CONN_BUCKETS]; *p; p = &(*p)->next) {
+        if (*p == cc) {
+            *p = cc->next;
+            break;
+        }
+    }
+    free(cc);
+}
+
+static void conn_calls_put(struct http_gateway *gw, conn_calls *cc)
+{
+    cc->count--;
+    conn_calls_forget(gw, cc);
+}
+
+/* A pending call ends: answered, or its request went away. */
+static void call_end(gw_call *call)
+{
+    call->pending = false;
+    call->gw->inflight--;
+    conn_calls_put(call->gw, call->cc);
+    call->cc = NULL;
+}
+
 static void call_dispose(void *p)
 {
     gw_call *call = p;
     if (!call->pending) return;
     /* the client went away (or the connection closed) before the reply */
-    call->pending = false;
-    call->gw->inflight--;
+    call_end(call);
     nb_request_cancel(call->nbreq);
 }
 
@@ -160,8 +215,7 @@ static void on_reply(void *udata, enum nb_status status, natsMsg *reply)
 {
     gw_call *call = udata;
     struct http_gateway *gw = call->gw;
-    call->pending = false;
-    gw->inflight--;
+    call_end(call);
     h2o_req_t *req = call->req;
     switch (status) {
     case NB_OK:
@@ -247,11 +301,10 @@ static bool authorize_call(struct http_gateway *gw, h2o_req_t *req, const char *
     return true;
 }
 
-static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, h2o_iovec_t path)
+static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, const char *subject)
 {
-    char subject[MAX_SUBJECT], sig[AUTH_SIG_MAX];
+    char sig[AUTH_SIG_MAX];
     const char *headers[7];
-    snprintf(subject, sizeof subject, "%.*s", (int)path.len - 1, path.base + 1);
     if (!authorize_call(gw, req, subject, headers, sig)) return 0;
     codec_error err;
     if (codec_decode_envelope(NULL, req->entity.base, req->entity.len, gw->rt->cfg.max_depth,
@@ -259,31 +312,39 @@ static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, h2o_iovec_t path)
         respond_error(gw, req, URI_INVALID_ARGUMENT, err.msg);
         return 0;
     }
+    conn_calls *cc = conn_calls_get(gw, req->conn->id);
+    if (!cc) {
+        respond_error(gw, req, URI_UNAVAILABLE, "out of memory");
+        return 0;
+    }
+    if (cc->count >= gw->rt->cfg.max_conn_inflight) {
+        char msg[160];
+        snprintf(msg, sizeof msg,
+                 "too many calls in flight on this connection (limit %d, --max-conn-inflight)",
+                 gw->rt->cfg.max_conn_inflight);
+        respond_error(gw, req, URI_LIMIT_EXCEEDED, msg);
+        return 0; /* cc holds a call of the same connection: it stays */
+    }
     gw_call *call = h2o_mem_alloc_shared(&req->pool, sizeof *call, call_dispose);
     call->gw = gw;
     call->req = req;
+    call->cc = NULL;
     call->pending = false;
     int rc = nats_bridge_request(gw->rt->nats, subject, req->entity.base, req->entity.len,
                                  headers[0] ? headers : NULL, request_timeout(gw, req), on_reply,
                                  call, &call->nbreq);
     if (rc != NB_OK) {
+        conn_calls_forget(gw, cc);
         respond_error(gw, req, rc == NB_UNAVAILABLE ? URI_UNAVAILABLE : URI_RUNTIME_ERROR,
                       rc == NB_UNAVAILABLE ? "the bus is unavailable"
                                            : "the request could not be sent");
         return 0;
     }
     call->pending = true;
+    call->cc = cc;
+    cc->count++;
     gw->inflight++;
     return 0;
-}
-
-/* "/<service>.<method>": one path segment with a dot inside. */
-static bool is_rpc_path(h2o_iovec_t path)
-{
-    if (path.len < 4 || path.len > MAX_SUBJECT || path.base[0] != '/' || path.base[1] == '.')
-        return false;
-    if (memchr(path.base + 1, '/', path.len - 1)) return false;
-    return memchr(path.base + 1, '.', path.len - 1) != NULL && path.base[path.len - 1] != '.';
 }
 
 static bool frontend_has(struct http_gateway *gw, h2o_iovec_t path)
@@ -394,14 +455,26 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     }
     if (h2o_memis(path.base, path.len, H2O_STRLIT("/websocket")))
         return wamp_router_upgrade(gw->rt->wamp, req);
-    if (!is_rpc_path(path)) return -1;
+    char subject[RPC_SUBJECT_MAX + 1];
+    const char *why;
+    enum rpc_path_result route =
+        rpc_path_to_subject(path.base, path.len, subject, sizeof subject, &why);
+    if (route == RPC_PATH_NOT_RPC) return -1;
     if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"))) {
         if (frontend_has(gw, path)) return -1; /* a static file such as /app.js */
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, H2O_STRLIT("POST"));
         respond_error_status(gw, req, 405, URI_INVALID_ARGUMENT, "method not allowed: use POST");
         return 0;
     }
-    return handle_rpc(gw, req, path);
+    if (route == RPC_PATH_RESERVED) { /* as if nothing served it: system subjects stay hidden */
+        respond_error_status(gw, req, 404, URI_NO_SUCH_PROCEDURE, why);
+        return 0;
+    }
+    if (route == RPC_PATH_INVALID) {
+        respond_error_status(gw, req, 400, URI_INVALID_ARGUMENT, why);
+        return 0;
+    }
+    return handle_rpc(gw, req, subject);
 }
 
 /* ---- connections ---- */
@@ -613,6 +686,13 @@ void http_gateway_close(struct http_gateway *g, void (*on_closed)(void *arg), vo
 void http_gateway_free(struct http_gateway *g)
 {
     if (!g) return;
+    for (int b = 0; b < CONN_BUCKETS; b++) { /* connections h2o never closed */
+        while (g->conn_calls[b]) {
+            conn_calls *c = g->conn_calls[b];
+            g->conn_calls[b] = c->next;
+            free(c);
+        }
+    }
     if (!g->ctx_ready) h2o_config_dispose(&g->config);
     SSL_CTX_free(g->ssl_ctx); /* the connections' SSL objects held their own references */
     free(g);

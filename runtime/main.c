@@ -22,7 +22,8 @@ static void usage(FILE *out)
         "                    [--https HOST:PORT] [--http-redirect]\n"
         "                    [--frontend DIR] [--workers N] [--log-level LEVEL]\n"
         "                    [--call-timeout S] [--drain-timeout S] [--body-limit BYTES]\n"
-        "                    [--max-depth N] [--max-inflight N] [--auth FILE]\n"
+        "                    [--max-depth N] [--max-inflight N] [--max-conn-inflight N]\n"
+        "                    [--max-lua-memory MB] [--auth FILE]\n"
         "                    [--nats-user U --nats-password P] [--nats-token T] [--nats-nkey "
         "FILE]\n"
         "                    [--nats-creds FILE] [--nats-tls] [--nats-ca FILE]\n"
@@ -51,6 +52,11 @@ static void usage(FILE *out)
         "  --max-sessions N   WAMP sessions per process (default 10000)\n"
         "  --max-subscriptions N, --max-registrations N\n"
         "                     per WAMP session (default 1000 each)\n"
+        "  --max-conn-inflight N  RPC calls in flight on one HTTP connection, 1 to 100\n"
+        "                     (HTTP/2 streams; default 100); more are answered 429\n"
+        "  --max-lua-memory MB  Lua heap: new calls are refused (503) while it is over MB after\n"
+        "                     a full collection; a call that grows it past 2 x MB fails with\n"
+        "                     'out of memory' (default 1024; 0: no limit)\n"
         "  --max-session-calls N  calls in flight per WAMP session (default 1000)\n"
         "  --auth FILE        users, tokens and roles (default $MICROSERVICE_AUTH; none: every\n"
         "                     caller may do everything); see docs/auth.md\n"
@@ -149,6 +155,8 @@ enum {
     OPT_TLS_CERT,
     OPT_TLS_KEY,
     OPT_HTTP_REDIRECT,
+    OPT_MAX_CONN_INFLIGHT,
+    OPT_MAX_LUA_MEMORY,
     OPT_NATS_AUTH, /* NATS_AUTH_NOPTS ids from here */
 };
 
@@ -176,6 +184,8 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
         {"tls-key", required_argument, NULL, OPT_TLS_KEY},
         {"http-redirect", no_argument, NULL, OPT_HTTP_REDIRECT},
+        {"max-conn-inflight", required_argument, NULL, OPT_MAX_CONN_INFLIGHT},
+        {"max-lua-memory", required_argument, NULL, OPT_MAX_LUA_MEMORY},
         NATS_AUTH_LONG_OPTIONS(OPT_NATS_AUTH),
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -274,6 +284,25 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
             break;
         case OPT_HTTP_REDIRECT:
             cfg->http_redirect = true;
+            break;
+        case OPT_MAX_CONN_INFLIGHT:
+            if (parse_number(optarg, 1, 100, &v) != 0) {
+                fprintf(stderr,
+                        "microservice: --max-conn-inflight wants 1 to 100 (h2o lets an HTTP/2 "
+                        "client open at most 100 streams at a time), got '%s'\n",
+                        optarg);
+                return -1;
+            }
+            cfg->max_conn_inflight = (int)v;
+            break;
+        case OPT_MAX_LUA_MEMORY:
+            if (parse_number(optarg, 0, 1 << 20, &v) != 0) {
+                fprintf(stderr,
+                        "microservice: --max-lua-memory wants megabytes (0: no limit), got '%s'\n",
+                        optarg);
+                return -1;
+            }
+            cfg->max_lua_memory = (size_t)(v * 1024 * 1024);
             break;
         case 'h':
             usage(stdout);

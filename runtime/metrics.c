@@ -113,6 +113,14 @@ void metrics_render(runtime *rt, codec_buf *out)
     header(out, "microservice_calls_in_flight", "gauge", "Lua coroutines running (calls, spawns).");
     put(out, "microservice_calls_in_flight %d\n", sched_inflight(rt->sched));
     header(out, "microservice_lua_memory_bytes", "gauge", "Memory of the Lua state.");
-    put(out, "microservice_lua_memory_bytes %d\n",
-        lua_gc(rt->L, LUA_GCCOUNT, 0) * 1024 + lua_gc(rt->L, LUA_GCCOUNTB, 0));
+    put(out, "microservice_lua_memory_bytes %zu\n", rt->lua_mem.used);
+    header(out, "microservice_lua_memory_limit_bytes", "gauge",
+           "--max-lua-memory: calls are refused above it (0: no limit).");
+    put(out, "microservice_lua_memory_limit_bytes %zu\n", rt->lua_mem.limit);
+    header(out, "microservice_lua_memory_refusals_total", "counter",
+           "Calls refused, and allocations failed, at the Lua memory limit.");
+    put(out, "microservice_lua_memory_refusals_total{what=\"call\"} %llu\n",
+        (unsigned long long)rt->lua_mem.refused_calls);
+    put(out, "microservice_lua_memory_refusals_total{what=\"allocation\"} %llu\n",
+        (unsigned long long)rt->lua_mem.failed_allocs);
 }

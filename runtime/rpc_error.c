@@ -11,7 +11,7 @@ int rpc_error_code(const char *uri)
         int code;
     } table[] = {
         {URI_INVALID_ARGUMENT, 400}, {URI_NO_SUCH_PROCEDURE, 404}, {URI_RUNTIME_ERROR, 500},
-        {URI_TIMEOUT, 504},          {URI_UNAVAILABLE, 503},
+        {URI_TIMEOUT, 504},          {URI_UNAVAILABLE, 503},       {URI_LIMIT_EXCEEDED, 429},
     };
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
         if (strcmp(uri, table[i].uri) == 0) return table[i].code;

@@ -49,6 +49,8 @@ void runtime_config_defaults(runtime_config *cfg)
     cfg->call_timeout = 60.0;
     cfg->drain_timeout = 10.0;
     cfg->max_inflight = 32768;
+    cfg->max_conn_inflight = 100;
+    cfg->max_lua_memory = (size_t)1024 * 1024 * 1024;
     cfg->max_sessions = 10000;
     cfg->max_session_subs = 1000;
     cfg->max_session_regs = 1000;
@@ -97,6 +99,7 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
                                               "services over NATS");
     }
     rt->L = lua_api_new_state(rt);
+    if (rt->L) lua_memory_attach(&rt->lua_mem, rt->L, cfg->max_lua_memory);
     rt->sched = rt->L ? sched_new(rt) : NULL;
     rt->nats = rt->sched ? nats_bridge_new(rt) : NULL;
     rt->services = rt->nats ? services_new(rt) : NULL;
@@ -224,6 +227,7 @@ int runtime_run(runtime *rt)
     rt->http = NULL;
     wamp_router_free(rt->wamp);
     rt->wamp = NULL;
+    lua_memory_detach(&rt->lua_mem);
     lua_close(rt->L);
     rt->L = NULL;
     nats_bridge_free(rt->nats);

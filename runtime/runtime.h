@@ -8,6 +8,8 @@
 #include <uv.h>
 #include <lua.h>
 
+#include "lua_memory.h"
+
 /* Credentials and TLS for the NATS connection (see nats_auth.h); NULL: not set. */
 typedef struct nats_auth_config {
     const char *user, *password; /* also accepted as nats://user:password@host in the URL */
@@ -48,6 +50,10 @@ typedef struct runtime_config {
     const char *auth_file; /* NULL: authentication off */
     bool watch;            /* hot reload of the services folder */
     bool reuse_port;       /* SO_REUSEPORT on the HTTP listeners (workers share them) */
+    /* RPC calls in flight on one HTTP connection (HTTP/2 streams) */
+    int max_conn_inflight;
+    /* bytes of Lua heap above which calls are refused (twice: allocations fail); 0: no limit */
+    size_t max_lua_memory;
 } runtime_config;
 
 struct scheduler;
@@ -63,6 +69,7 @@ struct auth;
 typedef struct runtime {
     uv_loop_t loop;
     lua_State *L;
+    lua_memory lua_mem; /* L's allocator: heap accounting and --max-lua-memory */
     runtime_config cfg;
     struct scheduler *sched;
     struct nats_bridge *nats;

@@ -71,8 +71,10 @@ task *sched_task_new(struct scheduler *s, task_done_fn on_done, void *udata, con
         t = calloc(1, sizeof *t);
         if (!t) return NULL;
         lua_State *L = s->rt->L;
+        int saved = lua_memory_begin_unfailing(&s->rt->lua_mem); /* L may not be the running one */
         t->co = lua_newthread(L);
         t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_memory_end_unfailing(&s->rt->lua_mem, saved);
         lua_setexdata(t->co, t);
         uv_timer_init(&s->rt->loop, &t->deadline_timer);
         t->deadline_timer.data = t;
@@ -175,10 +177,30 @@ static void finish_with_error(task *t)
     finish(t, TASK_ERROR, 1);
 }
 
-static void run(task *t, int nargs)
+/* After a resume in which the heap hit its cap (see lua_memory.c): LuaJIT's "not enough memory"
+ * said with the limit it hit. */
+static void explain_oom(task *t, int rc)
 {
     lua_State *co = t->co;
+    lua_memory *m = &t->sched->rt->lua_mem;
+    if (rc != LUA_ERRMEM && !(rc == LUA_ERRRUN && lua_type(co, -1) == LUA_TSTRING &&
+                              strcmp(lua_tostring(co, -1), "not enough memory") == 0))
+        return;
+    lua_pop(co, 1);
+    lua_pushfstring(co, "out of memory: the Lua heap reached %d MiB (twice --max-lua-memory %d)",
+                    (int)(m->cap >> 20), (int)(m->limit >> 20));
+}
+
+static void run_once(task *t, int nargs, bool *oom)
+{
+    lua_State *co = t->co;
+    lua_memory *m = &t->sched->rt->lua_mem;
+    uint64_t failed = m->failed_allocs;
+    m->resuming++;
     int rc = lua_resume(co, nargs);
+    m->resuming--;
+    *oom = m->failed_allocs != failed;
+    if (*oom && rc != 0 && rc != LUA_YIELD) explain_oom(t, rc);
     if (rc == LUA_YIELD) {
         if (t->op) return; /* waits on an operation that will resume it */
         lua_settop(co, 0);
@@ -193,6 +215,16 @@ static void run(task *t, int nargs)
         return;
     }
     finish_with_error(t);
+}
+
+/* One resume of t; when an allocation hit the cap, the garbage the call left (its own data, now
+ * unreachable) is collected at once. */
+static void run(task *t, int nargs)
+{
+    runtime *rt = t->sched->rt;
+    bool oom = false;
+    run_once(t, nargs, &oom);
+    if (oom && rt->lua_mem.resuming == 0) lua_gc(rt->L, LUA_GCCOLLECT, 0);
 }
 
 void sched_start(task *t, int nargs)

@@ -428,6 +428,17 @@ static void on_rpc_msg(void *udata, natsMsg *msg)
 {
     rpc_entry *e = udata;
     struct services *s = e->svcs;
+    if (!lua_memory_admit(&s->rt->lua_mem)) {
+        char msg_text[96];
+        snprintf(msg_text, sizeof msg_text, "Lua memory limit reached (%zu MiB)",
+                 s->rt->lua_mem.limit >> 20);
+        e->calls++;
+        record_error(e, msg_text);
+        if (natsMsg_GetReply(msg))
+            reply_error(s, natsMsg_GetReply(msg), URI_UNAVAILABLE, msg_text, 503);
+        nats_bridge_release(s->rt->nats, msg);
+        return;
+    }
     call_ctx *c = call_ctx_new(s, msg);
     task *t = c ? sched_task_new(s->rt->sched, call_done, c, e->subject) : NULL;
     if (!t) {
@@ -803,6 +814,12 @@ static void on_sub_msg(void *udata, natsMsg *msg)
 {
     lua_sub *ls = udata;
     struct services *s = ls->svcs;
+    if (!lua_memory_admit(&s->rt->lua_mem)) {
+        log_warn(ls->subject, "message on %s dropped: Lua memory limit reached (%zu MiB)",
+                 natsMsg_GetSubject(msg), s->rt->lua_mem.limit >> 20);
+        nats_bridge_release(s->rt->nats, msg);
+        return;
+    }
     call_ctx *c = call_ctx_new(s, msg);
     task *t = c ? sched_task_new(s->rt->sched, call_done, c, ls->subject) : NULL;
     if (!t) {
@@ -827,15 +844,16 @@ static void on_sub_msg(void *udata, natsMsg *msg)
 
 int services_subscribe(struct services *s, lua_State *L, const char *subject, const char *queue)
 {
+    int fn_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* first: it may raise (out of memory) */
     lua_sub *ls = calloc(1, sizeof *ls);
     if (!ls || !(ls->subject = strdup(subject))) {
         free(ls);
-        lua_pop(L, 1);
+        luaL_unref(L, LUA_REGISTRYINDEX, fn_ref);
         return -1;
     }
     ls->svcs = s;
     ls->id = ++s->next_sub_id;
-    ls->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    ls->fn_ref = fn_ref;
     if (s->loading_file) { /* made by a script while it loads: goes when it is reloaded */
         ls->file = strdup(s->loading_file);
         ls->load_gen = s->load_gen;
@@ -884,7 +902,9 @@ int services_spawn(struct services *s, lua_State *L, int fn_idx, int nargs)
     if (!t) return -1;
     for (int i = 0; i <= nargs; i++)
         lua_pushvalue(L, fn_idx + i);
+    int saved = lua_memory_begin_unfailing(&s->rt->lua_mem); /* t->co is not the running one */
     lua_xmove(L, t->co, nargs + 1);
+    lua_memory_end_unfailing(&s->rt->lua_mem, saved);
     sched_start_soon(t, nargs);
     return 0;
 }

@@ -27,8 +27,7 @@
 #include "wamp_codec.h"
 
 #define TAG "wamp"
-#define MAX_ID 9007199254740992LL /* 2^53 */
-#define URI_LIMIT "wamp.error.limit_exceeded"
+#define MAX_ID 9007199254740992LL        /* 2^53 */
 #define OUT_MAX_BYTES (4u * 1024 * 1024) /* queued for one session before it is a slow consumer */
 #define MAX_AUTH_JOBS                                                                              \
     64 /* tickets checked at once (PBKDF2 on the thread pool); more are refused                    \
@@ -592,7 +591,7 @@ static void on_subscribe(session *s, json_t *msg)
     router *r = s->r;
     topic *t = topic_find(r, json_string_value(uri), match);
     if ((!t || !ptrs_has(&t->sessions, s)) && s->topics.n >= r->rt->cfg.max_session_subs) {
-        send_error(s, SUBSCRIBE, req, URI_LIMIT, "too many subscriptions in this session");
+        send_error(s, SUBSCRIBE, req, URI_LIMIT_EXCEEDED, "too many subscriptions in this session");
         return;
     }
     bool fresh = !t;
@@ -827,7 +826,7 @@ static void on_call(session *s, json_t *msg)
         char text[128];
         snprintf(text, sizeof text, "too many calls in flight in this session (limit %d)",
                  s->r->rt->cfg.max_session_calls);
-        send_error(s, CALL, req, URI_LIMIT, text);
+        send_error(s, CALL, req, URI_LIMIT_EXCEEDED, text);
         return;
     }
     double timeout = s->r->rt->cfg.call_timeout;
@@ -1022,7 +1021,7 @@ static void on_register(session *s, json_t *msg)
     }
     router *r = s->r;
     if (s->regs.n >= r->rt->cfg.max_session_regs) {
-        send_error(s, REGISTER, req, URI_LIMIT, "too many registrations in this session");
+        send_error(s, REGISTER, req, URI_LIMIT_EXCEEDED, "too many registrations in this session");
         return;
     }
     registration *g = reg_find(r, procedure);

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets with clang (-fsanitize=fuzzer,address,undefined) against the
-# project's codecs and runs each for a bounded time on its corpus (tests/fuzz/corpus/<target>;
-# new inputs go to a scratch copy, the corpus in git only grows by hand). A crash fails the run
-# and leaves the input under OUT_DIR; fix it and add the input to the corpus as a regression case.
+# project's codecs and the gateway's path mapping, and runs each for a bounded time on its corpus
+# (tests/fuzz/corpus/<target>; new inputs go to a scratch copy, the corpus in git only grows by
+# hand). A crash fails the run and leaves the input under OUT_DIR; fix it and add the input to the
+# corpus as a regression case.
 #   tests/fuzz/run.sh OUT_DIR [SECONDS_PER_TARGET]
 set -euo pipefail
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -15,8 +16,10 @@ clang "${cflags[@]}" -o "$out/fuzz_envelope" "$src/tests/fuzz/fuzz_envelope.c" "
   /usr/lib/x86_64-linux-gnu/libluajit-5.1.a -lm -ldl
 clang "${cflags[@]}" -o "$out/fuzz_wamp" "$src/tests/fuzz/fuzz_wamp.c" "$src/runtime/wamp_codec.c" \
   "$src/runtime/codec.c" /usr/lib/x86_64-linux-gnu/libluajit-5.1.a -ljansson -lmsgpackc -lm -ldl
+clang "${cflags[@]}" -o "$out/fuzz_path" "$src/tests/fuzz/fuzz_path.c" "$src/runtime/rpc_path.c" \
+  $(pkg-config --cflags --libs libh2o)
 status=0
-for t in envelope:envelope wamp:wamp_json wamp:wamp_msgpack; do
+for t in envelope:envelope wamp:wamp_json wamp:wamp_msgpack path:path; do
   target=${t%%:*} corpus=${t#*:}
   work="$out/corpus-$corpus"
   rm -rf "$work" && cp -r "$src/tests/fuzz/corpus/$corpus" "$work"

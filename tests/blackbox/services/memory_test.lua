@@ -1,0 +1,34 @@
+-- Test-only service for --max-lua-memory (tests/blackbox/limits.test.mjs). Not shipped.
+local ms = require "microservice"
+local rpc = ms.rpc
+
+local svc = { name = "memory_test" }
+
+local held = nil -- what hold() keeps alive until its timer lets it go
+
+-- About mb megabytes of distinct strings, in one table.
+local function strings(mb)
+  local t, chunk = {}, string.rep("x", 1000)
+  for i = 1, math.floor(mb * 1000) do
+    t[i] = chunk .. i
+  end
+  return t
+end
+
+-- greedy(mb): builds about mb MB at once and returns [[count], {}]; dropped when the call ends.
+svc.greedy = rpc(function(mb)
+  return { #strings(mb) }, {}
+end)
+
+-- hold(mb, seconds): keeps about mb MB alive for that long (a spawned task lets it go), then
+-- returns at once [[count], {}].
+svc.hold = rpc(function(mb, seconds)
+  held = strings(mb)
+  ms.spawn(function()
+    ms.sleep(seconds)
+    held = nil
+  end)
+  return { #held }, {}
+end)
+
+return svc
