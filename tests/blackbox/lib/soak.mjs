@@ -222,7 +222,7 @@ export async function runSoak({ dir, durationS = 60, natsEveryS = 12, pgEveryS =
   const restarts = [];
   const rss = [];
   const problems = [];
-  const t0run = Date.now();
+  let t0run = Date.now(); // reset when the load starts: times in the report count from there
   const elapsed = () => (Date.now() - t0run) / 1000;
 
   // --- servers
@@ -503,6 +503,7 @@ export async function runSoak({ dir, durationS = 60, natsEveryS = 12, pgEveryS =
     }
   }
 
+  t0run = Date.now();
   const rssDone = rssSampler();
   const tLoad = Date.now();
   log(`load for ${durationS} s (nats-server restarted every ${natsEveryS} s, PostgreSQL every ${pgEveryS} s)`);
