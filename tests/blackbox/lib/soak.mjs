@@ -221,6 +221,7 @@ export async function runSoak({ dir, durationS = 60, natsEveryS = 12, pgEveryS =
   const events = { published: 0, acked: 0, received: 0, wsSent: 0, wsReceived: 0, probes: 0 };
   const restarts = [];
   const rss = [];
+  const gauges = []; // from GET /metrics every 5 s: what grows, if something does
   const problems = [];
   let t0run = Date.now(); // reset when the load starts: times in the report count from there
   const elapsed = () => (Date.now() - t0run) / 1000;
@@ -317,6 +318,9 @@ export async function runSoak({ dir, durationS = 60, natsEveryS = 12, pgEveryS =
   // --- workers
   const deadline = Date.now() + durationS * 1000;
   const running = () => Date.now() < deadline && !crashed;
+  let loadOver = false;
+  // sleeps until `at` (ms since the epoch) or the end of the load, whichever comes first
+  const sleepUntil = async (at) => { while (running() && Date.now() < at) await h.sleep(Math.min(250, at - Date.now())); };
   const thingDeletes = { started: 0, finished: 0, failed: 0 };
   let thingSeq = 0;
 
@@ -462,20 +466,24 @@ export async function runSoak({ dir, durationS = 60, natsEveryS = 12, pgEveryS =
     }
   }
 
+  // RSS and gauges during the load only: the judged series is the loaded process
   async function rssSampler() {
-    while (!stopping) {
+    for (let i = 0; !loadOver; i++) {
       try {
         const m = w.memoryKb(pid);
         if (Number.isFinite(m.rss)) rss.push({ t: Math.round(elapsed() * 10) / 10, kb: m.rss });
       } catch { /* gone: the crash is reported by the exit handler */ }
+      if (i % 5 === 0) {
+        const g = await metrics(rt.base).catch(() => null);
+        if (g) gauges.push({ t: Math.round(elapsed()), ...g });
+      }
       await h.sleep(1000);
     }
   }
 
   async function natsRestarter() {
-    let i = 0;
-    while (natsEveryS > 0) {
-      await h.sleep(natsEveryS * 1000);
+    for (let i = 0, next = Date.now(); natsEveryS > 0;) {
+      await sleepUntil(next += natsEveryS * 1000);
       if (!running()) break;
       const signal = i++ % 2 === 0 ? 'SIGKILL' : 'SIGTERM';
       const t0 = Date.now();
@@ -488,9 +496,8 @@ export async function runSoak({ dir, durationS = 60, natsEveryS = 12, pgEveryS =
   }
 
   async function pgRestarter() {
-    let i = 0;
-    while (pgEveryS > 0) {
-      await h.sleep(pgEveryS * 1000);
+    for (let i = 0, next = Date.now(); pgEveryS > 0;) {
+      await sleepUntil(next += pgEveryS * 1000);
       if (!running()) break;
       const mode = i++ % 2 === 0 ? 'fast' : 'immediate';
       const t0 = Date.now();
@@ -524,6 +531,8 @@ export async function runSoak({ dir, durationS = 60, natsEveryS = 12, pgEveryS =
   // the restarters finish their current restart: both servers are up when the load has stopped
   await Promise.all([...jobs, ...restarters].map((p) => p.catch((e) => { problems.push(`a soak task failed: ${e.stack || e}`); })));
   clearInterval(progress);
+  loadOver = true;
+  await rssDone;
   const loadS = (Date.now() - tLoad) / 1000;
   log(`load stopped after ${loadS.toFixed(1)} s`);
 
@@ -557,9 +566,25 @@ export async function runSoak({ dir, durationS = 60, natsEveryS = 12, pgEveryS =
     });
   }
 
+  // --- idle: once the load and the recovery calls are over, nothing is left in flight (a call, a
+  // request waiting for its reply, a query) that would hold memory for ever
+  let idle = null;
+  if (!crashed) {
+    try {
+      idle = await h.waitFor(async () => {
+        const g = await metrics(rt.base);
+        return g.calls_in_flight === 0 && g.nats_pending_requests === 0 && g.postgres_queue_depth === 0 ? g : false;
+      }, { timeout: (CALL_TIMEOUT_S + 5) * 1000, interval: 250, what: 'calls in flight, pending NATS requests and queued queries to be 0 after the load' });
+      idle.ok = true;
+    } catch (e) {
+      idle = { ok: false, error: e.message };
+    }
+  }
+
   // --- stop: SIGTERM must drain and exit 0 (LeakSanitizer runs at that exit under ASan)
+  let rssIdleKb = null;
+  try { rssIdleKb = w.memoryKb(pid).rss; } catch { /* gone */ }
   stopping = true;
-  await rssDone;
   await w.closeAllWamp();
   await nc.close().catch(() => {});
   const exit = crashed ? null : await rt.stop('SIGTERM', 30000);
@@ -587,6 +612,9 @@ export async function runSoak({ dir, durationS = 60, natsEveryS = 12, pgEveryS =
     thingDeletes,
     restarts: { nats: restarts.filter((r) => r.kind === 'nats').length, postgres: restarts.filter((r) => r.kind === 'postgres').length, list: restarts },
     rss: { ...rssSummary(rss), judgement: judgeRss(rss), series: rss },
+    gauges: { first: gauges[0], last: gauges[gauges.length - 1], series: gauges },
+    idle,
+    rssIdleKb,
     crashed,
     exit,
     recovery,
@@ -595,9 +623,23 @@ export async function runSoak({ dir, durationS = 60, natsEveryS = 12, pgEveryS =
   };
   report.wrong = Object.values(tallies).reduce((a, v) => a + v.wrong, 0);
   report.ok = report.wrong === 0 && !crashed && exit && exit.code === 0 && sanitizer.length === 0 && problems.length === 0
-    && Object.values(recovery).every((r) => r.ok) && Object.keys(recovery).length === 5 && report.rss.judgement.flat;
+    && idle && idle.ok && Object.values(recovery).every((r) => r.ok) && Object.keys(recovery).length === 5 && report.rss.judgement.flat;
   fs.writeFileSync(path.join(dir, 'soak-report.json'), JSON.stringify(report, null, 2));
   return report;
+}
+
+// The gauges of GET /metrics the soak follows.
+const GAUGES = ['lua_memory_bytes', 'nats_pending_requests', 'calls_in_flight', 'postgres_queue_depth',
+  'wamp_sessions', 'wamp_subscriptions', 'nats_subscriptions'];
+async function metrics(base) {
+  const r = await fetch(`${base}/metrics`, { signal: AbortSignal.timeout(3000) });
+  const text = await r.text();
+  const g = {};
+  for (const k of GAUGES) {
+    const m = new RegExp(`^microservice_${k} (\\d+)$`, 'm').exec(text);
+    if (m) g[k] = Number(m[1]);
+  }
+  return g;
 }
 
 const mib = (kb) => (kb / 1024).toFixed(1);
@@ -619,11 +661,15 @@ export function formatReport(r) {
   const j = s.judgement;
   L.push(`RSS (MiB): start ${mib(s.startKb)}, 25% ${mib(s.p25Kb)}, 50% ${mib(s.p50Kb)}, 75% ${mib(s.p75Kb)}, end ${mib(s.endKb)}, max ${mib(s.maxKb)} (${s.samples} samples)`);
   L.push(`RSS after warm-up: max of the middle third ${mib(j.maxMidKb ?? 0)}, of the last third ${mib(j.maxLastKb ?? 0)}, growth ${mib(j.growthKb ?? 0)} (allowance ${mib(j.allowanceKb ?? 0)}), slope ${mib(j.slopeKbPerMin ?? 0)} MiB/min: ${j.flat ? 'flat' : 'NOT FLAT: ' + j.reason}`);
+  const gl = r.gauges.series.map((g) => g.lua_memory_bytes).filter((x) => x !== undefined);
+  if (gl.length) L.push(`Lua memory (MiB): first ${mib(gl[0] / 1024)}, max ${mib(Math.max(...gl) / 1024)}, last ${mib(gl[gl.length - 1] / 1024)}`);
+  L.push(`idle after the load: RSS ${r.rssIdleKb ? mib(r.rssIdleKb) : '?'} MiB; ${r.idle ? (r.idle.ok ? `ok (${GAUGES.map((k) => `${k} ${r.idle[k]}`).join(', ')})` : 'FAILED: ' + r.idle.error) : '-'}`);
   L.push(`process: ${r.crashed ? `EXITED during the run at ${r.crashed.at.toFixed(1)} s (code ${r.crashed.code}, signal ${r.crashed.signal})` : 'alive throughout'}; SIGTERM exit: ${r.exit ? `code ${r.exit.code}, signal ${r.exit.signal}` : '-'}; sanitizer reports: ${r.sanitizer.length}`);
   L.push(`recovery after the load: ${Object.entries(r.recovery).map(([k, v]) => `${k} ${v.ok ? `ok (${v.ms} ms)` : 'FAILED: ' + v.error}`).join(', ')}`);
   for (const p of r.problems) L.push(`PROBLEM: ${p}`);
   for (const x of r.sanitizer) L.push(`SANITIZER: ${x.slice(0, 2000)}`);
   const { series, ...rssNoSeries } = r.rss;
-  L.push(`JSON ${JSON.stringify({ ...r, rss: rssNoSeries })}`);
+  const { series: gs, ...gaugesNoSeries } = r.gauges;
+  L.push(`JSON ${JSON.stringify({ ...r, rss: rssNoSeries, gauges: gaugesNoSeries })}`);
   return L.join('\n') + '\n';
 }
