@@ -4,9 +4,9 @@
 # (the data folder is given to that user, and the folders above it made traversable).
 #   scripts/postgres.sh start DIR PORT   # initializes DIR/data if needed, starts, waits until it
 #                                        # accepts connections, prints the connection URL
-#   scripts/postgres.sh stop DIR
+#   scripts/postgres.sh stop DIR [MODE]  # pg_ctl stop -m MODE: fast (default), smart or immediate
 set -euo pipefail
-cmd=${1:?usage: postgres.sh start DIR PORT | stop DIR}
+cmd=${1:?usage: postgres.sh start DIR PORT | stop DIR [MODE]}
 dir=$(realpath -m "${2:?DIR missing}")
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 [ -x "$bin/pg_ctl" ] || { echo "postgres.sh: PostgreSQL server binaries not found (apt-get install postgresql)" >&2; exit 1; }
@@ -41,10 +41,12 @@ start)
   ;;
 stop)
   [ -f "$dir/data/postmaster.pid" ] || exit 0
-  as_pg "$bin/pg_ctl" -D "$dir/data" -m fast -w -t 60 stop >/dev/null
+  mode=${3:-fast}
+  case "$mode" in smart|fast|immediate) ;; *) echo "postgres.sh: stop mode must be smart, fast or immediate, not $mode" >&2; exit 2 ;; esac
+  as_pg "$bin/pg_ctl" -D "$dir/data" -m "$mode" -w -t 60 stop >/dev/null
   ;;
 *)
-  echo "usage: postgres.sh start DIR PORT | stop DIR" >&2
+  echo "usage: postgres.sh start DIR PORT | stop DIR [MODE]" >&2
   exit 2
   ;;
 esac

@@ -6,6 +6,7 @@
 //   pg.url                                        // postgresql://postgres@127.0.0.1:PORT/microservice
 //   await pg.psql('SELECT count(*) FROM thing')   // -> rows as arrays of strings (psql -tA)
 //   await pg.stop(); await pg.start();            // same data folder, same port
+//   await pg.stop('immediate')                    // pg_ctl stop -m immediate (a crash, recovery at start)
 
 import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -73,8 +74,8 @@ export async function startPostgres({ dir, name = 'pg', port } = {}) {
     port,
     url,
     logFile: path.join(pgDir, 'postgres.log'),
-    async stop() {
-      await run(SCRIPT, ['stop', pgDir]);
+    async stop(mode = 'fast') {
+      await run(SCRIPT, ['stop', pgDir, mode]);
       running.delete(pgDir);
     },
     async start() {
