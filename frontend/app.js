@@ -114,7 +114,7 @@ function showState({ state, sessionId, retryAt, reason, attempt, authid }) {
     countdown = setInterval(tick, 1000);
     box.title = reason || '';
   } else if (state === 'unauthenticated') {
-    text.textContent = 'Not signed in';
+    text.textContent = 'Sign-in required';
   } else {
     text.textContent = 'Closed';
   }
@@ -134,7 +134,7 @@ const secure = wampcraAvailable();
 if (!secure) {
   $('signin-insecure').hidden = false;
   $('signin-method').querySelector('option[value="wampcra"]').disabled = true;
-  $('signin-method').querySelector('option[value="auto"]').textContent = 'Automatic (ticket: WAMP-CRA unavailable here)';
+  $('signin-method').querySelector('option[value="auto"]').textContent = 'Automatic (ticket here)';
 }
 
 function showWho() {

@@ -373,7 +373,12 @@ export class WampClient extends EventTarget {
         if (AUTH_REFUSALS.has(reason)) {
           this.refusal = { reason, message: isObject(msg[1]) && typeof msg[1].message === 'string' ? msg[1].message : '', anonymous: !this.auth };
         }
-        this._notice('error', this.abortReason);
+        if (!this.auth && reason === 'wamp.error.no_auth_method') {
+          this.abortReason = `the router wants a sign-in: ${text}`; // no guests here: not a fault
+          this._notice('info', this.abortReason);
+        } else {
+          this._notice('error', this.abortReason);
+        }
         this.ws.close(1000);
         return;
       }

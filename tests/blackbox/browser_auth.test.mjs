@@ -11,6 +11,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import * as h from './lib/harness.mjs';
+import { autobahn } from './lib/wamp.mjs';
 
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const FRONTEND = path.join(h.SOURCE_DIR, 'frontend');
@@ -123,7 +124,7 @@ h.test('without an anonymous role the page shows the sign-in form', async () => 
   assert.equal(await page.locator('#who-text').innerText(), 'Not signed in');
   // the first HELLO was anonymous (no authmethods), as before authentication existed
   assert.equal(hellos()[0][2].authmethods, undefined);
-  await logEntries('error').filter({ hasText: 'wamp.error.no_auth_method' }).first().waitFor();
+  await logEntries('info').filter({ hasText: 'wamp.error.no_auth_method' }).first().waitFor();
   // the focus is in the form, and nothing retries behind it
   assert.equal(await page.evaluate(() => document.activeElement.id), 'signin-authid');
   const n = hellos().length;
@@ -171,6 +172,15 @@ h.test('wampcra sign-in: WELCOME shown, calls and permitted subscriptions work',
   const stored = await page.evaluate(() => JSON.stringify([{ ...localStorage }, { ...sessionStorage }, document.cookie]));
   assert.ok(!stored.includes(PASSWORD.bob), `nothing stored: ${stored}`);
   assert.equal(await dialog().getByLabel('Password').inputValue(), '', 'the form forgets the password');
+
+  // the page's WebCrypto WAMP-CRA agrees with Autobahn's auth_cra (Unicode password, salt)
+  const mine = await page.evaluate(async ([pw, salt, ch]) => {
+    const w = await import('./wamp.js');
+    const key = await w.deriveCraKey(pw, salt, 100, 32);
+    return [key, await w.signCra(key, ch)];
+  }, [PASSWORD.alice, 'sälz', '{"nonce":"n"}']);
+  const key = autobahn.auth_cra.derive_key(PASSWORD.alice, 'sälz', 100, 32);
+  assert.deepEqual(mine, [key, autobahn.auth_cra.sign(key, '{"nonce":"n"}')]);
 
   await button('Call').click();
   await page.locator('#call-result[data-state="ok"]', { hasText: 'Hello, Bob Ross' }).waitFor();
