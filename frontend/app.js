@@ -1,5 +1,5 @@
 // The page: wires the forms to the WAMP client in wamp.js. No framework, no build step.
-import { WampClient, WampError, isObject } from './wamp.js';
+import { WampClient, WampError, isObject, wampcraAvailable } from './wamp.js';
 
 const $ = (id) => document.getElementById(id);
 const LOG_MAX = 300;
@@ -92,7 +92,7 @@ function logError(title, err) {
 
 let countdown = null;
 
-function showState({ state, sessionId, retryAt, reason, attempt }) {
+function showState({ state, sessionId, retryAt, reason, attempt, authid }) {
   const box = $('conn');
   const text = $('conn-text');
   box.dataset.state = state;
@@ -101,6 +101,8 @@ function showState({ state, sessionId, retryAt, reason, attempt }) {
   $('reconnect').hidden = state !== 'disconnected';
   if (state === 'connecting') {
     text.textContent = attempt > 0 ? `Connecting… (attempt ${attempt + 1})` : 'Connecting…';
+  } else if (state === 'authenticating') {
+    text.textContent = `Signing in as ${authid}…`;
   } else if (state === 'connected') {
     text.textContent = `Connected · session ${sessionId}`;
   } else if (state === 'disconnected') {
@@ -111,20 +113,165 @@ function showState({ state, sessionId, retryAt, reason, attempt }) {
     tick();
     countdown = setInterval(tick, 1000);
     box.title = reason || '';
+  } else if (state === 'unauthenticated') {
+    text.textContent = 'Sign-in required';
   } else {
     text.textContent = 'Closed';
   }
   if (state !== 'disconnected') box.title = '';
 }
 
+// ---- sign-in ------------------------------------------------------------------------------------
+// The router says who we are in WELCOME (authid, authrole, authmethod, authprovider); with
+// authentication off (authprovider "none") the page shows no identity and no sign-in at all.
+
+const signin = {
+  pending: null,        // 'user' | 'guest' while a sign-in started from the dialog is under way
+  guestRefused: false,  // the router refused an anonymous session
+  authOn: false,        // a WELCOME or a refusal said the router authenticates
+};
+const secure = wampcraAvailable();
+if (!secure) {
+  $('signin-insecure').hidden = false;
+  $('signin-method').querySelector('option[value="wampcra"]').disabled = true;
+  $('signin-method').querySelector('option[value="auto"]').textContent = 'Automatic (ticket here)';
+}
+
+function showWho() {
+  const w = client.welcome;
+  const who = $('who');
+  if (w && w.authprovider !== 'none') {
+    signin.authOn = true;
+    const anon = w.authmethod === 'anonymous';
+    $('who-text').textContent = anon ? `Guest · role ${w.authrole}` : `Signed in as ${w.authid} · role ${w.authrole} · ${w.authmethod}`;
+    $('signin-open').hidden = !anon;
+    $('signout').hidden = anon;
+    who.hidden = false;
+  } else if (client.state === 'unauthenticated') {
+    $('who-text').textContent = 'Not signed in';
+    $('signin-open').hidden = false;
+    $('signout').hidden = true;
+    who.hidden = false;
+  } else if (!signin.authOn) {
+    who.hidden = true;
+  }
+}
+
+function signinError(message) {
+  const e = $('signin-error');
+  e.textContent = message || '';
+  e.hidden = !message;
+}
+
+function signinBusy(on) {
+  for (const id of ['signin-submit', 'signin-guest']) busy($(id), on);
+  $('signin-submit').textContent = on && signin.pending === 'user' ? 'Signing in…' : 'Sign in';
+}
+
+function openSignin(why) {
+  const d = $('signin');
+  $('signin-why').textContent = why || 'Sign in to the router with your user name and password.';
+  $('signin-guest').hidden = signin.guestRefused;
+  if (!d.open) d.showModal();
+  const id = $('signin-authid');
+  (id.value ? $('signin-password') : id).focus();
+}
+
+function closeSignin() {
+  const d = $('signin');
+  signin.pending = null;
+  signinBusy(false);
+  signinError('');
+  $('signin-password').value = ''; // the client keeps its copy in memory for reconnects
+  if (d.open) d.close();
+}
+
+// What an ABORT before WELCOME means to a person.
+function refusalText({ reason, message, anonymous }) {
+  if (reason === 'wamp.error.authentication_failed') return 'Authentication failed: wrong user or password.';
+  if (reason === 'wamp.error.no_auth_method') {
+    return anonymous ? 'This router does not allow guests: sign in.'
+      : `The router accepts none of the offered methods${message ? ` (${message})` : ''}.`;
+  }
+  return `${reason}${message ? `: ${message}` : ''}`;
+}
+
+function onSigninState(d) {
+  if (d.state === 'connected') {
+    if (signin.pending) closeSignin();
+  } else if (d.state === 'unauthenticated') {
+    signin.authOn = true;
+    const r = d.refusal;
+    if (r.anonymous && r.reason === 'wamp.error.no_auth_method') signin.guestRefused = true;
+    const wasPending = signin.pending;
+    signin.pending = null;
+    signinBusy(false);
+    if (wasPending || !r.anonymous) {
+      signinError(refusalText(r));
+      openSignin($('signin-why').textContent);
+      if (wasPending === 'user' || !r.anonymous) $('signin-password').select();
+    } else {
+      signinError('');
+      openSignin('This router needs you to sign in.');
+    }
+  } else if (d.state === 'disconnected' && signin.pending) {
+    signinError(`Cannot reach the router (${d.reason}); trying again by itself.`);
+  }
+  showWho();
+}
+
+$('signin-form').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const v = validate([
+    ['authid', $('signin-authid'), (i) => (i.value.trim() ? { value: i.value.trim() } : { error: 'Enter your user name.' })],
+    ['password', $('signin-password'), (i) => (i.value ? { value: i.value } : { error: 'Enter your password.' })],
+  ]);
+  if (!v) return;
+  const choice = $('signin-method').value;
+  const methods = choice === 'auto' ? ['wampcra', 'ticket'] : [choice];
+  signinError('');
+  try {
+    client.setAuth({ authid: v.authid, password: v.password, methods });
+  } catch (e) {
+    signinError(e.message);
+    return;
+  }
+  if (!client.auth.methods.includes('wampcra')) {
+    log('info', `signing in as ${v.authid} with a ticket`, { text: secure ? undefined : 'WAMP-CRA needs a secure context (https or localhost): the password goes to the router as a ticket.' });
+  }
+  signin.pending = 'user';
+  signinBusy(true);
+});
+
+$('signin-guest').addEventListener('click', () => {
+  signinError('');
+  signin.pending = 'guest';
+  signinBusy(true);
+  client.setAuth(null);
+});
+
+$('signin-cancel').addEventListener('click', () => closeSignin());
+$('signin').addEventListener('cancel', () => { signin.pending = null; signinBusy(false); });
+$('signin-open').addEventListener('click', () => openSignin());
+$('signout').addEventListener('click', () => {
+  const who = client.welcome ? client.welcome.authid : '';
+  client.setAuth(null);
+  log('info', `signed out${who ? ` (${who})` : ''}`);
+});
+
 client.addEventListener('state', (e) => {
   const d = e.detail;
   showState(d);
   if (d.state === 'connected') {
-    log('info', 'connected', { fields: [['session', String(d.sessionId)], ['realm', d.details?.realm ?? 'realm1']] });
+    const fields = [['session', String(d.sessionId)], ['realm', d.details?.realm ?? 'realm1']];
+    if (d.details && d.details.authprovider !== 'none' && d.details.authid) {
+      fields.push(['authid', String(d.details.authid)], ['authrole', String(d.details.authrole)], ['authmethod', String(d.details.authmethod)]);
+    }
+    log('info', 'connected', { fields });
   } else if (d.state === 'disconnected') {
     log('error', 'disconnected', { text: `${d.reason}; retrying in ${(d.retryInMs / 1000).toFixed(1)} s` });
   }
+  onSigninState(d);
 });
 
 client.addEventListener('notice', (e) => {

@@ -2,9 +2,13 @@
 //
 // Roles: publisher, subscriber, caller, callee. Keeps subscriptions and registrations across
 // reconnects (re-sent after every WELCOME) and reconnects by itself with exponential backoff.
+// Authentication: anonymous (no authmethods in HELLO), ticket and wampcra (WAMP-CRA, salted
+// secrets as Autobahn's auth_cra derives them, computed with WebCrypto). The credentials live in
+// this object only (memory), so reconnects sign in again with them; nothing is stored.
 //
 //   const client = new WampClient({ url, realm: 'realm1' });
 //   client.addEventListener('state', (e) => console.log(e.detail)); // {state, sessionId, retryInMs, reason}
+//   client.setAuth({ authid: 'alice', password: '...', methods: ['wampcra', 'ticket'] }); // or null
 //   client.open();
 //   await client.subscribe('topic', (args, kwargs, details) => {});
 //   await client.publish('topic', [1], {a: 1}, { acknowledge: true });
@@ -12,9 +16,11 @@
 //   await client.register('browser.echo', (args, kwargs, details) => ({ args, kwargs }));
 //
 // Errors from the router or a callee reject with a WampError {error, args, kwargs, details}.
+// States: closed | connecting | authenticating | connected | disconnected | unauthenticated (the
+// router refused the credentials, or anonymous: no retry until setAuth or reconnectNow).
 
 export const MSG = Object.freeze({
-  HELLO: 1, WELCOME: 2, ABORT: 3, GOODBYE: 6, ERROR: 8,
+  HELLO: 1, WELCOME: 2, ABORT: 3, CHALLENGE: 4, AUTHENTICATE: 5, GOODBYE: 6, ERROR: 8,
   PUBLISH: 16, PUBLISHED: 17,
   SUBSCRIBE: 32, SUBSCRIBED: 33, UNSUBSCRIBE: 34, UNSUBSCRIBED: 35, EVENT: 36,
   CALL: 48, CANCEL: 49, RESULT: 50,
@@ -46,16 +52,71 @@ function isId(v) {
 
 const SUBPROTOCOL = 'wamp.2.json';
 
+// ABORT reasons before WELCOME that retrying with the same credentials cannot cure.
+const AUTH_REFUSALS = new Set([
+  'wamp.error.no_auth_method', 'wamp.error.authentication_failed', 'wamp.error.not_authorized',
+  'wamp.error.authorization_failed', 'wamp.error.no_such_role', 'wamp.error.no_such_principal',
+]);
+
+// ---- WAMP-CRA with WebCrypto --------------------------------------------------------------------
+
+// crypto.subtle exists on secure contexts only (https, and http on localhost / 127.0.0.1).
+export function wampcraAvailable() {
+  return globalThis.isSecureContext !== false && !!(globalThis.crypto && globalThis.crypto.subtle);
+}
+
+const utf8 = (s) => new TextEncoder().encode(s);
+
+function base64(bytes) {
+  let bin = '';
+  for (const b of new Uint8Array(bytes)) bin += String.fromCharCode(b);
+  return btoa(bin);
+}
+
+// base64(PBKDF2-HMAC-SHA256(secret, salt, iterations, keylen)): Autobahn's auth_cra.derive_key.
+export async function deriveCraKey(secret, salt, iterations = 1000, keylen = 32) {
+  const material = await crypto.subtle.importKey('raw', utf8(secret), 'PBKDF2', false, ['deriveBits']);
+  const bits = await crypto.subtle.deriveBits({ name: 'PBKDF2', hash: 'SHA-256', salt: utf8(salt), iterations },
+    material, keylen * 8);
+  return base64(bits);
+}
+
+// base64(HMAC-SHA256(key, challenge)), the key being the bytes of its string (auth_cra.sign).
+export async function signCra(key, challenge) {
+  const k = await crypto.subtle.importKey('raw', utf8(key), { name: 'HMAC', hash: 'SHA-256' }, false, ['sign']);
+  return base64(await crypto.subtle.sign('HMAC', k, utf8(challenge)));
+}
+
+// The AUTHENTICATE signature for a wampcra CHALLENGE's extra: salted when the router sends a salt.
+async function craSignature(password, extra) {
+  if (!isObject(extra) || typeof extra.challenge !== 'string') throw new Error('wampcra CHALLENGE without a challenge string');
+  let key = password;
+  if (extra.salt !== undefined) {
+    const iterations = extra.iterations ?? 1000;
+    const keylen = extra.keylen ?? 32;
+    if (typeof extra.salt !== 'string') throw new Error('wampcra salt is not a string');
+    if (!Number.isInteger(iterations) || iterations < 1 || iterations > 10000000) throw new Error(`wampcra iterations ${iterations} out of range`);
+    if (!Number.isInteger(keylen) || keylen < 1 || keylen > 64) throw new Error(`wampcra keylen ${keylen} out of range`);
+    key = await deriveCraKey(password, extra.salt, iterations, keylen);
+  }
+  return signCra(key, extra.challenge);
+}
+
 export class WampClient extends EventTarget {
-  constructor({ url, realm = 'realm1', minDelayMs = 500, maxDelayMs = 15000, WebSocketImpl } = {}) {
+  constructor({ url, realm = 'realm1', minDelayMs = 500, maxDelayMs = 15000, WebSocketImpl, auth = null } = {}) {
     super();
     this.url = url;
     this.realm = realm;
     this.minDelayMs = minDelayMs;
     this.maxDelayMs = maxDelayMs;
     this.WebSocketImpl = WebSocketImpl || globalThis.WebSocket;
-    this.state = 'closed';      // closed | connecting | connected | disconnected
+    this.state = 'closed';      // see the states above
     this.sessionId = null;
+    this.welcome = null;        // WELCOME details of the current session (authid, authrole, ...)
+    this.auth = null;           // {authid, password, methods} or null: anonymous
+    this.refusal = null;        // {reason, message, anonymous} of an ABORT before WELCOME
+    this.switching = false;     // setAuth() closed the socket: connect again at once
+    if (auth) this.setAuth(auth, { connect: false });
     this.ws = null;
     this.attempt = 0;           // failed attempts since the last WELCOME
     this.retryTimer = null;
@@ -79,16 +140,51 @@ export class WampClient extends EventTarget {
   // Leaves with GOODBYE and stops reconnecting.
   close(reason = 'wamp.close.close_realm') {
     this.wanted = false;
+    this.switching = false;
     this._clearRetry();
-    if (this.ws && this.state === 'connected') {
+    if (this.ws) this._leave(reason);
+    else this._setState('closed', { reason: 'closed' });
+  }
+
+  // GOODBYE when in a session, else just the close; the socket's onclose does the rest.
+  _leave(reason) {
+    const ws = this.ws;
+    if (this.state === 'connected') {
       this.closingByUs = true;
       this._send([MSG.GOODBYE, {}, reason]);
-      const ws = this.ws;
       setTimeout(() => { if (ws.readyState <= 1) ws.close(1000); }, 1000);
-    } else if (this.ws) {
-      this.ws.close(1000);
     } else {
-      this._setState('closed', { reason: 'closed' });
+      ws.close(1000);
+    }
+  }
+
+  // Credentials for this and every later session: {authid, password, methods} (methods: any of
+  // 'wampcra', 'ticket', in order of preference; wampcra is dropped where WebCrypto is missing),
+  // or null for anonymous. Leaves the current session, if any, and connects again at once.
+  setAuth(auth, { connect = true } = {}) {
+    if (auth) {
+      if (typeof auth.authid !== 'string' || !auth.authid) throw new Error('an authid is needed to sign in');
+      if (typeof auth.password !== 'string') throw new Error('a password is needed to sign in');
+      const wanted = auth.methods && auth.methods.length ? auth.methods : ['wampcra', 'ticket'];
+      const methods = wanted.filter((m) => (m === 'ticket' || m === 'wampcra') && (m !== 'wampcra' || wampcraAvailable()));
+      if (!methods.length) {
+        throw new Error(wanted.includes('wampcra')
+          ? 'WAMP-CRA needs WebCrypto, which the browser offers on secure contexts only (https, or http on localhost)'
+          : `no supported authentication method in ${JSON.stringify(wanted)}`);
+      }
+      this.auth = { authid: auth.authid, password: auth.password, methods };
+    } else {
+      this.auth = null;
+    }
+    if (!connect) return;
+    this.wanted = true;
+    this._clearRetry();
+    this.attempt = 0;
+    if (this.ws) {
+      this.switching = true;
+      this._leave('wamp.close.close_realm');
+    } else {
+      this._connect();
     }
   }
 
@@ -124,6 +220,8 @@ export class WampClient extends EventTarget {
   _connect() {
     this.retryTimer = null;
     this.sessionId = null;
+    this.welcome = null;
+    this.refusal = null;
     this.nextRequest = 1;
     this._setState('connecting');
     let ws;
@@ -143,7 +241,7 @@ export class WampClient extends EventTarget {
         ws.close(1002);
         return;
       }
-      this._send([MSG.HELLO, this.realm, {
+      const details = {
         agent: 'microservice-frontend',
         roles: {
           publisher: { features: { publisher_exclusion: true } },
@@ -151,7 +249,12 @@ export class WampClient extends EventTarget {
           caller: { features: { progressive_call_results: true, call_canceling: true, call_timeout: true } },
           callee: { features: { progressive_call_results: true } },
         },
-      }]);
+      };
+      if (this.auth) {
+        details.authmethods = this.auth.methods;
+        details.authid = this.auth.authid;
+      }
+      this._send([MSG.HELLO, this.realm, details]);
     };
     ws.onmessage = (ev) => {
       if (ws !== this.ws) return;
@@ -194,6 +297,7 @@ export class WampClient extends EventTarget {
     this.ws = null;
     const hadSession = this.sessionId !== null;
     this.sessionId = null;
+    this.welcome = null;
     const err = new WampError('wamp.error.connection_lost', [`connection lost: ${reason}`]);
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
@@ -203,6 +307,18 @@ export class WampClient extends EventTarget {
     this._changed();
     if (!this.wanted) {
       this._setState('closed', { reason });
+      return;
+    }
+    if (this.switching) { // setAuth: the new credentials, now
+      this.switching = false;
+      this._connect();
+      return;
+    }
+    if (this.refusal) { // the same credentials would be refused again: wait for setAuth
+      const refusal = this.refusal;
+      this.refusal = null;
+      this.attempt = 0;
+      this._setState('unauthenticated', { reason, refusal });
       return;
     }
     if (!hadSession) this.attempt++;
@@ -237,6 +353,10 @@ export class WampClient extends EventTarget {
   _dispatch(msg) {
     const code = msg[0];
     if (this.state !== 'connected') {
+      if (code === MSG.CHALLENGE) {
+        this._challenge(msg);
+        return;
+      }
       if (code === MSG.WELCOME) {
         if (!isId(msg[1])) throw new Error('WELCOME without a valid session id');
         this.sessionId = msg[1];
@@ -250,7 +370,15 @@ export class WampClient extends EventTarget {
         const reason = typeof msg[2] === 'string' ? msg[2] : 'ABORT';
         const text = isObject(msg[1]) && msg[1].message ? `${reason}: ${msg[1].message}` : reason;
         this.abortReason = `router refused the session: ${text}`;
-        this._notice('error', this.abortReason);
+        if (AUTH_REFUSALS.has(reason)) {
+          this.refusal = { reason, message: isObject(msg[1]) && typeof msg[1].message === 'string' ? msg[1].message : '', anonymous: !this.auth };
+        }
+        if (!this.auth && reason === 'wamp.error.no_auth_method') {
+          this.abortReason = `the router wants a sign-in: ${text}`; // no guests here: not a fault
+          this._notice('info', this.abortReason);
+        } else {
+          this._notice('error', this.abortReason);
+        }
         this.ws.close(1000);
         return;
       }
@@ -325,6 +453,32 @@ export class WampClient extends EventTarget {
       default:
         throw new Error(`unexpected message code ${code}`);
     }
+  }
+
+  // CHALLENGE before WELCOME: answer with AUTHENTICATE, or leave when it asks what we did not offer.
+  _challenge(msg) {
+    const [, method, extra] = msg;
+    if (this.state === 'authenticating') throw new Error('a second CHALLENGE');
+    if (!this.auth || !this.auth.methods.includes(method)) {
+      this.abortReason = `the router asked for ${method} authentication, which this page did not offer`;
+      this._notice('error', this.abortReason);
+      this._send([MSG.ABORT, { message: this.abortReason }, 'wamp.error.authentication_failed']);
+      this.ws.close(1000);
+      return;
+    }
+    const ws = this.ws;
+    this._setState('authenticating', { authid: this.auth.authid, authmethod: method });
+    const answer = method === 'ticket' ? Promise.resolve(this.auth.password) : craSignature(this.auth.password, extra);
+    answer.then((signature) => {
+      if (ws === this.ws && this.state === 'authenticating') this._send([MSG.AUTHENTICATE, signature, {}]);
+    }, (e) => {
+      if (ws !== this.ws) return;
+      this.abortReason = `cannot answer the ${method} challenge: ${e.message}`;
+      this._notice('error', this.abortReason);
+      this._send([MSG.ABORT, { message: e.message }, 'wamp.error.authentication_failed']);
+      this.refusal = { reason: 'wamp.error.authentication_failed', message: e.message, anonymous: false };
+      ws.close(1000);
+    });
   }
 
   _settle(req, value) {

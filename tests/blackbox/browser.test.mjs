@@ -85,6 +85,8 @@ h.test('the page loads from GET / and connects to /websocket with a session id',
   assert.equal(endpoint, `ws://127.0.0.1:${rt.port}/websocket`);
   assert.ok(await logEntries('info').filter({ hasText: String(firstSession) }).count() >= 1,
     'the log says connected with the session id');
+  assert.equal(await page.locator('#who').isVisible(), false, 'authentication off: no identity, no sign-in');
+  assert.equal(await page.locator('dialog#signin').isVisible(), false);
   const hello = JSON.parse(framesSent[0]);
   assert.equal(hello[0], 1, `the first frame is HELLO: ${framesSent[0]}`);
   assert.equal(typeof hello[1], 'string');
