@@ -4,6 +4,7 @@
  * reads what each subsystem counts. */
 #include "metrics.h"
 
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -16,6 +17,19 @@
 #include "wamp_router.h"
 
 static void put(codec_buf *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* In an ASan build malloc is the sanitizer's; it counts the bytes in use itself (freed memory in
+ * its quarantine excluded). Absent otherwise (a weak reference resolves to NULL). */
+extern size_t __sanitizer_get_current_allocated_bytes(void) __attribute__((weak));
+
+/* Bytes the process has allocated with malloc and not freed: what a leak makes grow, unlike RSS,
+ * which also holds the allocator's free lists (and, under ASan, its quarantine). */
+static size_t heap_in_use(void)
+{
+    if (__sanitizer_get_current_allocated_bytes) return __sanitizer_get_current_allocated_bytes();
+    struct mallinfo2 mi = mallinfo2();
+    return mi.uordblks + mi.hblkhd;
+}
 
 static void put(codec_buf *out, const char *fmt, ...)
 {
@@ -112,6 +126,9 @@ void metrics_render(runtime *rt, codec_buf *out)
     put(out, "microservice_postgres_queue_depth %d\n", pg_pool_queue_depth(rt->pg));
     header(out, "microservice_calls_in_flight", "gauge", "Lua coroutines running (calls, spawns).");
     put(out, "microservice_calls_in_flight %d\n", sched_inflight(rt->sched));
+    header(out, "microservice_heap_bytes", "gauge",
+           "Bytes allocated with malloc and not freed (the Lua heap, LuaJIT's own, is apart).");
+    put(out, "microservice_heap_bytes %zu\n", heap_in_use());
     header(out, "microservice_lua_memory_bytes", "gauge", "Memory of the Lua state.");
     put(out, "microservice_lua_memory_bytes %zu\n", rt->lua_mem.used);
     header(out, "microservice_lua_memory_limit_bytes", "gauge",
