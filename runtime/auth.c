@@ -319,7 +319,10 @@ int auth_load(const char *path, auth **out, char *err, size_t errlen)
     json_error_t jerr;
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        snprintf(err, errlen, "%s:%d: %s", path, jerr.line, jerr.text);
+        if (jerr.line > 0)
+            snprintf(err, errlen, "%s:%d: %s", path, jerr.line, jerr.text);
+        else /* not read at all: jansson's text names the file and the reason */
+            snprintf(err, errlen, "%s", jerr.text);
         return -1;
     }
     auth *a = calloc(1, sizeof *a);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "commands.h"
 #include "log.h"
 #include "nats_auth.h"
@@ -358,6 +359,15 @@ int main(int argc, char **argv)
             return 1;
         }
         SSL_CTX_free(tls);
+    }
+    if (cfg.auth_file && cfg.workers > 1) { /* the same for the auth file */
+        struct auth *a;
+        char err[512];
+        if (auth_load(cfg.auth_file, &a, err, sizeof err) != 0) {
+            log_error("runtime", "--auth %s", err);
+            return 1;
+        }
+        auth_free(a);
     }
     if (cfg.workers > 1) return workers_run(&cfg);
     static runtime rt; /* big (loop, handles); lives for the whole process */
