@@ -59,6 +59,7 @@ static void usage(FILE *out)
         "                     a full collection; a call that grows it past 2 x MB fails with\n"
         "                     'out of memory' (default 1024; 0: no limit)\n"
         "  --max-session-calls N  calls in flight per WAMP session (default 1000)\n"
+        "  --join-timeout S   seconds a WebSocket may take to HELLO and authenticate (default 10)\n"
         "  --auth FILE        users, tokens and roles (default $MICROSERVICE_AUTH; none: every\n"
         "                     caller may do everything); see docs/auth.md\n"
         "  SERVICES_DIR       folder of *.lua service scripts (default ./services)\n"
@@ -151,6 +152,7 @@ enum {
     OPT_MAX_SUBSCRIPTIONS,
     OPT_MAX_REGISTRATIONS,
     OPT_MAX_SESSION_CALLS,
+    OPT_JOIN_TIMEOUT,
     OPT_AUTH,
     OPT_HTTPS,
     OPT_TLS_CERT,
@@ -180,6 +182,7 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         {"max-subscriptions", required_argument, NULL, OPT_MAX_SUBSCRIPTIONS},
         {"max-registrations", required_argument, NULL, OPT_MAX_REGISTRATIONS},
         {"max-session-calls", required_argument, NULL, OPT_MAX_SESSION_CALLS},
+        {"join-timeout", required_argument, NULL, OPT_JOIN_TIMEOUT},
         {"auth", required_argument, NULL, OPT_AUTH},
         {"https", required_argument, NULL, OPT_HTTPS},
         {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
@@ -257,6 +260,9 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         case OPT_MAX_REGISTRATIONS:
             if (parse_number(optarg, 1, 1 << 20, &v) != 0) goto bad_number;
             cfg->max_session_regs = (int)v;
+            break;
+        case OPT_JOIN_TIMEOUT:
+            if (parse_number(optarg, 0.1, 3600, &cfg->join_timeout) != 0) goto bad_number;
             break;
         case OPT_MAX_SESSION_CALLS:
             if (parse_number(optarg, 1, 1 << 20, &v) != 0) goto bad_number;

@@ -47,6 +47,7 @@ typedef struct runtime_config {
     int max_session_subs;  /* subscriptions per WAMP session */
     int max_session_regs;  /* registrations per WAMP session */
     int max_session_calls; /* calls in flight per WAMP session */
+    double join_timeout;   /* seconds for a WAMP client to HELLO (and authenticate) */
     const char *auth_file; /* NULL: authentication off */
     bool watch;            /* hot reload of the services folder */
     bool reuse_port;       /* SO_REUSEPORT on the HTTP listeners (workers share them) */

@@ -29,9 +29,9 @@
 #define TAG "wamp"
 #define MAX_ID 9007199254740992LL        /* 2^53 */
 #define OUT_MAX_BYTES (4u * 1024 * 1024) /* queued for one session before it is a slow consumer */
-#define MAX_AUTH_JOBS                                                                              \
-    64 /* tickets checked at once (PBKDF2 on the thread pool); more are refused                    \
-        */
+#define JOIN_SWEEP_MS 250                /* how often sessions not yet established are checked */
+/* tickets checked at once (PBKDF2 on the thread pool); more sign-ins are refused */
+#define MAX_AUTH_JOBS 64
 #define HDR_EXCLUDE "Wamp-Exclude"     /* the publishing session, when it excludes itself */
 #define HDR_PUBLISHER "Wamp-Publisher" /* the publishing session, when it discloses itself */
 #define HDR_PUBLICATION "Wamp-Publication"
@@ -143,6 +143,7 @@ struct session {
     uint16_t close_code;   /* S_CLOSING: the close frame to send once the queue is empty */
     const char *close_reason;
     uint64_t close_deadline; /* loop time: a peer that does not read by then is dropped */
+    uint64_t join_deadline;  /* loop time: a session not established by then is aborted */
     session *dirty_next;
     session *prev, *next;
 };
@@ -156,12 +157,14 @@ struct wamp_router {
     uint64_t next_sub_id, next_reg_id;
     session *dirty;
     uv_timer_t flush_timer;
+    uv_timer_t join_timer; /* runs while some session is not established yet */
     codec_buf out;
     int auth_jobs; /* tickets being checked on the thread pool */
     bool shutting_down;
 };
 
 static void session_end(session *s);
+static void join_sweep(uv_timer_t *t);
 static void ack_after_flush(session *s, int type, uint64_t request, uint64_t id, bool fresh);
 
 /* ---- small helpers ---- */
@@ -1568,6 +1571,9 @@ int wamp_router_upgrade(struct wamp_router *r, h2o_req_t *req)
     s->ser = ser;
     s->id = random_id();
     s->state = S_OPEN;
+    s->join_deadline = uv_now(&r->rt->loop) + (uint64_t)(r->rt->cfg.join_timeout * 1000.0);
+    if (!uv_is_active((uv_handle_t *)&r->join_timer))
+        uv_timer_start(&r->join_timer, join_sweep, JOIN_SWEEP_MS, JOIN_SWEEP_MS);
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("sec-websocket-protocol"), 0,
                           NULL, proto, strlen(proto));
     s->ws = h2o_upgrade_to_websocket(req, key, s, on_ws_message);
@@ -1588,6 +1594,27 @@ int wamp_router_upgrade(struct wamp_router *r, h2o_req_t *req)
 
 /* ---- router life ---- */
 
+/* Sessions that did not HELLO (or AUTHENTICATE) within --join-timeout hold a slot of
+ * --max-sessions for nothing: they are aborted. The sweep stops when every session is in. */
+static void join_sweep(uv_timer_t *t)
+{
+    router *r = t->data;
+    uint64_t now = uv_now(&r->rt->loop);
+    bool waiting = false;
+    for (session *s = r->sessions; s; s = s->next) {
+        if (s->state != S_OPEN && s->state != S_CHALLENGED && s->state != S_VERIFYING) continue;
+        if (now < s->join_deadline || s->state == S_VERIFYING) {
+            waiting = true;
+            continue;
+        }
+        char text[128];
+        snprintf(text, sizeof text, "no %s within %.3g s (--join-timeout)",
+                 s->state == S_OPEN ? "HELLO" : "AUTHENTICATE", r->rt->cfg.join_timeout);
+        abort_session(s, "wamp.error.timeout", text);
+    }
+    if (!waiting) uv_timer_stop(t);
+}
+
 struct wamp_router *wamp_router_new(runtime *rt)
 {
     router *r = calloc(1, sizeof *r);
@@ -1596,6 +1623,8 @@ struct wamp_router *wamp_router_new(runtime *rt)
     codec_buf_init(&r->out);
     uv_timer_init(&rt->loop, &r->flush_timer);
     r->flush_timer.data = r;
+    uv_timer_init(&rt->loop, &r->join_timer);
+    r->join_timer.data = r;
     return r;
 }
 
@@ -1648,6 +1677,7 @@ void wamp_router_close(struct wamp_router *r)
         h2o_websocket_close(ws);
     }
     uv_close((uv_handle_t *)&r->flush_timer, timer_closed);
+    uv_close((uv_handle_t *)&r->join_timer, timer_closed);
 }
 
 void wamp_router_free(struct wamp_router *r)

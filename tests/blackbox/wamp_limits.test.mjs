@@ -13,7 +13,7 @@ before(async () => {
   nats = await h.startNats({ dir });
   rt = await h.startRuntime({
     dir, natsUrl: nats.url, servicesDir: h.servicesDir(path.join(dir, 'services')),
-    args: ['--max-sessions', '2', '--max-subscriptions', '2', '--max-registrations', '1'],
+    args: ['--max-sessions', '2', '--max-subscriptions', '2', '--max-registrations', '1', '--join-timeout', '1'],
   });
 });
 
@@ -66,4 +66,21 @@ h.test('subscriptions and registrations per session, and sessions per process', 
     if (c) c.terminate();
     return c !== null;
   }, { what: 'a place for a new session once one left' });
+});
+
+h.test('a WebSocket that does not HELLO within --join-timeout is aborted and frees its slot', async () => {
+  await closeAllWamp(); // the sessions of the test above (--max-sessions 2)
+  await h.waitFor(async () => /^microservice_wamp_sessions 0$/m.test(await (await fetch(rt.url('/metrics'))).text()),
+    { timeout: 5000, what: 'no WAMP session left' });
+  const idle = await RawWamp.connect(wsUrl(rt), 'json');
+  const joined = await RawWamp.session(wsUrl(rt), 'json');
+  const abort = await idle.next(null, 5000, 'ABORT after the join timeout');
+  assert.deepEqual([abort[0], abort[2]], [MSG.ABORT, 'wamp.error.timeout'], JSON.stringify(abort));
+  assert.match(abort[1].message, /no HELLO within 1 s/);
+  await h.waitFor(() => idle.closeInfo !== null, { timeout: 5000, what: 'the idle socket closed' });
+  // the session that said HELLO in time is not touched, however long it stays quiet
+  await h.sleep(1500);
+  const r = await request(joined, [MSG.CALL, joined.req(), {}, 'greeting_service.hello', ['Bob']], MSG.RESULT);
+  assert.equal(r[0], MSG.RESULT, JSON.stringify(r));
+  assert.equal(joined.closeInfo, null);
 });
