@@ -17,10 +17,15 @@ pg_port=${PG_PORT:-5433}
 
 nats_pid=""
 pg_started=""
+# Ctrl-C reaches the whole process group: nats-server may be gone already, so nothing here may
+# fail the script (set -e would end it before PostgreSQL is stopped), and it runs once.
 cleanup() {
-  [ -n "$nats_pid" ] && kill "$nats_pid" 2>/dev/null
-  [ -n "$pg_started" ] && scripts/postgres.sh stop "$run_dir/postgres"
-  wait 2>/dev/null || true
+  set +e
+  trap - EXIT INT TERM
+  if [ -n "$nats_pid" ]; then kill "$nats_pid" 2>/dev/null; fi
+  if [ -n "$pg_started" ]; then scripts/postgres.sh stop "$run_dir/postgres"; fi
+  wait 2>/dev/null
+  return 0
 }
 trap cleanup EXIT INT TERM
 
