@@ -526,6 +526,28 @@ bool auth_verify(const auth *a, const char *subject, const char *authid, const c
     return auth_sign(a, subject, authid, authrole, expect) && equal_ct(expect, signature);
 }
 
+int auth_identity_headers(const auth *a, const char *subject, const char *authid,
+                          const char *authrole, char sig[AUTH_SIG_MAX], const char *headers[6])
+{
+    if (!authid || !authrole || !auth_sign(a, subject, authid, authrole, sig)) return 0;
+    headers[0] = AUTH_HDR_AUTHID;
+    headers[1] = authid;
+    headers[2] = AUTH_HDR_AUTHROLE;
+    headers[3] = authrole;
+    headers[4] = AUTH_HDR_SIGNATURE;
+    headers[5] = sig;
+    return 6;
+}
+
+bool auth_identity_of(const auth *a, natsMsg *msg, const char **authid, const char **authrole)
+{
+    const char *sig = NULL;
+    return auth_bus_signing(a) && natsMsgHeader_Get(msg, AUTH_HDR_SIGNATURE, &sig) == NATS_OK &&
+           natsMsgHeader_Get(msg, AUTH_HDR_AUTHID, authid) == NATS_OK &&
+           natsMsgHeader_Get(msg, AUTH_HDR_AUTHROLE, authrole) == NATS_OK &&
+           auth_verify(a, natsMsg_GetSubject(msg), *authid, *authrole, sig);
+}
+
 /* ---- making secrets and tokens ---- */
 
 char *auth_make_secret(const char *password, int iterations)

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <nats/nats.h>
+
 #define AUTH_ID_MAX 128   /* authid, with its NUL */
 #define AUTH_ROLE_MAX 64  /* authrole, with its NUL */
 #define AUTH_SIG_MAX 64   /* a bus signature (base64 of 32 bytes), with its NUL */
@@ -64,6 +66,14 @@ bool auth_sign(const auth *a, const char *subject, const char *authid, const cha
                char out[AUTH_SIG_MAX]);
 bool auth_verify(const auth *a, const char *subject, const char *authid, const char *authrole,
                  const char *signature);
+/* Writes the identity headers (name, value pairs) of a request on subject into headers and
+ * returns how many entries they take: 6, or 0 when there is nothing to sign (no bus_secret or no
+ * authid). sig keeps the signature's text; both must live until the request is sent. */
+int auth_identity_headers(const auth *a, const char *subject, const char *authid,
+                          const char *authrole, char sig[AUTH_SIG_MAX], const char *headers[6]);
+/* The caller a message carries, when its headers are signed for the subject it arrived on:
+ * true with *authid and *authrole pointing into the message. */
+bool auth_identity_of(const auth *a, natsMsg *msg, const char **authid, const char **authrole);
 
 /* A valid identity string for a header: 1..max-1 bytes, printable, no control characters. */
 bool auth_identity_valid(const char *s, size_t max);

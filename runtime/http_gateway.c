@@ -36,6 +36,9 @@
 #define TAG "http"
 #define LISTEN_BACKLOG 4096
 #define CONN_BUCKETS 256
+/* h2o 2.2 runs at most this many requests of one connection at a time (HTTP/2 streams): with
+ * --max-conn-inflight at it, the limit cannot be reached and calls are not counted. */
+#define H2O_STREAMS_PER_CONN 100
 
 /* Calls in flight on one connection (HTTP/2 multiplexes them), keyed by h2o's connection id,
  * which is never reused: nothing here points at a connection, so its end needs no hook. An entry
@@ -190,7 +193,7 @@ static void call_end(gw_call *call)
 {
     call->pending = false;
     call->gw->inflight--;
-    conn_calls_put(call->gw, call->cc);
+    if (call->cc) conn_calls_put(call->gw, call->cc);
     call->cc = NULL;
 }
 
@@ -293,11 +296,7 @@ static bool authorize_call(struct http_gateway *gw, h2o_req_t *req, const char *
         respond_error_status(gw, req, 403, URI_NOT_AUTHORIZED, msg);
         return false;
     }
-    if (auth_sign(a, subject, authid, role, sig)) {
-        const char *h[] = {
-            AUTH_HDR_AUTHID, authid, AUTH_HDR_AUTHROLE, role, AUTH_HDR_SIGNATURE, sig, NULL};
-        memcpy(headers, h, sizeof h);
-    }
+    headers[auth_identity_headers(a, subject, authid, role, sig, headers)] = NULL;
     return true;
 }
 
@@ -312,12 +311,13 @@ static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, const char *subje
         respond_error(gw, req, URI_INVALID_ARGUMENT, err.msg);
         return 0;
     }
-    conn_calls *cc = conn_calls_get(gw, req->conn->id);
-    if (!cc) {
+    conn_calls *cc = NULL;
+    if (gw->rt->cfg.max_conn_inflight < H2O_STREAMS_PER_CONN &&
+        !(cc = conn_calls_get(gw, req->conn->id))) {
         respond_error(gw, req, URI_UNAVAILABLE, "out of memory");
         return 0;
     }
-    if (cc->count >= gw->rt->cfg.max_conn_inflight) {
+    if (cc && cc->count >= gw->rt->cfg.max_conn_inflight) {
         char msg[160];
         snprintf(msg, sizeof msg,
                  "too many calls in flight on this connection (limit %d, --max-conn-inflight)",
@@ -334,7 +334,7 @@ static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, const char *subje
                                  headers[0] ? headers : NULL, request_timeout(gw, req), on_reply,
                                  call, &call->nbreq);
     if (rc != NB_OK) {
-        conn_calls_forget(gw, cc);
+        if (cc) conn_calls_forget(gw, cc);
         respond_error(gw, req, rc == NB_UNAVAILABLE ? URI_UNAVAILABLE : URI_RUNTIME_ERROR,
                       rc == NB_UNAVAILABLE ? "the bus is unavailable"
                                            : "the request could not be sent");
@@ -342,7 +342,7 @@ static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, const char *subje
     }
     call->pending = true;
     call->cc = cc;
-    cc->count++;
+    if (cc) cc->count++;
     gw->inflight++;
     return 0;
 }

@@ -219,11 +219,11 @@ static int core_call(lua_State *L)
     c->rt = rt;
     /* a call made on behalf of an authenticated caller carries the caller on */
     char sig[AUTH_SIG_MAX];
-    const char *headers[] = {
-        AUTH_HDR_AUTHID, t->authid, AUTH_HDR_AUTHROLE, t->authrole, AUTH_HDR_SIGNATURE, sig, NULL};
-    bool signed_call = t->authid && auth_sign(rt->auth, procedure, t->authid, t->authrole, sig);
-    int rc = nats_bridge_request(rt->nats, procedure, buf->data, buf->len,
-                                 signed_call ? headers : NULL, timeout, call_reply_cb, c, &c->req);
+    const char *headers[7];
+    int nh = auth_identity_headers(rt->auth, procedure, t->authid, t->authrole, sig, headers);
+    headers[nh] = NULL;
+    int rc = nats_bridge_request(rt->nats, procedure, buf->data, buf->len, nh ? headers : NULL,
+                                 timeout, call_reply_cb, c, &c->req);
     if (rc != NB_OK) {
         free(c);
         lua_pushboolean(L, 0);

@@ -692,6 +692,19 @@ static void finish_close(nats_bridge *nb);
 static int connect_now(nats_bridge *nb);
 static void connect_retry_later(nats_bridge *nb, int ms, bool unreachable);
 
+/* The end of one nats.c connection, once nothing of nats.c calls us any more: the inbox, the
+ * connection, and the messages the ring and the release batch still hold. The subscriptions'
+ * handles are the caller's business (kept for a new connection, or freed). */
+static void destroy_connection(nats_bridge *nb)
+{
+    natsSubscription_Destroy(nb->inbox_sub);
+    nb->inbox_sub = NULL;
+    natsConnection_Destroy(nb->nc);
+    nb->nc = NULL;
+    inbox_async_cb(&nb->inbox_async); /* release what the ring still holds */
+    release_all(nb);
+}
+
 /* nats.c closed the connection by itself: it stops reconnecting when a server refuses the
  * credentials twice in a row. Start again from scratch, as at start-up: the subscriptions are
  * opened again on the next connection. */
@@ -710,12 +723,7 @@ static void connection_lost(nats_bridge *nb)
         s->sub = NULL;
         s->dead = s->drain_requested; /* a drained one is freed by the next check */
     }
-    natsSubscription_Destroy(nb->inbox_sub);
-    nb->inbox_sub = NULL;
-    natsConnection_Destroy(nb->nc);
-    nb->nc = NULL;
-    inbox_async_cb(&nb->inbox_async); /* release what the ring still holds */
-    release_all(nb);
+    destroy_connection(nb);
     nb->last_error[0] = '\0';
     nb->retry_ms = 0;
     connect_retry_later(nb, RETRY_MS, false);
@@ -1024,12 +1032,7 @@ static void finish_close(nats_bridge *nb)
     fail_all_pending(nb, NB_UNAVAILABLE);
     while (nb->subs)
         sub_free(nb->subs);
-    natsSubscription_Destroy(nb->inbox_sub);
-    nb->inbox_sub = NULL;
-    natsConnection_Destroy(nb->nc);
-    nb->nc = NULL;
-    inbox_async_cb(&nb->inbox_async); /* release what the ring still holds */
-    release_all(nb);
+    destroy_connection(nb);
     close_handles(nb);
     log_info(TAG, "connection closed");
 }

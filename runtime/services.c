@@ -407,17 +407,8 @@ static int push_envelope(struct services *s, lua_State *co, natsMsg *msg, const 
  * anything unsigned or forged is ignored (the call runs without an identity). */
 static void take_caller(struct services *s, call_ctx *c, task *t, natsMsg *msg)
 {
-    const char *id = NULL, *role = NULL, *sig = NULL;
-    if (!auth_bus_signing(s->rt->auth) ||
-        natsMsgHeader_Get(msg, AUTH_HDR_SIGNATURE, &sig) != NATS_OK ||
-        natsMsgHeader_Get(msg, AUTH_HDR_AUTHID, &id) != NATS_OK ||
-        natsMsgHeader_Get(msg, AUTH_HDR_AUTHROLE, &role) != NATS_OK)
-        return;
-    if (!auth_verify(s->rt->auth, natsMsg_GetSubject(msg), id, role, sig)) {
-        log_debug(t->label, "a call to %s carried an identity with a bad signature: ignored",
-                  natsMsg_GetSubject(msg));
-        return;
-    }
+    const char *id = NULL, *role = NULL;
+    if (!auth_identity_of(s->rt->auth, msg, &id, &role)) return;
     snprintf(c->authid, sizeof c->authid, "%s", id);
     snprintf(c->authrole, sizeof c->authrole, "%s", role);
     t->authid = c->authid;

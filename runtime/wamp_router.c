@@ -404,11 +404,13 @@ static void send_error(session *s, int type, uint64_t request, const char *uri, 
 /* ---- the NATS envelope [args, kwargs] ---- */
 
 /* Splits a NATS payload into args and kwargs (new references); -1 if it is not an envelope. */
-/* Whether the session's role may do action on uri; answers ERROR not_authorized when not. */
+/* Whether the session's role may do action on uri; when not, answers ERROR not_authorized (if
+ * the request wants an answer: a PUBLISH only with acknowledge). */
 static bool allowed(session *s, enum auth_action action, const char *uri, int type,
-                    uint64_t request)
+                    uint64_t request, bool answer)
 {
     if (auth_allowed(s->r->rt->auth, s->authrole, action, uri)) return true;
+    if (!answer) return false;
     static const char *const verbs[] = {"call", "register", "publish", "subscribe to"};
     char text[320];
     snprintf(text, sizeof text, "role %s may not %s %s", s->authrole, verbs[action], uri);
@@ -603,7 +605,7 @@ static void on_subscribe(session *s, json_t *msg)
         send_error(s, SUBSCRIBE, req, "wamp.error.invalid_uri", why ? why : "out of memory");
         return;
     }
-    if (!allowed(s, AUTH_SUBSCRIBE, t ? t->subject : subject, SUBSCRIBE, req)) {
+    if (!allowed(s, AUTH_SUBSCRIBE, t ? t->subject : subject, SUBSCRIBE, req, true)) {
         free(subject);
         return;
     }
@@ -668,10 +670,7 @@ static void on_publish(session *s, json_t *msg)
         if (ack) send_error(s, PUBLISH, req, "wamp.error.invalid_uri", "not a valid topic");
         return;
     }
-    if (!auth_allowed(s->r->rt->auth, s->authrole, AUTH_PUBLISH, json_string_value(uri))) {
-        if (ack) allowed(s, AUTH_PUBLISH, json_string_value(uri), PUBLISH, req);
-        return;
-    }
+    if (!allowed(s, AUTH_PUBLISH, json_string_value(uri), PUBLISH, req, ack)) return;
     uint64_t pub = random_id();
     char pubtext[24], sesstext[24];
     snprintf(pubtext, sizeof pubtext, "%llu", (unsigned long long)pub);
@@ -824,7 +823,7 @@ static void on_call(session *s, json_t *msg)
         send_error(s, CALL, req, "wamp.error.invalid_uri", "not a valid procedure");
         return;
     }
-    if (!allowed(s, AUTH_CALL, json_string_value(uri), CALL, req)) return;
+    if (!allowed(s, AUTH_CALL, json_string_value(uri), CALL, req, true)) return;
     if (s->ncalls >= s->r->rt->cfg.max_session_calls) {
         char text[128];
         snprintf(text, sizeof text, "too many calls in flight in this session (limit %d)",
@@ -843,12 +842,8 @@ static void on_call(session *s, json_t *msg)
         headers[h++] = HDR_RECEIVE_PROGRESS;
         headers[h++] = "1";
     }
-    if (auth_sign(s->r->rt->auth, json_string_value(uri), s->authid, s->authrole, sig)) {
-        const char *id[] = {AUTH_HDR_AUTHID, s->authid,          AUTH_HDR_AUTHROLE,
-                            s->authrole,     AUTH_HDR_SIGNATURE, sig};
-        memcpy(headers + h, id, sizeof id);
-        h += 6;
-    }
+    h += auth_identity_headers(s->r->rt->auth, json_string_value(uri), s->authid, s->authrole, sig,
+                               headers + h);
     headers[h] = NULL;
     pending_call *c = calloc(1, sizeof *c);
     size_t len;
@@ -987,11 +982,8 @@ static void on_invocation_msg(void *udata, natsMsg *m)
     json_t *details = json_object();
     if (reply && natsMsgHeader_Get(m, HDR_RECEIVE_PROGRESS, &rp) == NATS_OK)
         json_object_set_new(details, "receive_progress", json_true());
-    const char *id = NULL, *role = NULL, *sig = NULL;
-    if (g->disclose && natsMsgHeader_Get(m, AUTH_HDR_AUTHID, &id) == NATS_OK &&
-        natsMsgHeader_Get(m, AUTH_HDR_AUTHROLE, &role) == NATS_OK &&
-        natsMsgHeader_Get(m, AUTH_HDR_SIGNATURE, &sig) == NATS_OK &&
-        auth_verify(r->rt->auth, natsMsg_GetSubject(m), id, role, sig)) {
+    const char *id = NULL, *role = NULL;
+    if (g->disclose && auth_identity_of(r->rt->auth, m, &id, &role)) {
         json_object_set_new(details, "caller_authid", json_string(id));
         json_object_set_new(details, "caller_authrole", json_string(role));
     }
@@ -1014,7 +1006,7 @@ static void on_register(session *s, json_t *msg)
         send_error(s, REGISTER, req, "wamp.error.invalid_uri", "not a valid procedure");
         return;
     }
-    if (!allowed(s, AUTH_REGISTER, procedure, REGISTER, req)) return;
+    if (!allowed(s, AUTH_REGISTER, procedure, REGISTER, req, true)) return;
     const char *invoke = json_string_value(json_object_get(opts, "invoke"));
     if (!invoke) invoke = "single";
     if (strcmp(invoke, "single") && strcmp(invoke, "roundrobin") && strcmp(invoke, "random")) {
