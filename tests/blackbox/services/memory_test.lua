@@ -1,4 +1,5 @@
--- Test-only service for --max-lua-memory (tests/blackbox/limits.test.mjs). Not shipped.
+-- Test-only service for --max-lua-memory (tests/blackbox/limits.test.mjs, lua_heap.test.mjs).
+-- Not shipped.
 local ms = require "microservice"
 local rpc = ms.rpc
 
@@ -29,6 +30,13 @@ svc.hold = rpc(function(mb, seconds)
     held = nil
   end)
   return { #held }, {}
+end)
+
+-- hold_args(list, seconds): keeps its decoded arguments for that long (as a sleeping call such as
+-- greeting_service.hello_sleep does), then returns [[#list], {}].
+svc.hold_args = rpc(function(list, seconds)
+  ms.sleep(seconds)
+  return { #list }, {}
 end)
 
 return svc
