@@ -3,7 +3,7 @@
 // call's coroutine, outside the --max-lua-memory cap. One call's arguments are bounded by
 // --max-call-memory (413 beyond), the large arguments of the calls in flight together by a quarter
 // of --max-lua-memory (503 beyond), so one client's big bodies, over HTTP or NATS, leave the heap
-// bounded and other clients' small calls answered.
+// bounded and other clients' small calls answered. Replies to ms.call are bounded per call too.
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
@@ -110,5 +110,16 @@ h.test('many concurrent bodies under the per-call bound: they share a quarter of
   assert.equal(await metric('microservice_lua_memory_large_args_bytes'), 0);
   const again = await h.post(rt, 'memory_test.hold_args', body(40000, 0));
   assert.equal(again.status, 200, again.text);
+  await smallCalls();
+});
+
+h.test('a reply that decodes past --max-call-memory fails the ms.call with a runtime error', async () => {
+  const small = await h.post(rt, 'memory_test.call_big', [[1000]]);
+  assert.equal(small.status, 200, small.text);
+  assert.deepEqual(small.json, [[1000], {}]);
+  const big = await h.post(rt, 'memory_test.call_big', [[150000]]); // 600 KB, about 14 MB decoded
+  assert.equal(big.status, 500, big.text);
+  h.assertErrorBody(assert, big.json, 'wamp.error.runtime_error', big.text);
+  assert.match(big.json.args[0], /^reply too large once decoded: over 8388608 bytes of Lua memory/);
   await smallCalls();
 });

@@ -39,4 +39,19 @@ svc.hold_args = rpc(function(list, seconds)
   return { #list }, {}
 end)
 
+-- big_reply(n): returns n arrays [0] as its args; call_big(n) calls it with ms.call and returns
+-- [[n], {}] (the reply is decoded into the caller's coroutine).
+svc.big_reply = rpc(function(n)
+  local t = {}
+  for i = 1, n do
+    t[i] = { 0 }
+  end
+  return t, {}
+end)
+
+svc.call_big = rpc(function(n)
+  local a = ms.call("memory_test.big_reply", { n }, {}, { timeout = 20 })
+  return { #a }, {}
+end)
+
 return svc
