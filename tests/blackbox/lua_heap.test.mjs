@@ -8,6 +8,7 @@ import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import * as h from './lib/harness.mjs';
+import { RawWamp, MSG, wsUrl, closeAllWamp } from './lib/wamp.mjs';
 
 const LUA_MB = 64; // call cap 8 MiB, large arguments 16 MiB together
 let dir, nats, rt, nc;
@@ -26,6 +27,7 @@ before(async () => {
 
 after(async () => {
   if (nc) await nc.close();
+  await closeAllWamp();
   await h.stopAll();
 });
 
@@ -122,4 +124,16 @@ h.test('a reply that decodes past --max-call-memory fails the ms.call with a run
   h.assertErrorBody(assert, big.json, 'wamp.error.runtime_error', big.text);
   assert.match(big.json.args[0], /^reply too large once decoded: over 8388608 bytes of Lua memory/);
   await smallCalls();
+});
+
+h.test('a WAMP CALL whose arguments decode past --max-call-memory gets ERROR invalid_argument; the session goes on', async () => {
+  const w = await RawWamp.session(wsUrl(rt), 'json');
+  const list = JSON.parse(`[${'[0],'.repeat(225000 - 1)}[0]]`);
+  const err = await w.request([MSG.CALL, w.req(), {}, 'memory_test.hold_args', [list, 0]], MSG.RESULT, 20000);
+  assert.equal(err[0], MSG.ERROR, JSON.stringify(err).slice(0, 300));
+  assert.equal(err[4], 'wamp.error.invalid_argument');
+  assert.match(err[5][0], /^request too large once decoded/);
+  const ok = await w.request([MSG.CALL, w.req(), {}, 'memory_test.hold_args', [[[0], [0]], 0]], MSG.RESULT);
+  assert.equal(ok[0], MSG.RESULT, JSON.stringify(ok));
+  assert.deepEqual(ok[3], [2]);
 });
