@@ -220,7 +220,11 @@ typedef struct parser {
     const char *end;
     int depth;
     int max_depth;
-    int mt; /* absolute stack index of the array metatable (Lua mode) */
+    int mt;              /* absolute stack index of the array metatable (Lua mode) */
+    const size_t *meter; /* codec_meter: the counter, NULL when the decode is not bounded */
+    size_t meter_max;    /* the bound, for the message */
+    size_t meter_end;    /* the value of *meter past which the decode stops */
+    int too_large;       /* stopped by the meter: CODEC_TOO_LARGE */
     codec_error *err;
 } parser;
 
@@ -250,14 +254,32 @@ static int starts_value(char c)
            c == 'n';
 }
 
+/* Table sizing. LuaJIT's lua_createtable sizes the array and hash parts exactly, and a table that
+ * grows rehashes and doubles. The first RUN_MAX elements of an array (pairs of an object) are
+ * therefore collected on the Lua stack and the table is made once their count is known: [0] gets
+ * an array part of one slot, not four (a fixed hint of 4 made a body of [0],[0],... take 28x its
+ * size in Lua memory; 22x now, LuaJIT's floor being 64 bytes per table). Longer ones are made
+ * with room for 2 x RUN_MAX and grow from there. */
+#define RUN_MAX 16
+
 static int enter(parser *ps)
 {
     size_t at = (size_t)(ps->p - ps->start);
     if (++ps->depth > ps->max_depth)
         return set_error(ps->err, "nesting deeper than %d at byte %zu", ps->max_depth, at);
-    if (ps->L && !lua_checkstack(ps->L, 3))
+    if (ps->L && !lua_checkstack(ps->L, 2 * RUN_MAX + 3))
         return set_error(ps->err, "nesting too deep for the Lua stack at byte %zu", at);
     return 0;
+}
+
+/* With a meter (codec_decode_envelope_metered): -1 once the decode has allocated more than its
+ * bound. Checked after each element, so a decode stops at most one element past it. */
+static inline int check_meter(parser *ps)
+{
+    if (!ps->meter || *ps->meter <= ps->meter_end) return 0;
+    ps->too_large = 1;
+    return set_error(ps->err, "too large once decoded: over %zu bytes of Lua memory at byte %zu",
+                     ps->meter_max, (size_t)(ps->p - ps->start));
 }
 
 static void push_array(parser *ps, int narr)
@@ -265,6 +287,34 @@ static void push_array(parser *ps, int narr)
     lua_createtable(ps->L, narr, 0);
     lua_pushvalue(ps->L, ps->mt);
     lua_setmetatable(ps->L, -2);
+}
+
+/* The n values on top of the stack become the elements 1..n of a new array table with room for
+ * `size`, left in their place. */
+static void flush_array(parser *ps, int n, int size)
+{
+    push_array(ps, size);
+    lua_insert(ps->L, -(n + 1));
+    int t = lua_gettop(ps->L) - n;
+    for (int i = n; i >= 1; i--)
+        lua_rawseti(ps->L, t, i);
+}
+
+/* The n key/value pairs on top of the stack go, in order (a duplicate key: the last one wins),
+ * into a new table with room for `size` keys, left in their place. */
+static void flush_object(parser *ps, int n, int size)
+{
+    lua_State *L = ps->L;
+    int first = lua_gettop(L) - 2 * n + 1;
+    lua_createtable(L, 0, size);
+    int t = lua_gettop(L);
+    for (int i = 0; i < n; i++) {
+        lua_pushvalue(L, first + 2 * i);
+        lua_pushvalue(L, first + 2 * i + 1);
+        lua_rawset(L, t);
+    }
+    lua_replace(L, first);
+    lua_settop(L, first);
 }
 
 /* --- strings --- */
@@ -529,34 +579,41 @@ static int parse_literal(parser *ps, const char *word, size_t n)
     return 0;
 }
 
-static int parse_array(parser *ps)
+/* After an element or member: 1 at the closing bracket (consumed), 0 after a ',', -1 on error. */
+static int next_item(parser *ps, char close)
+{
+    skip_ws(ps);
+    if (ps->p < ps->end && *ps->p == ',') {
+        ps->p++;
+        return 0;
+    }
+    if (ps->p < ps->end && *ps->p == close) {
+        ps->p++;
+        ps->depth--;
+        return 1;
+    }
+    return perr(ps, ps->p, close == ']' ? "expected ',' or ']'" : "expected ',' or '}'");
+}
+
+/* Opens a container: 1 if it is empty (consumed, and pushed in Lua mode), 0 otherwise. */
+static int open_container(parser *ps, char close)
 {
     if (enter(ps)) return -1;
     ps->p++;
     skip_ws(ps);
-    int empty = ps->p < ps->end && *ps->p == ']';
-    if (ps->L) push_array(ps, empty ? 0 : 4);
-    if (empty) {
-        ps->p++;
-        ps->depth--;
-        return 0;
+    if (ps->p == ps->end || *ps->p != close) return 0;
+    ps->p++;
+    ps->depth--;
+    if (ps->L) {
+        if (close == ']')
+            push_array(ps, 0);
+        else
+            lua_createtable(ps->L, 0, 0);
     }
-    for (int i = 1;; i++) {
-        if (parse_value(ps)) return -1;
-        if (ps->L) lua_rawseti(ps->L, -2, i);
-        skip_ws(ps);
-        if (ps->p < ps->end && *ps->p == ',') {
-            ps->p++;
-        } else if (ps->p < ps->end && *ps->p == ']') {
-            ps->p++;
-            ps->depth--;
-            return 0;
-        } else {
-            return perr(ps, ps->p, "expected ',' or ']'");
-        }
-    }
+    return 1;
 }
 
+/* Pushes a key and its value. */
 static int parse_member(parser *ps)
 {
     skip_ws(ps);
@@ -565,36 +622,42 @@ static int parse_member(parser *ps)
     skip_ws(ps);
     if (ps->p == ps->end || *ps->p != ':') return perr(ps, ps->p, "expected ':'");
     ps->p++;
-    if (parse_value(ps)) return -1;
-    if (ps->L) lua_rawset(ps->L, -3); /* a duplicate key overwrites: the last one wins */
-    return 0;
+    return parse_value(ps);
+}
+
+/* An array (close ']') or an object ('}'), its elements or members first collected on the stack
+ * (see RUN_MAX). */
+static int parse_container(parser *ps, char close)
+{
+    int rc = open_container(ps, close), array = close == ']';
+    if (rc) return rc < 0 ? -1 : 0;
+    int run = 0; /* elements or pairs on the stack, no table made yet; -1 once it is */
+    for (int i = 1;; i++) {
+        if (array ? parse_value(ps) : parse_member(ps)) return -1;
+        if (ps->L && run < 0) {
+            if (array)
+                lua_rawseti(ps->L, -2, i);
+            else
+                lua_rawset(ps->L, -3); /* a duplicate key overwrites: the last one wins */
+        } else if (ps->L && ++run == RUN_MAX) {
+            (array ? flush_array : flush_object)(ps, run, 2 * RUN_MAX);
+            run = -1;
+        }
+        if (check_meter(ps) || (rc = next_item(ps, close)) < 0) return -1;
+        if (rc == 1) break;
+    }
+    if (run > 0) (array ? flush_array : flush_object)(ps, run, run);
+    return check_meter(ps);
+}
+
+static int parse_array(parser *ps)
+{
+    return parse_container(ps, ']');
 }
 
 static int parse_object(parser *ps)
 {
-    if (enter(ps)) return -1;
-    ps->p++;
-    skip_ws(ps);
-    int empty = ps->p < ps->end && *ps->p == '}';
-    if (ps->L) lua_createtable(ps->L, 0, empty ? 0 : 4);
-    if (empty) {
-        ps->p++;
-        ps->depth--;
-        return 0;
-    }
-    for (;;) {
-        if (parse_member(ps)) return -1;
-        skip_ws(ps);
-        if (ps->p < ps->end && *ps->p == ',') {
-            ps->p++;
-        } else if (ps->p < ps->end && *ps->p == '}') {
-            ps->p++;
-            ps->depth--;
-            return 0;
-        } else {
-            return perr(ps, ps->p, "expected ',' or '}'");
-        }
-    }
+    return parse_container(ps, '}');
 }
 
 static int parse_value(parser *ps)
@@ -624,9 +687,14 @@ static int parse_value(parser *ps)
 
 /* Sets up ps; in Lua mode pushes the array metatable. Returns the stack top to restore. */
 static int parser_open(parser *ps, lua_State *L, const char *buf, size_t len, int max_depth,
-                       codec_error *err)
+                       const codec_meter *meter, codec_error *err)
 {
     if (!buf) buf = "";
+    ps->meter = meter && L ? meter->counter : NULL;
+    ps->meter_max = ps->meter ? meter->max : 0;
+    ps->meter_end = ps->meter ? *ps->meter + ps->meter_max : 0;
+    if (ps->meter_end < ps->meter_max) ps->meter_end = SIZE_MAX; /* no wrap-around */
+    ps->too_large = 0;
     ps->L = L;
     ps->start = buf;
     ps->p = buf;
@@ -657,15 +725,21 @@ static int parser_close(parser *ps, int base, int rc)
         else
             lua_settop(ps->L, base);
     }
-    return rc;
+    return rc && ps->too_large ? CODEC_TOO_LARGE : rc;
+}
+
+int codec_decode_metered(lua_State *L, const char *buf, size_t len, int max_depth,
+                         const codec_meter *meter, codec_error *err)
+{
+    parser ps;
+    int base = parser_open(&ps, L, buf, len, max_depth, meter, err);
+    if (base < 0) return set_error(err, "Lua stack overflow");
+    return parser_close(&ps, base, parse_value(&ps));
 }
 
 int codec_decode(lua_State *L, const char *buf, size_t len, int max_depth, codec_error *err)
 {
-    parser ps;
-    int base = parser_open(&ps, L, buf, len, max_depth, err);
-    if (base < 0) return set_error(err, "Lua stack overflow");
-    return parser_close(&ps, base, parse_value(&ps));
+    return codec_decode_metered(L, buf, len, max_depth, NULL, err);
 }
 
 static const char ENVELOPE_SHAPE[] =
@@ -733,13 +807,19 @@ static int parse_envelope(parser *ps)
     return envelope_tail(ps);
 }
 
+int codec_decode_envelope_metered(lua_State *L, const char *buf, size_t len, int max_depth,
+                                  const codec_meter *meter, codec_error *err)
+{
+    parser ps;
+    int base = parser_open(&ps, L, buf, len, max_depth, meter, err);
+    if (base < 0) return set_error(err, "Lua stack overflow");
+    return parser_close(&ps, base, parse_envelope(&ps));
+}
+
 int codec_decode_envelope(lua_State *L, const char *buf, size_t len, int max_depth,
                           codec_error *err)
 {
-    parser ps;
-    int base = parser_open(&ps, L, buf, len, max_depth, err);
-    if (base < 0) return set_error(err, "Lua stack overflow");
-    return parser_close(&ps, base, parse_envelope(&ps));
+    return codec_decode_envelope_metered(L, buf, len, max_depth, NULL, err);
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -9,8 +9,8 @@
  * Lua conventions:
  *   - JSON null <-> lightuserdata NULL (the same value as cjson.null, exported as
  * microservice.null).
- *   - JSON arrays decode to tables carrying the array metatable (registry key CODEC_ARRAY_MT), so
- * an empty array stays an array through decode and encode.
+ *   - JSON arrays decode to tables carrying the array metatable (registry key CODEC_ARRAY_MT, one
+ * table shared by all of them), so an empty array stays an array through decode and encode.
  *   - Encoding a table: the array metatable -> array; keys exactly 1..n -> array; only string keys
  *     -> object; an empty table without the metatable -> {}; anything else is an error.
  *   - Numbers: integral doubles with |x| < 2^63 print as integers, other doubles with the
@@ -57,6 +57,23 @@ int codec_decode(lua_State *L, const char *buf, size_t len, int max_depth, codec
  * fill err with a message that says what was expected. */
 int codec_decode_envelope(lua_State *L, const char *buf, size_t len, int max_depth,
                           codec_error *err);
+
+/* A bound on the Lua memory a decode may take. counter points at a count of the bytes allocated on
+ * L that only grows (lua_memory's `allocated`); the decode stops, pushes nothing and returns
+ * CODEC_TOO_LARGE once that count has grown by more than max since it began (checked after each
+ * element: it stops at most one element past the bound; what it made is garbage then). */
+typedef struct codec_meter {
+    const size_t *counter;
+    size_t max;
+} codec_meter;
+
+#define CODEC_TOO_LARGE (-2)
+
+/* codec_decode and codec_decode_envelope with a meter (NULL: unbounded, as they are). */
+int codec_decode_metered(lua_State *L, const char *buf, size_t len, int max_depth,
+                         const codec_meter *meter, codec_error *err);
+int codec_decode_envelope_metered(lua_State *L, const char *buf, size_t len, int max_depth,
+                                  const codec_meter *meter, codec_error *err);
 
 /* Append the JSON text of the value at idx to out. 0 or -1 (err filled; out may hold a partial
  * text, so the caller resets it). */

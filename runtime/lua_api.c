@@ -118,16 +118,26 @@ static void call_cancel(sched_op *op)
     free(c);
 }
 
-/* Turns an error reply's body {"error": uri, "args": [...], "kwargs": {...}} into an error value.
- */
+/* A reply is decoded outside a resume too (before the caller's coroutine goes on): bounded as the
+ * arguments of a call are, by --max-call-memory (lua_memory.c). */
+static codec_meter reply_meter(runtime *rt)
+{
+    codec_meter meter = {&rt->lua_mem.allocated,
+                         rt->lua_mem.call_cap ? rt->lua_mem.call_cap : SIZE_MAX};
+    return meter;
+}
+
+/* Turns an error reply's body {"error": uri, "args": [...], "kwargs": {...}} into an error value
+ * (a body too large once decoded: the error header's text alone). */
 static void push_remote_error(lua_State *co, runtime *rt, natsMsg *reply)
 {
     const char *code_text = NULL;
     natsMsgHeader_Get(reply, HDR_SERVICE_ERROR_CODE, &code_text);
     int code = code_text ? atoi(code_text) : 500;
     codec_error err;
-    if (codec_decode(co, natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply),
-                     rt->cfg.max_depth, &err) == 0) {
+    codec_meter meter = reply_meter(rt);
+    if (codec_decode_metered(co, natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply),
+                             rt->cfg.max_depth, &meter, &err) == 0) {
         if (lua_istable(co, -1)) {
             lua_getfield(co, -1, "error");
             if (lua_type(co, -1) == LUA_TSTRING) {
@@ -164,14 +174,19 @@ static void call_reply_cb(void *udata, enum nb_status status, natsMsg *reply)
         push_remote_error(co, c->rt, reply);
     } else if (status == NB_OK) {
         codec_error err;
+        codec_meter meter = reply_meter(c->rt);
         lua_pushboolean(co, 1);
-        if (codec_decode_envelope(co, natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply),
-                                  c->rt->cfg.max_depth, &err) == 0) {
+        int rc = codec_decode_envelope_metered(co, natsMsg_GetData(reply),
+                                               (size_t)natsMsg_GetDataLength(reply),
+                                               c->rt->cfg.max_depth, &meter, &err);
+        if (rc == 0) {
             nret = 3;
         } else {
+            char text[sizeof err.msg + 8];
+            snprintf(text, sizeof text, "%s%s", rc == CODEC_TOO_LARGE ? "reply " : "", err.msg);
             lua_pop(co, 1);
             lua_pushboolean(co, 0);
-            lua_api_push_error(co, URI_RUNTIME_ERROR, err.msg, 500);
+            lua_api_push_error(co, URI_RUNTIME_ERROR, text, 500);
         }
     } else {
         lua_pushboolean(co, 0);

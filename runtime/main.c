@@ -24,7 +24,7 @@ static void usage(FILE *out)
         "                    [--frontend DIR] [--workers N] [--log-level LEVEL]\n"
         "                    [--call-timeout S] [--drain-timeout S] [--body-limit BYTES]\n"
         "                    [--max-depth N] [--max-inflight N] [--max-conn-inflight N]\n"
-        "                    [--max-lua-memory MB] [--auth FILE]\n"
+        "                    [--max-lua-memory MB] [--max-call-memory MB] [--auth FILE]\n"
         "                    [--nats-user U --nats-password P] [--nats-token T] [--nats-nkey "
         "FILE]\n"
         "                    [--nats-creds FILE] [--nats-tls] [--nats-ca FILE]\n"
@@ -58,6 +58,8 @@ static void usage(FILE *out)
         "  --max-lua-memory MB  Lua heap: new calls are refused (503) while it is over MB after\n"
         "                     a full collection; a call that grows it past 2 x MB fails with\n"
         "                     'out of memory' (default 1024; 0: no limit)\n"
+        "  --max-call-memory MB  Lua memory the decoded arguments of one call may take; more:\n"
+        "                     413 (default: a eighth of --max-lua-memory; 0: no bound)\n"
         "  --max-session-calls N  calls in flight per WAMP session (default 1000)\n"
         "  --join-timeout S   seconds a WebSocket may take to HELLO and authenticate (default 10)\n"
         "  --auth FILE        users, tokens and roles (default $MICROSERVICE_AUTH; none: every\n"
@@ -112,6 +114,19 @@ static int parse_number(const char *arg, double min, double max, double *out)
     return 0;
 }
 
+/* A flag in megabytes (0 to 1 TiB) into bytes; on error says what the flag wants. */
+static int parse_megabytes(const char *arg, const char *flag, const char *zero_means, size_t *out)
+{
+    double v;
+    if (parse_number(arg, 0, 1 << 20, &v) != 0) {
+        fprintf(stderr, "microservice: %s wants megabytes (0: %s), got '%s'\n", flag, zero_means,
+                arg);
+        return -1;
+    }
+    *out = (size_t)(v * 1024 * 1024);
+    return 0;
+}
+
 /* TLS_CERT and TLS_KEY stand in for absent flags; the cert and the key come together. */
 static int check_tls_args(runtime_config *cfg, bool https_given)
 {
@@ -160,6 +175,7 @@ enum {
     OPT_HTTP_REDIRECT,
     OPT_MAX_CONN_INFLIGHT,
     OPT_MAX_LUA_MEMORY,
+    OPT_MAX_CALL_MEMORY,
     OPT_NATS_AUTH, /* NATS_AUTH_NOPTS ids from here */
 };
 
@@ -190,6 +206,7 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         {"http-redirect", no_argument, NULL, OPT_HTTP_REDIRECT},
         {"max-conn-inflight", required_argument, NULL, OPT_MAX_CONN_INFLIGHT},
         {"max-lua-memory", required_argument, NULL, OPT_MAX_LUA_MEMORY},
+        {"max-call-memory", required_argument, NULL, OPT_MAX_CALL_MEMORY},
         NATS_AUTH_LONG_OPTIONS(OPT_NATS_AUTH),
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -303,13 +320,12 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
             cfg->max_conn_inflight = (int)v;
             break;
         case OPT_MAX_LUA_MEMORY:
-            if (parse_number(optarg, 0, 1 << 20, &v) != 0) {
-                fprintf(stderr,
-                        "microservice: --max-lua-memory wants megabytes (0: no limit), got '%s'\n",
-                        optarg);
+            if (parse_megabytes(optarg, "--max-lua-memory", "no limit", &cfg->max_lua_memory))
                 return -1;
-            }
-            cfg->max_lua_memory = (size_t)(v * 1024 * 1024);
+            break;
+        case OPT_MAX_CALL_MEMORY:
+            if (parse_megabytes(optarg, "--max-call-memory", "no bound", &cfg->max_call_memory))
+                return -1;
             break;
         case 'h':
             usage(stdout);

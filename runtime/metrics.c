@@ -135,9 +135,21 @@ void metrics_render(runtime *rt, codec_buf *out)
            "--max-lua-memory: calls are refused above it (0: no limit).");
     put(out, "microservice_lua_memory_limit_bytes %zu\n", rt->lua_mem.limit);
     header(out, "microservice_lua_memory_refusals_total", "counter",
-           "Calls refused, and allocations failed, at the Lua memory limit.");
+           "Calls refused, and allocations failed, at the Lua memory limits (call: heap over the "
+           "limit; too_large: arguments over --max-call-memory; large_args: no room for large "
+           "arguments).");
     put(out, "microservice_lua_memory_refusals_total{what=\"call\"} %llu\n",
         (unsigned long long)rt->lua_mem.refused_calls);
     put(out, "microservice_lua_memory_refusals_total{what=\"allocation\"} %llu\n",
         (unsigned long long)rt->lua_mem.failed_allocs);
+    put(out, "microservice_lua_memory_refusals_total{what=\"too_large\"} %llu\n",
+        (unsigned long long)rt->lua_mem.too_large_calls);
+    put(out, "microservice_lua_memory_refusals_total{what=\"large_args\"} %llu\n",
+        (unsigned long long)rt->lua_mem.large_refusals);
+    header(out, "microservice_lua_memory_large_args_bytes", "gauge",
+           "Lua memory the large arguments (over 64 KiB) of the calls in flight took.");
+    put(out, "microservice_lua_memory_large_args_bytes %zu\n", rt->lua_mem.large_held);
+    header(out, "microservice_lua_memory_large_args_limit_bytes", "gauge",
+           "What they may take together (a quarter of the limit; 0: no bound).");
+    put(out, "microservice_lua_memory_large_args_limit_bytes %zu\n", rt->lua_mem.large_cap);
 }

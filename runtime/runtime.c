@@ -51,6 +51,7 @@ void runtime_config_defaults(runtime_config *cfg)
     cfg->max_inflight = 32768;
     cfg->max_conn_inflight = 100;
     cfg->max_lua_memory = (size_t)1024 * 1024 * 1024;
+    cfg->max_call_memory = SIZE_MAX;
     cfg->max_sessions = 10000;
     cfg->max_session_subs = 1000;
     cfg->max_session_regs = 1000;
@@ -101,6 +102,7 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
     }
     rt->L = lua_api_new_state(rt);
     if (rt->L) lua_memory_attach(&rt->lua_mem, rt->L, cfg->max_lua_memory);
+    if (rt->L && cfg->max_call_memory != SIZE_MAX) rt->lua_mem.call_cap = cfg->max_call_memory;
     rt->sched = rt->L ? sched_new(rt) : NULL;
     rt->nats = rt->sched ? nats_bridge_new(rt) : NULL;
     rt->services = rt->nats ? services_new(rt) : NULL;

@@ -55,6 +55,9 @@ typedef struct runtime_config {
     int max_conn_inflight;
     /* bytes of Lua heap above which calls are refused (twice: allocations fail); 0: no limit */
     size_t max_lua_memory;
+    /* Lua memory the decoded arguments of one call may take (413 beyond); 0: no bound;
+     * SIZE_MAX: max_lua_memory / 8 */
+    size_t max_call_memory;
 } runtime_config;
 
 struct scheduler;

@@ -69,7 +69,8 @@ typedef struct call_ctx {
     uint64_t started;         /* uv_hrtime() when the message was taken */
     char authid[AUTH_ID_MAX]; /* the caller, when a trusted gateway signed it; "" otherwise */
     char authrole[AUTH_ROLE_MAX];
-    char reply[]; /* reply subject, "" when the message had none */
+    size_t args_held; /* the share of the Lua memory for large arguments it holds (lua_memory.c) */
+    char reply[];     /* reply subject, "" when the message had none */
 } call_ctx;
 
 struct services {
@@ -361,6 +362,7 @@ static void call_done(task *t, enum task_end how, lua_State *co, int nres)
     }
     if (c->sub) lua_sub_release(c->sub);
     if (c->rpc) rpc_release(s, c->rpc);
+    lua_memory_release_args(&s->rt->lua_mem, c->args_held);
     free(c);
     nats_bridge_kick(s->rt->nats);
 }
@@ -376,26 +378,35 @@ static call_ctx *call_ctx_new(struct services *s, natsMsg *msg)
     c->sub = NULL;
     c->started = uv_hrtime();
     c->authid[0] = c->authrole[0] = '\0';
+    c->args_held = 0;
     memcpy(c->reply, reply ? reply : "", n + 1);
     return c;
 }
 
-/* Pushes args and kwargs of msg on co; on a malformed envelope answers (when it can) and
- * returns -1 with nothing pushed. */
-static int push_envelope(struct services *s, lua_State *co, natsMsg *msg, const char *label)
+/* Pushes args and kwargs of msg on co, their Lua memory metered and held by c (lua_memory.c);
+ * on a malformed or too large envelope answers (when it can) and returns -1 with nothing pushed. */
+static int push_envelope(struct services *s, call_ctx *c, lua_State *co, natsMsg *msg,
+                         const char *label)
 {
     codec_error err;
-    int len = natsMsg_GetDataLength(msg);
-    if ((size_t)len > s->rt->cfg.body_limit) {
+    int len = natsMsg_GetDataLength(msg), rc = -1, code = 400;
+    lua_memory *m = &s->rt->lua_mem;
+    codec_meter meter = {&m->allocated, lua_memory_args_budget(m)};
+    size_t before = m->allocated;
+    if ((size_t)len > s->rt->cfg.body_limit)
         snprintf(err.msg, sizeof err.msg, "body of %d bytes is over the limit of %zu", len,
                  s->rt->cfg.body_limit);
-    } else if (codec_decode_envelope(co, natsMsg_GetData(msg), (size_t)len, s->rt->cfg.max_depth,
-                                     &err) == 0) {
+    else
+        rc = codec_decode_envelope_metered(co, natsMsg_GetData(msg), (size_t)len,
+                                           s->rt->cfg.max_depth, &meter, &err);
+    if (rc == 0) {
+        c->args_held = lua_memory_hold_args(m, m->allocated - before);
         return 0;
     }
+    if (rc == CODEC_TOO_LARGE) code = lua_memory_refuse_args(m, meter.max, err.msg, sizeof err.msg);
     const char *reply = natsMsg_GetReply(msg);
     if (reply && reply[0])
-        reply_error(s, reply, URI_INVALID_ARGUMENT, err.msg, 400);
+        reply_error(s, reply, code == 503 ? URI_UNAVAILABLE : URI_INVALID_ARGUMENT, err.msg, code);
     else
         log_warn(label, "message on %s dropped: %s", natsMsg_GetSubject(msg), err.msg);
     return -1;
@@ -440,7 +451,7 @@ static void on_rpc_msg(void *udata, natsMsg *msg)
         return;
     }
     lua_State *co = t->co;
-    if (push_envelope(s, co, msg, e->subject) != 0) {
+    if (push_envelope(s, c, co, msg, e->subject) != 0) {
         e->calls++;
         record_error(e, "malformed envelope");
         sched_task_discard(t);
@@ -462,6 +473,7 @@ static void on_rpc_msg(void *udata, natsMsg *msg)
         record_error(e, err);
         if (c->reply[0]) reply_error(s, c->reply, URI_INVALID_ARGUMENT, err, 400);
         sched_task_discard(t);
+        lua_memory_release_args(&s->rt->lua_mem, c->args_held);
         free(c);
         return;
     }
@@ -820,7 +832,7 @@ static void on_sub_msg(void *udata, natsMsg *msg)
     }
     lua_State *co = t->co;
     lua_rawgeti(co, LUA_REGISTRYINDEX, ls->fn_ref);
-    if (push_envelope(s, co, msg, ls->subject) != 0) {
+    if (push_envelope(s, c, co, msg, ls->subject) != 0) {
         sched_task_discard(t);
         free(c);
         nats_bridge_release(s->rt->nats, msg);

@@ -1,6 +1,9 @@
 /* fuzz_envelope.c: libFuzzer target for the RPC envelope codec (runtime/codec.c). Every input is
  * validated without Lua and decoded into Lua; the two must agree, and whatever decodes must
- * encode back, decode again and encode to a text of the same length. */
+ * encode back, decode again and encode to a text of the same length. A metered decode (a budget
+ * taken from the input's first byte, counted by lua_memory's allocator) must refuse what is
+ * invalid, may stop valid input only with CODEC_TOO_LARGE, leaves the stack as it was when it
+ * fails and allocates at most its budget plus one element's worth. */
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdint.h>
@@ -8,14 +11,33 @@
 #include <string.h>
 
 #include "codec.h"
+#include "lua_memory.h"
 
 static lua_State *L;
+static lua_memory mem;
+
+static void metered(const uint8_t *data, size_t size, int valid)
+{
+    codec_error err;
+    int top = lua_gettop(L);
+    codec_meter meter = {&mem.allocated, size ? (size_t)data[0] * 64 : 0};
+    size_t before = mem.allocated;
+    int rc = codec_decode_envelope_metered(L, (const char *)data, size, 64, &meter, &err);
+    if (!valid && rc == 0) abort();
+    if (valid && rc != 0 && rc != CODEC_TOO_LARGE) abort();
+    if (rc != 0 && lua_gettop(L) != top) abort();
+    if (rc == 0 && lua_gettop(L) != top + 2) abort();
+    /* one element past the budget: a string of at most the input, or an array's growth */
+    if (mem.allocated - before > meter.max + 4 * size + 4096) abort();
+    lua_settop(L, top);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!L) {
         L = luaL_newstate();
         codec_init(L);
+        lua_memory_attach(&mem, L, 0);
     }
     codec_error err;
     int valid = codec_decode_envelope(NULL, (const char *)data, size, 64, &err) == 0;
@@ -36,6 +58,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         codec_buf_free(&b);
     }
     lua_settop(L, top);
+    metered(data, size, valid);
     lua_gc(L, LUA_GCSTEP, 0);
     return 0;
 }

@@ -1,7 +1,8 @@
 /* test_codec.c: unit tests for runtime/codec.c (JSON decode/encode, the RPC envelope, limits).
  * Every decode case runs twice, with a lua_State and in validation mode (L == NULL), and both must
  * agree (same result, same message). No framework: CHECK counts and reports, main returns 1 on
- * any failure. */
+ * any failure. Also: table sizes around the decoder's stack collection, and the meter (the Lua
+ * memory a decode may allocate). */
 #include "codec.h"
 
 #include <lauxlib.h>
@@ -15,6 +16,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "lua_memory.h"
 #define DIAG diag
 
 static lua_State *L;
@@ -774,6 +776,118 @@ static void test_buf(void)
     CHECK(b.data == NULL && b.cap == 0);
 }
 
+/* Arrays and objects around the size at which the decoder stops collecting on the stack (16). */
+static void test_table_sizes(void)
+{
+    static const int sizes[] = {1, 2, 15, 16, 17, 31, 32, 33, 100};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        char arr[1024], obj[2048];
+        size_t a = 0, o = 0;
+        arr[a++] = '[';
+        obj[o++] = '{';
+        for (int i = 1; i <= sizes[k]; i++) {
+            a += (size_t)snprintf(arr + a, sizeof arr - a, "%s%d", i > 1 ? "," : "", i);
+            o +=
+                (size_t)snprintf(obj + o, sizeof obj - o, "%s\"k%d\":[%d]", i > 1 ? "," : "", i, i);
+        }
+        arr[a++] = ']';
+        arr[a] = '\0';
+        obj[o++] = '}';
+        obj[o] = '\0';
+        CHECK(roundtrip(arr, NULL) || diag("%d elements", sizes[k]));
+        codec_error err;
+        CHECK(codec_decode(L, obj, o, 64, &err) == 0);
+        lua_getfield(L, -1, "k1");
+        CHECK(lua_objlen(L, -1) == 1);
+        lua_pop(L, 1);
+        lua_pushfstring(L, "k%d", sizes[k]);
+        lua_rawget(L, -2);
+        lua_rawgeti(L, -1, 1);
+        CHECK(lua_tonumber(L, -1) == sizes[k]);
+        lua_settop(L, 0);
+    }
+    /* a duplicate key on either side of the collection boundary: the last one wins */
+    codec_error err;
+    const char *dup = "{\"a\":1,\"b\":0,\"c\":0,\"d\":0,\"e\":0,\"f\":0,\"g\":0,\"h\":0,"
+                      "\"i\":0,\"j\":0,\"k\":0,\"l\":0,\"m\":0,\"n\":0,\"o\":0,\"p\":0,"
+                      "\"q\":0,\"a\":2,\"b\":3}";
+    CHECK(codec_decode(L, dup, strlen(dup), 64, &err) == 0);
+    lua_getfield(L, -1, "a");
+    lua_getfield(L, -2, "b");
+    CHECK(lua_tonumber(L, -2) == 2 && lua_tonumber(L, -1) == 3);
+    lua_settop(L, 0);
+}
+
+/* A body of n copies of `unit` as the args of an envelope: [[unit,unit,...]]. */
+static char *envelope_of(const char *unit, int n, size_t *len)
+{
+    size_t ul = strlen(unit);
+    char *b = malloc((ul + 1) * (size_t)n + 8);
+    size_t k = 0;
+    b[k++] = '[';
+    b[k++] = '[';
+    for (int i = 0; i < n; i++) {
+        if (i) b[k++] = ',';
+        memcpy(b + k, unit, ul);
+        k += ul;
+    }
+    b[k++] = ']';
+    b[k++] = ']';
+    *len = k;
+    return b;
+}
+
+/* The meter: the Lua memory a decode allocates (lua_memory's count) against a bound. */
+static void test_meter(void)
+{
+    lua_State *M = luaL_newstate();
+    codec_init(M);
+    lua_memory mem;
+    memset(&mem, 0, sizeof mem);
+    lua_memory_attach(&mem, M, 0);
+    size_t len;
+    char *body = envelope_of("[0]", 10000, &len);
+    codec_error err;
+
+    size_t before = mem.allocated;
+    codec_meter unbounded = {&mem.allocated, (size_t)1 << 40};
+    CHECK(codec_decode_envelope_metered(M, body, len, 64, &unbounded, &err) == 0);
+    CHECK(lua_gettop(M) == 2);
+    size_t per = (mem.allocated - before) / 10000;
+    /* 64 bytes of table, 16 of array part (one slot and LuaJIT's slot 0), 8 in the outer array
+     * and its growth; a size hint of 4 took 40 more */
+    CHECK(per >= 80 && per <= 110 ? 1 : diag("%zu bytes of Lua memory per [0]", per));
+    lua_settop(M, 0);
+
+    codec_meter tight = {&mem.allocated, 64 * 1024};
+    before = mem.allocated;
+    CHECK(codec_decode_envelope_metered(M, body, len, 64, &tight, &err) == CODEC_TOO_LARGE);
+    CHECK(lua_gettop(M) == 0);
+    CHECK(strstr(err.msg, "too large once decoded: over 65536 bytes") != NULL ||
+          diag("message: %s", err.msg));
+    CHECK(mem.allocated - before < 64 * 1024 + 4096 || diag("%zu", mem.allocated - before));
+    CHECK(codec_decode_metered(M, body, len, 64, &tight, &err) == CODEC_TOO_LARGE);
+    CHECK(lua_gettop(M) == 0);
+    /* validation only allocates nothing on L: no bound; a malformed body is still -1 */
+    CHECK(codec_decode_envelope_metered(NULL, body, len, 64, &tight, &err) == 0);
+    CHECK(codec_decode_envelope_metered(M, "[[1,]]", 6, 64, &tight, &err) == -1);
+    free(body);
+
+    /* a long string is checked once it is made (equal strings are one: LuaJIT interns them) */
+    char *s = malloc(100 * 1024);
+    memset(s, 'x', 100 * 1024 - 1);
+    s[0] = s[100 * 1024 - 2] = '"';
+    s[100 * 1024 - 1] = '\0';
+    body = envelope_of(s, 1, &len);
+    CHECK(codec_decode_envelope_metered(M, body, len, 64, &tight, &err) == CODEC_TOO_LARGE);
+    CHECK(lua_gettop(M) == 0);
+    free(body);
+    free(s);
+
+    lua_memory_detach(&mem);
+    lua_close(M);
+}
+
 int main(void)
 {
     L = luaL_newstate();
@@ -800,6 +914,8 @@ int main(void)
     test_encode();
     test_envelope_encode();
     test_buf();
+    test_table_sizes();
+    test_meter();
     CHECK(lua_gettop(L) == 0);
 
     codec_buf_free(&out);

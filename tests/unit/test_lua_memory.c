@@ -1,6 +1,6 @@
 /* test_lua_memory.c: the Lua heap's allocator (runtime/lua_memory.c): the count matches LuaJIT's,
  * an allocation past the cap fails only inside a resume (LUA_ERRMEM, the state usable after it),
- * and admission collects once before it refuses. */
+ * admission collects once before it refuses, and the budgets of decoded call arguments. */
 #include <lauxlib.h>
 #include <lualib.h>
 #include <string.h>
@@ -69,12 +69,38 @@ int main(void)
     CHECK(lua_memory_admit(&m));
     CHECK(m.used < m.limit);
 
+    /* the decoded arguments of calls: per call (413) and large ones together (503) */
+    CHECK(m.call_cap == MB && m.large_cap == 2 * MB);
+    size_t before = m.allocated;
+    CHECK(luaL_dostring(L, "local t = {} for i = 1, 1000 do t[i] = {} end") == 0);
+    CHECK(m.allocated - before >= 64000); /* counted, frees or not */
+    char text[200];
+    CHECK(lua_memory_args_budget(&m) == MB);
+    CHECK(lua_memory_hold_args(&m, LUA_MEMORY_SMALL_ARGS) == 0); /* small: not counted */
+    size_t h1 = lua_memory_hold_args(&m, MB), h2 = lua_memory_hold_args(&m, MB / 2);
+    CHECK(h1 == MB && h2 == MB / 2 && m.large_held == MB + MB / 2);
+    CHECK(lua_memory_args_budget(&m) == MB / 2); /* the room left */
+    CHECK(lua_memory_refuse_args(&m, MB / 2, text, sizeof text) == 503);
+    CHECK(strstr(text, "retry later") != NULL || diag("%s", text));
+    CHECK(lua_memory_hold_args(&m, MB / 2) == MB / 2);
+    CHECK(lua_memory_args_budget(&m) == LUA_MEMORY_SMALL_ARGS); /* small calls still fit */
+    lua_memory_release_args(&m, h1);
+    CHECK(lua_memory_args_budget(&m) == MB);
+    CHECK(lua_memory_refuse_args(&m, MB, text, sizeof text) == 413);
+    CHECK(strstr(text, "too large once decoded") != NULL || diag("%s", text));
+    CHECK(m.too_large_calls == 1 && m.large_refusals == 1);
+    lua_memory_release_args(&m, h2);
+    lua_memory_release_args(&m, MB / 2);
+    CHECK(m.large_held == 0);
+
     /* no limit: nothing fails */
-    m.limit = m.cap = 0;
+    m.limit = m.cap = m.call_cap = m.large_cap = 0;
     CHECK(resume(&m, L,
                  "local t, c = {}, string.rep('x', 1000) for i = 1, 20000 do t[i] = c .. i end",
                  &msg) == 0);
     CHECK(lua_memory_admit(&m));
+    CHECK(lua_memory_args_budget(&m) == SIZE_MAX);
+    CHECK(lua_memory_hold_args(&m, 100 * MB) == 0);
 
     lua_memory_detach(&m);
     lua_close(L);

@@ -1,4 +1,5 @@
--- Test-only service for --max-lua-memory (tests/blackbox/limits.test.mjs). Not shipped.
+-- Test-only service for --max-lua-memory (tests/blackbox/limits.test.mjs, lua_heap.test.mjs).
+-- Not shipped.
 local ms = require "microservice"
 local rpc = ms.rpc
 
@@ -29,6 +30,28 @@ svc.hold = rpc(function(mb, seconds)
     held = nil
   end)
   return { #held }, {}
+end)
+
+-- hold_args(list, seconds): keeps its decoded arguments for that long (as a sleeping call such as
+-- greeting_service.hello_sleep does), then returns [[#list], {}].
+svc.hold_args = rpc(function(list, seconds)
+  ms.sleep(seconds)
+  return { #list }, {}
+end)
+
+-- big_reply(n): returns n arrays [0] as its args; call_big(n) calls it with ms.call and returns
+-- [[n], {}] (the reply is decoded into the caller's coroutine).
+svc.big_reply = rpc(function(n)
+  local t = {}
+  for i = 1, n do
+    t[i] = { 0 }
+  end
+  return t, {}
+end)
+
+svc.call_big = rpc(function(n)
+  local a = ms.call("memory_test.big_reply", { n }, {}, { timeout = 20 })
+  return { #a }, {}
 end)
 
 return svc
