@@ -10,8 +10,11 @@
  *     "roles": { "admin": { "call": [">"], "register": [">"], "publish": [">"],
  *                           "subscribe": [">"] } } }
  * The key is what Autobahn's auth_cra.derive_key computes, so the same secret serves WAMP-CRA
- * (the key signs the challenge) and tickets (the ticket is derived again and compared). Nothing
- * here changes after auth_load: every function is safe to call from libuv's thread pool. */
+ * (the key signs the challenge) and tickets (the ticket is derived again and compared). Unknown
+ * authids get made-up salts and the same PBKDF2 work, so they look like users. The caller's
+ * identity on NATS is signed per request (subject, reply subject, body, time).
+ * Nothing here changes after auth_load (and auth_set_signature_window at start-up) but an atomic
+ * counter of derivations: every function is safe to call from libuv's thread pool. */
 #include "auth.h"
 
 #include <jansson.h>
@@ -19,6 +22,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +31,9 @@
 #define MAX_PATTERNS 1024
 #define MAX_KEYLEN 64
 #define DEFAULT_ITERATIONS 10000
+#define DEFAULT_KEYLEN 32
+#define DECOY_SALT_BYTES 16 /* as auth_make_secret's salts: base64 of 16 bytes */
+#define DEFAULT_SIGNATURE_WINDOW_MS 60000
 
 struct auth_user {
     char *authid;
@@ -58,7 +65,12 @@ struct auth {
     int nroles;
     char *anonymous;
     char *bus_secret;
-    unsigned char decoy_key[32]; /* made-up salts for unknown authids */
+    /* the made-up salts of unknown authids: HMAC(decoy_key, authid), decoy_key a digest of the
+     * file's secrets; and the iterations and keylen most users have */
+    unsigned char decoy_key[32];
+    int decoy_iterations, decoy_keylen;
+    uint64_t signature_window_ms;
+    atomic_ullong derivations; /* PBKDF2 runs of auth_ticket_ok (thread pool) */
 };
 
 static const char *const ACTIONS[4] = {"call", "register", "publish", "subscribe"};
@@ -313,6 +325,43 @@ static int load_users(auth *a, json_t *users, const char *path, char *err, size_
     return 0;
 }
 
+/* The most frequent value of the users' iterations (which = 0) or keylens (1), or dflt. */
+static int most_common(const auth *a, int which, int dflt)
+{
+    int best = dflt, best_n = 0;
+    for (int i = 0; i < a->nusers; i++) {
+        if (!a->users[i].salt) continue;
+        int v = which ? a->users[i].keylen : a->users[i].iterations, n = 0;
+        for (int j = 0; j < a->nusers; j++)
+            if (a->users[j].salt && (which ? a->users[j].keylen : a->users[j].iterations) == v) n++;
+        if (n > best_n) {
+            best = v;
+            best_n = n;
+        }
+    }
+    return best;
+}
+
+/* The decoy key is a digest of what only the file holds (the bus secret, the users' keys): the
+ * same in every process and worker reading the same file, unknown outside, so an unknown authid
+ * gets the same made-up salt everywhere and at every attempt. */
+static void make_decoys(auth *a)
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned int n = sizeof a->decoy_key;
+    static const char tag[] = "microservice decoy salts\n";
+    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    EVP_DigestUpdate(md, tag, sizeof tag);
+    if (a->bus_secret) EVP_DigestUpdate(md, a->bus_secret, strlen(a->bus_secret) + 1);
+    for (int i = 0; i < a->nusers; i++)
+        if (a->users[i].key) EVP_DigestUpdate(md, a->users[i].key, strlen(a->users[i].key) + 1);
+    EVP_DigestFinal_ex(md, a->decoy_key, &n);
+    EVP_MD_CTX_free(md);
+    a->decoy_iterations = most_common(a, 0, DEFAULT_ITERATIONS);
+    a->decoy_keylen = most_common(a, 1, DEFAULT_KEYLEN);
+    a->signature_window_ms = DEFAULT_SIGNATURE_WINDOW_MS;
+}
+
 int auth_load(const char *path, auth **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -359,8 +408,7 @@ int auth_load(const char *path, auth **out, char *err, size_t errlen)
         else
             a->bus_secret = dup_string(v);
     }
-    if (rc == 0 && RAND_bytes(a->decoy_key, sizeof a->decoy_key) != 1)
-        rc = fail(err, errlen, path, "no random bytes", 0, 0);
+    if (rc == 0) make_decoys(a);
     json_decref(root);
     if (rc != 0) {
         auth_free(a);
@@ -447,14 +495,50 @@ bool auth_allowed(const auth *a, const char *rolename, enum auth_action action, 
 
 /* ---- WAMP ticket and CRA ---- */
 
-bool auth_ticket_ok(const auth_user *u, const char *ticket)
+void auth_salt_of(const auth *a, const auth_user *u, const char *authid, char salt[AUTH_SALT_MAX],
+                  int *iterations, int *keylen)
 {
-    if (!u || !u->salt || !ticket) return false;
-    char *key = derive_key(ticket, u->salt, u->iterations, u->keylen);
-    bool ok = key && equal_ct(key, u->key);
-    if (key) OPENSSL_cleanse(key, strlen(key));
+    if (u && u->salt) {
+        snprintf(salt, AUTH_SALT_MAX, "%s", u->salt);
+        *iterations = u->iterations;
+        *keylen = u->keylen;
+        return;
+    }
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int maclen = 0;
+    if (!HMAC(EVP_sha256(), a->decoy_key, sizeof a->decoy_key, (const unsigned char *)authid,
+              strlen(authid), mac, &maclen))
+        memset(mac, 0, sizeof mac);
+    EVP_EncodeBlock((unsigned char *)salt, mac, DECOY_SALT_BYTES);
+    *iterations = a->decoy_iterations;
+    *keylen = a->decoy_keylen;
+}
+
+bool auth_ticket_ok(auth *a, const auth_user *u, const char *authid, const char *ticket)
+{
+    if (!a || !authid || !ticket) return false;
+    if (u && !u->salt) u = NULL; /* a token-only user: like an unknown one */
+    char salt[AUTH_SALT_MAX];
+    int iterations, keylen;
+    auth_salt_of(a, u, authid, salt, &iterations, &keylen);
+    atomic_fetch_add(&a->derivations, 1);
+    char *key = derive_key(ticket, salt, iterations, keylen);
+    if (!key) return false;
+    /* an unknown authid is compared with a text of the same length that no key equals ('*' is
+     * not base64), so both paths take the same time */
+    char decoy[4 * ((MAX_KEYLEN + 2) / 3) + 1];
+    size_t n = strlen(key);
+    memset(decoy, '*', n);
+    decoy[n] = '\0';
+    bool ok = equal_ct(key, u ? u->key : decoy) && u;
+    OPENSSL_cleanse(key, n);
     free(key);
     return ok;
+}
+
+unsigned long long auth_derivations(const auth *a)
+{
+    return a ? atomic_load(&a->derivations) : 0;
 }
 
 char *auth_cra_challenge(const auth *a, const auth_user *u, const char *authid, uint64_t session,
@@ -468,35 +552,27 @@ char *auth_cra_challenge(const auth *a, const auth_user *u, const char *authid, 
     struct tm tm;
     gmtime_r(&now, &tm);
     strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    json_t *c = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I}", "authid", authid, "authrole",
-                          u ? u->role : "user", "authmethod", "wampcra", "authprovider", "file",
-                          "nonce", nonce64 ? nonce64 : "", "timestamp", stamp, "session",
-                          (json_int_t)(session & 0x1fffffffffffffULL));
+    /* no authrole: it would tell a known user (its role) from an unknown one */
+    json_t *c =
+        json_pack("{s:s, s:s, s:s, s:s, s:s, s:I}", "authid", authid, "authmethod", "wampcra",
+                  "authprovider", "file", "nonce", nonce64 ? nonce64 : "", "timestamp", stamp,
+                  "session", (json_int_t)(session & 0x1fffffffffffffULL));
     free(nonce64);
     char *text = c ? json_dumps(c, JSON_COMPACT) : NULL;
     json_decref(c);
-    if (u && u->salt) {
-        snprintf(salt, AUTH_SALT_MAX, "%s", u->salt);
-        *iterations = u->iterations;
-        *keylen = u->keylen;
-    } else { /* the same made-up parameters every time for the same unknown authid */
-        char decoy[AUTH_SIG_MAX];
-        hmac_b64(a->decoy_key, sizeof a->decoy_key, authid, strlen(authid), decoy, sizeof decoy);
-        snprintf(salt, AUTH_SALT_MAX, "%.24s", decoy);
-        *iterations = a->nusers ? a->users[0].iterations : 1000;
-        *keylen = 32;
-        if (*iterations < 1) *iterations = 1000;
-    }
+    auth_salt_of(a, u, authid, salt, iterations, keylen);
     return text;
 }
 
 bool auth_cra_verify(const auth_user *u, const char *challenge, const char *signature)
 {
     char expect[AUTH_SIG_MAX];
-    if (!u || !u->key || !challenge || !signature) return false;
-    if (!hmac_b64(u->key, strlen(u->key), challenge, strlen(challenge), expect, sizeof expect))
+    static const char throwaway[] = "an unknown authid";
+    if (!challenge || !signature) return false;
+    const char *key = u && u->key ? u->key : throwaway;
+    if (!hmac_b64(key, strlen(key), challenge, strlen(challenge), expect, sizeof expect))
         return false;
-    return equal_ct(expect, signature);
+    return equal_ct(expect, signature) && key != throwaway;
 }
 
 /* ---- the identity on the bus ---- */
@@ -506,46 +582,89 @@ bool auth_bus_signing(const auth *a)
     return a && a->bus_secret;
 }
 
-bool auth_sign(const auth *a, const char *subject, const char *authid, const char *authrole,
-               char out[AUTH_SIG_MAX])
+void auth_set_signature_window(auth *a, double seconds)
+{
+    if (a && seconds > 0) a->signature_window_ms = (uint64_t)(seconds * 1000.0);
+}
+
+uint64_t auth_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+bool auth_sign(const auth *a, const char *subject, const char *reply, const void *body, size_t len,
+               const char *authid, const char *authrole, const char *time, char out[AUTH_SIG_MAX])
 {
     if (!auth_bus_signing(a)) return false;
-    char msg[1024];
-    int n = snprintf(msg, sizeof msg, "%s\n%s\n%s", subject, authid, authrole);
-    if (n < 0 || (size_t)n >= sizeof msg) return false;
-    return hmac_b64(a->bus_secret, strlen(a->bus_secret), msg, (size_t)n, out, AUTH_SIG_MAX);
+    unsigned char digest[32];
+    char hex[65];
+    sha256(body ? body : "", body ? len : 0, digest);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+    if (!reply) reply = "";
+    size_t cap = strlen(subject) + strlen(reply) + strlen(authid) + strlen(authrole) +
+                 strlen(time) + sizeof hex + 8;
+    char *text = malloc(cap);
+    if (!text) return false;
+    int n =
+        snprintf(text, cap, "%s\n%s\n%s\n%s\n%s\n%s", subject, reply, authid, authrole, time, hex);
+    bool ok =
+        n > 0 && hmac_b64(a->bus_secret, strlen(a->bus_secret), text, (size_t)n, out, AUTH_SIG_MAX);
+    free(text);
+    return ok;
 }
 
-bool auth_verify(const auth *a, const char *subject, const char *authid, const char *authrole,
-                 const char *signature)
+/* A signing time: 1 to 15 decimal digits (ms since the epoch), within the window of now. */
+static bool time_fresh(const auth *a, const char *time, uint64_t now_ms)
+{
+    size_t n = time ? strlen(time) : 0;
+    if (n == 0 || n > 15 || strspn(time, "0123456789") != n) return false;
+    uint64_t t = strtoull(time, NULL, 10);
+    return t <= now_ms + a->signature_window_ms && now_ms <= t + a->signature_window_ms;
+}
+
+bool auth_verify(const auth *a, const char *subject, const char *reply, const void *body,
+                 size_t len, const char *authid, const char *authrole, const char *time,
+                 const char *signature, uint64_t now_ms)
 {
     char expect[AUTH_SIG_MAX];
-    if (!signature || !auth_identity_valid(authid, AUTH_ID_MAX) ||
-        !auth_identity_valid(authrole, AUTH_ROLE_MAX))
+    if (!signature || !auth_bus_signing(a) || !auth_identity_valid(authid, AUTH_ID_MAX) ||
+        !auth_identity_valid(authrole, AUTH_ROLE_MAX) || !time_fresh(a, time, now_ms))
         return false;
-    return auth_sign(a, subject, authid, authrole, expect) && equal_ct(expect, signature);
+    return auth_sign(a, subject, reply, body, len, authid, authrole, time, expect) &&
+           equal_ct(expect, signature);
 }
 
-int auth_identity_headers(const auth *a, const char *subject, const char *authid,
-                          const char *authrole, char sig[AUTH_SIG_MAX], const char *headers[6])
+int auth_identity_headers(const auth *a, const char *subject, const char *reply, const void *body,
+                          size_t len, const char *authid, const char *authrole, auth_stamp *st,
+                          const char *headers[8])
 {
-    if (!authid || !authrole || !auth_sign(a, subject, authid, authrole, sig)) return 0;
+    if (!authid || !authrole) return 0;
+    snprintf(st->time, sizeof st->time, "%llu", (unsigned long long)auth_now_ms());
+    if (!auth_sign(a, subject, reply, body, len, authid, authrole, st->time, st->sig)) return 0;
     headers[0] = AUTH_HDR_AUTHID;
     headers[1] = authid;
     headers[2] = AUTH_HDR_AUTHROLE;
     headers[3] = authrole;
-    headers[4] = AUTH_HDR_SIGNATURE;
-    headers[5] = sig;
-    return 6;
+    headers[4] = AUTH_HDR_TIME;
+    headers[5] = st->time;
+    headers[6] = AUTH_HDR_SIGNATURE;
+    headers[7] = st->sig;
+    return 8;
 }
 
 bool auth_identity_of(const auth *a, natsMsg *msg, const char **authid, const char **authrole)
 {
-    const char *sig = NULL;
+    const char *sig = NULL, *time = NULL;
     return auth_bus_signing(a) && natsMsgHeader_Get(msg, AUTH_HDR_SIGNATURE, &sig) == NATS_OK &&
+           natsMsgHeader_Get(msg, AUTH_HDR_TIME, &time) == NATS_OK &&
            natsMsgHeader_Get(msg, AUTH_HDR_AUTHID, authid) == NATS_OK &&
            natsMsgHeader_Get(msg, AUTH_HDR_AUTHROLE, authrole) == NATS_OK &&
-           auth_verify(a, natsMsg_GetSubject(msg), *authid, *authrole, sig);
+           auth_verify(a, natsMsg_GetSubject(msg), natsMsg_GetReply(msg), natsMsg_GetData(msg),
+                       (size_t)natsMsg_GetDataLength(msg), *authid, *authrole, time, sig,
+                       auth_now_ms());
 }
 
 /* ---- making secrets and tokens ---- */

@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 
 #include "auth.h"
+#include "auth_limit.h"
 #include "codec.h"
 #include "log.h"
 #include "nats_bridge.h"
@@ -258,29 +259,49 @@ static double request_timeout(struct http_gateway *gw, h2o_req_t *req)
     return timeout;
 }
 
+/* An Authorization header's token, checked through the limiter of failed sign-ins (by client
+ * address): the user, or NULL after answering 429 (too many failures) or 401 itself. */
+static const auth_user *bearer_user(struct http_gateway *gw, h2o_req_t *req, h2o_iovec_t v)
+{
+    runtime *rt = gw->rt;
+    struct sockaddr_storage ss;
+    char peer[AUTH_PEER_MAX];
+    socklen_t sslen = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
+    auth_limit_peer((struct sockaddr *)&ss, sslen, peer);
+    uint64_t now = uv_now(&rt->loop);
+    if (!auth_limit_admit(rt->auth_limit, now, peer, NULL)) {
+        respond_error_status(gw, req, 429, URI_AUTHENTICATION_FAILED,
+                             "too many failed sign-ins from this address; retry later");
+        return NULL;
+    }
+    const auth_user *u = NULL;
+    if (v.len > 7 && h2o_lcstris(v.base, 7, H2O_STRLIT("bearer ")))
+        u = auth_token_find(rt->auth, v.base + 7, v.len - 7);
+    if (!u) {
+        auth_limit_charge(rt->auth_limit, now, peer, NULL);
+        auth_limit_settle(rt->auth_limit, now, peer, NULL, false);
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL,
+                       H2O_STRLIT("Bearer realm=\"microservice\", error=\"invalid_token\""));
+        respond_error_status(gw, req, 401, URI_AUTHENTICATION_FAILED,
+                             "the bearer token is not valid");
+    }
+    return u;
+}
+
 /* The caller of an RPC when authentication is on: a bearer token's user, else the anonymous role
- * if the auth file has one. Answers 401 or 403 itself and returns false when the call may not
- * go on; on success fills headers (authid, authrole and their signature for the services). */
+ * if the auth file has one. Answers 401, 403 or 429 itself and returns false when the call may
+ * not go on; on success sets the caller's authid and authrole (NULL: none, auth is off). */
 static bool authorize_call(struct http_gateway *gw, h2o_req_t *req, const char *subject,
-                           const char *headers[7], char sig[AUTH_SIG_MAX])
+                           const char **authid_out, const char **role_out)
 {
     const auth *a = gw->rt->auth;
-    headers[0] = NULL;
+    *authid_out = *role_out = NULL;
     if (!a) return true;
     const char *authid = "anonymous", *role = auth_anonymous_role(a);
     ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
     if (i >= 0) {
-        h2o_iovec_t v = req->headers.entries[i].value;
-        const auth_user *u = NULL;
-        if (v.len > 7 && h2o_lcstris(v.base, 7, H2O_STRLIT("bearer ")))
-            u = auth_token_find(a, v.base + 7, v.len - 7);
-        if (!u) {
-            h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL,
-                           H2O_STRLIT("Bearer realm=\"microservice\", error=\"invalid_token\""));
-            respond_error_status(gw, req, 401, URI_AUTHENTICATION_FAILED,
-                                 "the bearer token is not valid");
-            return false;
-        }
+        const auth_user *u = bearer_user(gw, req, req->headers.entries[i].value);
+        if (!u) return false;
         authid = auth_user_id(u);
         role = auth_user_role(u);
     } else if (!role) {
@@ -296,15 +317,15 @@ static bool authorize_call(struct http_gateway *gw, h2o_req_t *req, const char *
         respond_error_status(gw, req, 403, URI_NOT_AUTHORIZED, msg);
         return false;
     }
-    headers[auth_identity_headers(a, subject, authid, role, sig, headers)] = NULL;
+    *authid_out = authid;
+    *role_out = role;
     return true;
 }
 
 static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, const char *subject)
 {
-    char sig[AUTH_SIG_MAX];
-    const char *headers[7];
-    if (!authorize_call(gw, req, subject, headers, sig)) return 0;
+    const char *authid, *authrole;
+    if (!authorize_call(gw, req, subject, &authid, &authrole)) return 0;
     codec_error err;
     if (codec_decode_envelope(NULL, req->entity.base, req->entity.len, gw->rt->cfg.max_depth,
                               &err) != 0) {
@@ -330,9 +351,9 @@ static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, const char *subje
     call->req = req;
     call->cc = NULL;
     call->pending = false;
-    int rc = nats_bridge_request(gw->rt->nats, subject, req->entity.base, req->entity.len,
-                                 headers[0] ? headers : NULL, request_timeout(gw, req), on_reply,
-                                 call, &call->nbreq);
+    int rc = nats_bridge_request_as(gw->rt->nats, subject, req->entity.base, req->entity.len, NULL,
+                                    authid, authrole, request_timeout(gw, req), on_reply, call,
+                                    &call->nbreq);
     if (rc != NB_OK) {
         if (cc) conn_calls_forget(gw, cc);
         respond_error(gw, req, rc == NB_UNAVAILABLE ? URI_UNAVAILABLE : URI_RUNTIME_ERROR,

@@ -233,12 +233,8 @@ static int core_call(lua_State *L)
     c->base.cancel = call_cancel;
     c->rt = rt;
     /* a call made on behalf of an authenticated caller carries the caller on */
-    char sig[AUTH_SIG_MAX];
-    const char *headers[7];
-    int nh = auth_identity_headers(rt->auth, procedure, t->authid, t->authrole, sig, headers);
-    headers[nh] = NULL;
-    int rc = nats_bridge_request(rt->nats, procedure, buf->data, buf->len, nh ? headers : NULL,
-                                 timeout, call_reply_cb, c, &c->req);
+    int rc = nats_bridge_request_as(rt->nats, procedure, buf->data, buf->len, NULL, t->authid,
+                                    t->authrole, timeout, call_reply_cb, c, &c->req);
     if (rc != NB_OK) {
         free(c);
         lua_pushboolean(L, 0);

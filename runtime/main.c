@@ -25,6 +25,8 @@ static void usage(FILE *out)
         "                    [--call-timeout S] [--drain-timeout S] [--body-limit BYTES]\n"
         "                    [--max-depth N] [--max-inflight N] [--max-conn-inflight N]\n"
         "                    [--max-lua-memory MB] [--max-call-memory MB] [--auth FILE]\n"
+        "                    [--auth-max-failures N] [--auth-failure-window S]\n"
+        "                    [--auth-signature-window S]\n"
         "                    [--nats-user U --nats-password P] [--nats-token T] [--nats-nkey "
         "FILE]\n"
         "                    [--nats-creds FILE] [--nats-tls] [--nats-ca FILE]\n"
@@ -64,6 +66,12 @@ static void usage(FILE *out)
         "  --join-timeout S   seconds a WebSocket may take to HELLO and authenticate (default 10)\n"
         "  --auth FILE        users, tokens and roles (default $MICROSERVICE_AUTH; none: every\n"
         "                     caller may do everything); see docs/auth.md\n"
+        "  --auth-max-failures N  failed sign-ins per client address and per authid within\n"
+        "                     the failure window; more are refused until it has passed\n"
+        "                     (default 10; 0: no limit)\n"
+        "  --auth-failure-window S  seconds of that window (default 60)\n"
+        "  --auth-signature-window S  how old (or how far ahead, for clock skew) a caller\n"
+        "                     identity signed on the bus may be (default 60)\n"
         "  SERVICES_DIR       folder of *.lua service scripts (default ./services)\n"
         "\n"
         "       microservice call <service>.<method> [ARGS...] [--kw name=value ...]\n"
@@ -176,6 +184,9 @@ enum {
     OPT_MAX_CONN_INFLIGHT,
     OPT_MAX_LUA_MEMORY,
     OPT_MAX_CALL_MEMORY,
+    OPT_AUTH_MAX_FAILURES,
+    OPT_AUTH_FAILURE_WINDOW,
+    OPT_AUTH_SIGNATURE_WINDOW,
     OPT_NATS_AUTH, /* NATS_AUTH_NOPTS ids from here */
 };
 
@@ -207,6 +218,9 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         {"max-conn-inflight", required_argument, NULL, OPT_MAX_CONN_INFLIGHT},
         {"max-lua-memory", required_argument, NULL, OPT_MAX_LUA_MEMORY},
         {"max-call-memory", required_argument, NULL, OPT_MAX_CALL_MEMORY},
+        {"auth-max-failures", required_argument, NULL, OPT_AUTH_MAX_FAILURES},
+        {"auth-failure-window", required_argument, NULL, OPT_AUTH_FAILURE_WINDOW},
+        {"auth-signature-window", required_argument, NULL, OPT_AUTH_SIGNATURE_WINDOW},
         NATS_AUTH_LONG_OPTIONS(OPT_NATS_AUTH),
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -326,6 +340,16 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         case OPT_MAX_CALL_MEMORY:
             if (parse_megabytes(optarg, "--max-call-memory", "no bound", &cfg->max_call_memory))
                 return -1;
+            break;
+        case OPT_AUTH_MAX_FAILURES:
+            if (parse_number(optarg, 0, 1 << 20, &v) != 0) goto bad_number;
+            cfg->auth_max_failures = (int)v;
+            break;
+        case OPT_AUTH_FAILURE_WINDOW:
+            if (parse_number(optarg, 0.1, 86400, &cfg->auth_failure_window) != 0) goto bad_number;
+            break;
+        case OPT_AUTH_SIGNATURE_WINDOW:
+            if (parse_number(optarg, 1, 86400, &cfg->auth_signature_window) != 0) goto bad_number;
             break;
         case 'h':
             usage(stdout);

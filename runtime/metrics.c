@@ -1,7 +1,7 @@
 /* metrics.c: owns the Prometheus text exposition (format 0.0.4) of the process: per-RPC calls,
  * errors and a latency histogram; gateway responses by status; WAMP sessions, subscriptions and
- * registrations; NATS and PostgreSQL state and queue depths; calls in flight; Lua memory. It only
- * reads what each subsystem counts. */
+ * registrations; NATS and PostgreSQL state and queue depths; calls in flight; Lua memory; with
+ * --auth, sign-in failures and the limiter's refusals. It only reads what each subsystem counts. */
 #include "metrics.h"
 
 #include <malloc.h>
@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "auth.h"
+#include "auth_limit.h"
 #include "http_gateway.h"
 #include "nats_bridge.h"
 #include "pg_pool.h"
@@ -84,6 +86,38 @@ static void rpc_line(void *u, const rpc_stats *st)
     }
 }
 
+/* Sign-ins: failures, the limiter (--auth-max-failures) and PBKDF2 work; only with --auth. */
+static void render_auth(runtime *rt, codec_buf *out)
+{
+    if (!rt->auth) return;
+    auth_limit_stats st;
+    auth_limit_get_stats(rt->auth_limit, uv_now(&rt->loop), &st);
+    const struct {
+        const char *name, *type, *help;
+        double value;
+    } rows[] = {
+        {"microservice_auth_failures_total", "counter",
+         "Failed sign-ins: WAMP ticket or wampcra, HTTP bearer tokens.", (double)st.failures},
+        {"microservice_auth_refusals_total", "counter",
+         "Sign-ins refused unchecked: too many failures from the address or for the authid.",
+         (double)st.refusals},
+        {"microservice_auth_blocked", "gauge",
+         "Client addresses and authids whose sign-ins are refused right now.", st.blocked},
+        {"microservice_auth_max_failures", "gauge",
+         "--auth-max-failures: failures per address or authid within the window (0: no limit).",
+         st.max_failures},
+        {"microservice_auth_failure_window_seconds", "gauge", "--auth-failure-window.",
+         st.window_s},
+        {"microservice_auth_derivations_total", "counter",
+         "PBKDF2 derivations of WAMP tickets (for known and unknown authids alike).",
+         (double)auth_derivations(rt->auth)},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof *rows; i++) {
+        header(out, rows[i].name, rows[i].type, rows[i].help);
+        put(out, "%s %.17g\n", rows[i].name, rows[i].value);
+    }
+}
+
 void metrics_render(runtime *rt, codec_buf *out)
 {
     static const char *const parts[][3] = {
@@ -152,4 +186,5 @@ void metrics_render(runtime *rt, codec_buf *out)
     header(out, "microservice_lua_memory_large_args_limit_bytes", "gauge",
            "What they may take together (a quarter of the limit; 0: no bound).");
     put(out, "microservice_lua_memory_large_args_limit_bytes %zu\n", rt->lua_mem.large_cap);
+    render_auth(rt, out);
 }

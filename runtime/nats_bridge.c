@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "log.h"
 #include "nats_auth.h"
 #include "scheduler.h"
@@ -273,6 +274,14 @@ int nats_bridge_request(nats_bridge *nb, const char *subject, const char *data, 
                         const char *const *headers, double timeout_s, nb_reply_fn fn, void *udata,
                         nb_request **out)
 {
+    return nats_bridge_request_as(nb, subject, data, len, headers, NULL, NULL, timeout_s, fn, udata,
+                                  out);
+}
+
+int nats_bridge_request_as(nats_bridge *nb, const char *subject, const char *data, size_t len,
+                           const char *const *headers, const char *authid, const char *authrole,
+                           double timeout_s, nb_reply_fn fn, void *udata, nb_request **out)
+{
     *out = NULL;
     if (!nb->nc || nb->closing || !nats_bridge_connected(nb)) return NB_UNAVAILABLE;
     nb_request *r = request_new(nb, timeout_s, fn, udata);
@@ -280,12 +289,16 @@ int nats_bridge_request(nats_bridge *nb, const char *subject, const char *data, 
     char reply[96], ms[32];
     snprintf(reply, sizeof reply, "%s.%llu", nb->inbox, (unsigned long long)r->id);
     snprintf(ms, sizeof ms, "%.0f", timeout_s * 1000.0);
-    const char *all[20];
+    const char *all[28];
     int n = 0;
     for (int i = 0; headers && headers[i] && headers[i + 1] && n < 16; i += 2) {
         all[n++] = headers[i];
         all[n++] = headers[i + 1];
     }
+    auth_stamp stamp;
+    if (authid)
+        n += auth_identity_headers(nb->rt->auth, subject, reply, data, len, authid, authrole,
+                                   &stamp, all + n);
     all[n++] = NB_HDR_TIMEOUT;
     all[n++] = ms;
     all[n] = NULL;

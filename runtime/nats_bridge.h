@@ -73,6 +73,12 @@ int nats_bridge_publish(nats_bridge *nb, const char *subject, const char *reply,
 int nats_bridge_request(nats_bridge *nb, const char *subject, const char *data, size_t len,
                         const char *const *headers, double timeout_s, nb_reply_fn fn, void *udata,
                         nb_request **out);
+/* The same, on behalf of a caller: when authid is not NULL and the auth file has a bus_secret,
+ * the request carries the caller's identity signed for its subject, its reply subject (known
+ * only here) and its body (auth_identity_headers). */
+int nats_bridge_request_as(nats_bridge *nb, const char *subject, const char *data, size_t len,
+                           const char *const *headers, const char *authid, const char *authrole,
+                           double timeout_s, nb_reply_fn fn, void *udata, nb_request **out);
 /* Replies carrying the header name are progress: fn runs for each and the request stays
  * pending until a reply without it (or the timeout). */
 void nb_request_allow_progress(nb_request *r, const char *header);

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "auth.h"
+#include "auth_limit.h"
 #include "http_gateway.h"
 #include "log.h"
 #include "lua_api.h"
@@ -59,6 +60,9 @@ void runtime_config_defaults(runtime_config *cfg)
     cfg->join_timeout = 10.0;
     const char *auth_file = getenv("MICROSERVICE_AUTH");
     cfg->auth_file = (auth_file && auth_file[0]) ? auth_file : NULL;
+    cfg->auth_max_failures = 10;
+    cfg->auth_failure_window = 60.0;
+    cfg->auth_signature_window = 60.0;
     cfg->watch = true;
 }
 
@@ -93,6 +97,12 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
         char err[512];
         if (auth_load(cfg->auth_file, &rt->auth, err, sizeof err) != 0) {
             log_error(TAG, "--auth %s", err);
+            return -1;
+        }
+        auth_set_signature_window(rt->auth, cfg->auth_signature_window);
+        rt->auth_limit = auth_limit_new(cfg->auth_max_failures, cfg->auth_failure_window);
+        if (!rt->auth_limit) {
+            log_error(TAG, "out of memory at start-up");
             return -1;
         }
         log_info(TAG, "authentication on (%s)%s", cfg->auth_file,
@@ -240,6 +250,8 @@ int runtime_run(runtime *rt)
     rt->pg = NULL;
     auth_free(rt->auth);
     rt->auth = NULL;
+    auth_limit_free(rt->auth_limit);
+    rt->auth_limit = NULL;
     if (uv_loop_close(&rt->loop) != 0) log_debug(TAG, "loop closed with handles still open");
     nats_Close();
     return rc;

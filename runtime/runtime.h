@@ -51,6 +51,11 @@ typedef struct runtime_config {
     const char *auth_file; /* NULL: authentication off */
     bool watch;            /* hot reload of the services folder */
     bool reuse_port;       /* SO_REUSEPORT on the HTTP listeners (workers share them) */
+    /* failed sign-ins per client address or authid within the window (seconds); 0: no limit */
+    int auth_max_failures;
+    double auth_failure_window;
+    /* seconds a caller identity signed on the bus stays valid, either way (clock skew) */
+    double auth_signature_window;
     /* RPC calls in flight on one HTTP connection (HTTP/2 streams) */
     int max_conn_inflight;
     /* bytes of Lua heap above which calls are refused (twice: allocations fail); 0: no limit */
@@ -69,6 +74,7 @@ struct wamp_router;
 struct service_watch;
 struct service_api;
 struct auth;
+struct auth_limit;
 
 typedef struct runtime {
     uv_loop_t loop;
@@ -84,6 +90,8 @@ typedef struct runtime {
     struct service_watch *watch; /* hot reload; NULL when not watching */
     struct service_api *srv_api; /* $SRV.*; NULL without a bus */
     struct auth *auth;           /* NULL: authentication off */
+    /* failed sign-ins (auth_limit.h); NULL when authentication is off */
+    struct auth_limit *auth_limit;
     uv_signal_t sigint, sigterm;
     uv_timer_t drain_timer;
     uint64_t drain_deadline; /* uv_now() ms */

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "auth.h"
+#include "auth_limit.h"
 #include "log.h"
 #include "nats_bridge.h"
 #include "rpc_error.h"
@@ -130,6 +131,8 @@ struct session {
     char *challenge;        /* wampcra: the challenge text sent */
     char *realm;            /* from HELLO, for WELCOME */
     struct auth_job *auth_job;
+    /* the client's address (auth_limit_peer), for the limiter of failed sign-ins */
+    char peer[AUTH_PEER_MAX];
     int ncalls; /* calls waiting for their result */
     ptrs topics;
     ptrs regs;
@@ -835,15 +838,12 @@ static void on_call(session *s, json_t *msg)
     json_t *t = json_object_get(opts, "timeout");
     if (json_is_number(t) && json_number_value(t) > 0) timeout = json_number_value(t) / 1000.0;
     bool progress = json_is_true(json_object_get(opts, "receive_progress"));
-    const char *headers[9];
-    char sig[AUTH_SIG_MAX];
+    const char *headers[3];
     int h = 0;
     if (progress) {
         headers[h++] = HDR_RECEIVE_PROGRESS;
         headers[h++] = "1";
     }
-    h += auth_identity_headers(s->r->rt->auth, json_string_value(uri), s->authid, s->authrole, sig,
-                               headers + h);
     headers[h] = NULL;
     pending_call *c = calloc(1, sizeof *c);
     size_t len;
@@ -856,8 +856,9 @@ static void on_call(session *s, json_t *msg)
     c->s = s;
     c->request = req;
     c->progress = progress;
-    int rc = nats_bridge_request(s->r->rt->nats, json_string_value(uri), body, len,
-                                 h ? headers : NULL, timeout, on_call_reply, c, &c->req);
+    int rc = nats_bridge_request_as(s->r->rt->nats, json_string_value(uri), body, len,
+                                    h ? headers : NULL, s->authid, s->authrole, timeout,
+                                    on_call_reply, c, &c->req);
     free(body);
     if (rc != NB_OK) {
         free(c);
@@ -1170,11 +1171,27 @@ static void auth_failed(session *s, const char *why)
     abort_session(s, URI_AUTHENTICATION_FAILED, "authentication failed");
 }
 
-/* Sends the CHALLENGE of method (ticket or wampcra) for authid. */
+#define TOO_MANY_FAILURES "too many failed sign-ins; retry later"
+
+/* Whether the limiter of failed sign-ins lets this session try to sign in as s->authid now;
+ * else the session is aborted. */
+static bool may_try(session *s)
+{
+    if (auth_limit_admit(s->r->rt->auth_limit, uv_now(&s->r->rt->loop), s->peer, s->authid))
+        return true;
+    log_info(TAG, "session %llu: sign-in of %s from %s refused: too many failures",
+             (unsigned long long)s->id, s->authid, s->peer[0] ? s->peer : "?");
+    abort_session(s, URI_AUTHENTICATION_FAILED, TOO_MANY_FAILURES);
+    return false;
+}
+
+/* Sends the CHALLENGE of method (ticket or wampcra) for authid. It looks the same whether
+ * authid is a user or not (docs/auth.md). */
 static void challenge(session *s, const char *method, const char *authid)
 {
     const auth *a = s->r->rt->auth;
     snprintf(s->authid, sizeof s->authid, "%s", authid);
+    if (!may_try(s)) return;
     s->user = auth_user_find(a, authid);
     if (s->user && !auth_user_has_secret(s->user)) s->user = NULL; /* a token-only user */
     s->authmethod = strcmp(method, "ticket") == 0 ? "ticket" : "wampcra";
@@ -1249,7 +1266,9 @@ typedef struct auth_job {
     uv_work_t work;
     router *r;
     session *s;
-    const auth_user *user;
+    const auth_user *user; /* NULL: unknown authid, checked all the same (decoy salt) */
+    char authid[AUTH_ID_MAX];
+    char peer[AUTH_PEER_MAX];
     char *ticket;
     bool ok;
 } auth_job;
@@ -1257,7 +1276,7 @@ typedef struct auth_job {
 static void ticket_work(uv_work_t *w)
 {
     auth_job *j = w->data;
-    j->ok = auth_ticket_ok(j->user, j->ticket);
+    j->ok = auth_ticket_ok(j->r->rt->auth, j->user, j->authid, j->ticket);
 }
 
 static void ticket_done(uv_work_t *w, int status)
@@ -1265,12 +1284,14 @@ static void ticket_done(uv_work_t *w, int status)
     auth_job *j = w->data;
     session *s = j->s;
     j->r->auth_jobs--;
+    bool ok = status == 0 && j->ok;
+    auth_limit_settle(j->r->rt->auth_limit, uv_now(&j->r->rt->loop), j->peer, j->authid, ok);
     if (s) {
         s->auth_job = NULL;
-        if (status == 0 && j->ok && s->state == S_VERIFYING)
+        if (ok && s->state == S_VERIFYING)
             establish(s, auth_user_id(j->user), auth_user_role(j->user), "ticket");
         else if (s->state == S_VERIFYING)
-            auth_failed(s, "wrong ticket");
+            auth_failed(s, j->user ? "wrong ticket" : "unknown authid");
     }
     free(j->ticket);
     free(j);
@@ -1284,17 +1305,21 @@ static void on_authenticate(session *s, json_t *msg)
         protocol_violation(s, "AUTHENTICATE is [5, Signature|string, Extra|dict]");
         return;
     }
+    if (!may_try(s)) return; /* failures may have come in since the CHALLENGE */
+    auth_limit *lim = s->r->rt->auth_limit;
+    uint64_t now = uv_now(&s->r->rt->loop);
     if (strcmp(s->authmethod, "wampcra") == 0) {
-        if (s->user && auth_cra_verify(s->user, s->challenge, json_string_value(sig)))
+        bool ok = auth_cra_verify(s->user, s->challenge, json_string_value(sig)) && s->user;
+        auth_limit_charge(lim, now, s->peer, s->authid);
+        auth_limit_settle(lim, now, s->peer, s->authid, ok);
+        if (ok)
             establish(s, auth_user_id(s->user), auth_user_role(s->user), "wampcra");
         else
             auth_failed(s, s->user ? "wrong signature" : "unknown authid");
         return;
     }
-    if (!s->user) { /* ticket: nobody to check against */
-        auth_failed(s, "unknown authid");
-        return;
-    }
+    /* ticket: an unknown authid is checked as well (against its decoy salt), so that the answer
+     * takes as long as for a user */
     if (s->r->auth_jobs >= MAX_AUTH_JOBS) {
         log_warn(TAG, "session %llu: %d tickets are being checked already: refused",
                  (unsigned long long)s->id, s->r->auth_jobs);
@@ -1311,6 +1336,8 @@ static void on_authenticate(session *s, json_t *msg)
     j->r = s->r;
     j->s = s;
     j->user = s->user;
+    snprintf(j->authid, sizeof j->authid, "%s", s->authid);
+    snprintf(j->peer, sizeof j->peer, "%s", s->peer);
     j->work.data = j;
     if (uv_queue_work(&s->r->rt->loop, &j->work, ticket_work, ticket_done) != 0) {
         free(j->ticket);
@@ -1318,6 +1345,8 @@ static void on_authenticate(session *s, json_t *msg)
         abort_session(s, URI_AUTHENTICATION_FAILED, "cannot check the ticket now");
         return;
     }
+    /* counted as failed until it succeeds: tickets in flight count against the limit too */
+    auth_limit_charge(lim, now, j->peer, j->authid);
     s->auth_job = j;
     s->state = S_VERIFYING;
     s->r->auth_jobs++;
@@ -1562,6 +1591,9 @@ int wamp_router_upgrade(struct wamp_router *r, h2o_req_t *req)
     s->r = r;
     s->ser = ser;
     s->id = random_id();
+    struct sockaddr_storage peer;
+    socklen_t peerlen = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&peer);
+    auth_limit_peer((struct sockaddr *)&peer, peerlen, s->peer);
     s->state = S_OPEN;
     s->join_deadline = uv_now(&r->rt->loop) + (uint64_t)(r->rt->cfg.join_timeout * 1000.0);
     if (!uv_is_active((uv_handle_t *)&r->join_timer))

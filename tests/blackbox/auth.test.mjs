@@ -51,7 +51,9 @@ before(async () => {
   // the strict one serves no RPC of its own (services_auth is served by `open`, through NATS)
   const empty = path.join(dir, 'empty');
   fs.mkdirSync(empty, { recursive: true });
-  strict = await h.startRuntime({ dir, natsUrl: nats.url, servicesDir: empty, name: 'strict', env: { MICROSERVICE_AUTH: strictFile } });
+  // its failed sign-ins all come from 127.0.0.1: more than the default 10 of the limiter
+  // (auth_limit.test.mjs tests it), so that the tests here do not depend on their number
+  strict = await h.startRuntime({ dir, natsUrl: nats.url, servicesDir: empty, name: 'strict', args: ['--auth-max-failures', '100'], env: { MICROSERVICE_AUTH: strictFile } });
 });
 
 after(async () => {
@@ -111,23 +113,73 @@ h.test('HTTP: 401 for a bad token or none (when anonymous is off), with WWW-Auth
   assert.equal(health.status, 200, 'health checks need no credentials');
 });
 
+// The bus signature (docs/auth.md): HMAC-SHA256(bus_secret, subject, reply subject, authid,
+// authrole, time, SHA-256 of the body), with the time in Microservice-Auth-Time.
+const busSign = ({ subject, reply, id, role, time, body }) => crypto.createHmac('sha256', BUS_SECRET)
+  .update([subject, reply, id, role, String(time), crypto.createHash('sha256').update(body).digest('hex')].join('\n'))
+  .digest('base64');
+
+// A request published by hand (so that the test picks the reply subject): the identity headers
+// given, the answer of whoami.me ([[authid, authrole], {}]).
+async function askWhoami(nc, { reply, body = '[]', headers = {}, subject = 'whoami.me' }) {
+  const { headers: natsHeaders } = await import('nats');
+  const sub = nc.subscribe(reply, { max: 1, timeout: 5000 });
+  const hdrs = natsHeaders();
+  for (const [k, v] of Object.entries(headers)) hdrs.set(k, v);
+  nc.publish(subject, h.sc.encode(body), { reply, headers: hdrs });
+  for await (const m of sub) return JSON.parse(h.sc.decode(m.data));
+  throw new Error('no reply');
+}
+
 h.test('NATS: an identity is trusted only when signed with the bus secret', async () => {
   const nc = await h.natsClient(nats.url);
+  const { createInbox } = await import('nats');
   try {
-    const ask = async (headers) => {
-      const hdrs = (await import('nats')).headers();
-      for (const [k, v] of Object.entries(headers)) hdrs.set(k, v);
-      const m = await nc.request('whoami.me', h.sc.encode('[]'), { timeout: 5000, headers: hdrs });
-      return JSON.parse(h.sc.decode(m.data));
-    };
+    const ask = (headers, opts = {}) => askWhoami(nc, { reply: createInbox(), headers, ...opts });
     assert.deepEqual(await ask({}), [[null, null], {}], 'no identity: none in context()');
-    const forged = { 'Microservice-Authid': 'root', 'Microservice-Authrole': 'admin', 'Microservice-Auth-Signature': 'AAAA' };
+    const forged = { 'Microservice-Authid': 'root', 'Microservice-Authrole': 'admin', 'Microservice-Auth-Time': String(Date.now()), 'Microservice-Auth-Signature': 'AAAA' };
     assert.deepEqual(await ask(forged), [[null, null], {}], 'a forged identity is ignored');
-    const sign = (subject, id, role) => crypto.createHmac('sha256', BUS_SECRET).update(`${subject}\n${id}\n${role}`).digest('base64');
-    const moved = { 'Microservice-Authid': 'carol', 'Microservice-Authrole': 'admin', 'Microservice-Auth-Signature': sign('whoami.secret', 'carol', 'admin') };
-    assert.deepEqual(await ask(moved), [[null, null], {}], 'a signature for another subject is ignored');
-    const good = { 'Microservice-Authid': 'carol', 'Microservice-Authrole': 'admin', 'Microservice-Auth-Signature': sign('whoami.me', 'carol', 'admin') };
-    assert.deepEqual(await ask(good), [['carol', 'admin'], {}], 'a gateway holding the secret is trusted');
+    const signed = (what) => {
+      const d = { subject: 'whoami.me', id: 'carol', role: 'admin', time: Date.now(), body: '[]', ...what };
+      return { 'Microservice-Authid': d.id, 'Microservice-Authrole': d.role, 'Microservice-Auth-Time': String(d.time), 'Microservice-Auth-Signature': busSign(d) };
+    };
+    let reply = createInbox();
+    assert.deepEqual(await ask(signed({ subject: 'whoami.secret', reply }), { reply }), [[null, null], {}],
+      'a signature for another subject is ignored');
+    reply = createInbox();
+    assert.deepEqual(await ask(signed({ reply }), { reply }), [['carol', 'admin'], {}], 'a gateway holding the secret is trusted');
+  } finally {
+    await nc.close();
+  }
+});
+
+h.test('NATS: a captured signature does not work on another body, reply subject or later', async () => {
+  const nc = await h.natsClient(nats.url);
+  const { createInbox } = await import('nats');
+  try {
+    const reply = createInbox();
+    const d = { subject: 'whoami.me', reply, id: 'carol', role: 'admin', time: Date.now(), body: '[]' };
+    const headers = { 'Microservice-Authid': d.id, 'Microservice-Authrole': d.role, 'Microservice-Auth-Time': String(d.time), 'Microservice-Auth-Signature': busSign(d) };
+    assert.deepEqual(await askWhoami(nc, { reply, headers }), [['carol', 'admin'], {}], 'the original request');
+    assert.deepEqual(await askWhoami(nc, { reply, headers, body: '[[], {}]' }), [[null, null], {}], 'another body');
+    assert.deepEqual(await askWhoami(nc, { reply: createInbox(), headers }), [[null, null], {}], 'another reply subject');
+    assert.deepEqual(await askWhoami(nc, { reply, headers: { ...headers, 'Microservice-Auth-Time': String(d.time + 1) } }),
+      [[null, null], {}], 'another time');
+    // signed correctly, but too old, or too far ahead (the window is 60 s)
+    for (const [time, what] of [[Date.now() - 120000, 'two minutes old'], [Date.now() + 120000, 'two minutes ahead']]) {
+      const r = createInbox();
+      const old = { ...d, reply: r, time };
+      const hs = { ...headers, 'Microservice-Auth-Time': String(time), 'Microservice-Auth-Signature': busSign(old) };
+      assert.deepEqual(await askWhoami(nc, { reply: r, headers: hs }), [[null, null], {}], what);
+    }
+    // the signature of the old format (subject, authid, authrole only) is refused
+    const r2 = createInbox();
+    const legacy = crypto.createHmac('sha256', BUS_SECRET).update('whoami.me\ncarol\nadmin').digest('base64');
+    assert.deepEqual(await askWhoami(nc, { reply: r2, headers: { ...headers, 'Microservice-Auth-Signature': legacy } }),
+      [[null, null], {}], 'the old format');
+    // what the gateways sign still reaches the services, also from service to service
+    const viaHttp = await h.post(open, 'whoami.relay', [], { headers: bearer(token) });
+    assert.deepEqual(viaHttp.json, [['alice', 'admin'], {}]);
   } finally {
     await nc.close();
   }
@@ -206,6 +258,41 @@ h.test('WAMP: wrong secrets, unknown users and missing methods are refused with 
   const ok = await openSession(wsUrl(strict), 'json', { authmethods: ['ticket'], authid: 'alice', onchallenge: () => PASSWORD.alice });
   assert.deepEqual(await who(ok.session), ['alice', 'admin']);
   closeSession(ok);
+});
+
+h.test('WAMP: an unknown authid gets the same challenge as a user, and its ticket the same work', async () => {
+  const challengeOf = async (authid) => {
+    let extra;
+    const e = await openSession(wsUrl(strict), 'json', {
+      authmethods: ['wampcra'], authid, onchallenge: (s, m, x) => { extra = x; return 'not a signature'; },
+    }).then(() => null, (err) => err);
+    assert.ok(e && extra, `${authid}: a challenge, then a refusal`);
+    return extra;
+  };
+  const known = await challengeOf('bob');
+  const unknown = await challengeOf('nobody-here');
+  assert.deepEqual(Object.keys(unknown).sort(), Object.keys(known).sort());
+  const ck = JSON.parse(known.challenge), cu = JSON.parse(unknown.challenge);
+  assert.deepEqual(Object.keys(cu), Object.keys(ck), 'the same fields in the challenge text');
+  assert.equal(ck.authrole, undefined, 'no role in the challenge (WELCOME tells it)');
+  assert.equal(cu.authrole, undefined);
+  for (const e of [known, unknown]) assert.match(e.salt, /^[A-Za-z0-9+/]{22}==$/, 'base64 of 16 bytes');
+  assert.equal(unknown.iterations, known.iterations);
+  assert.equal(unknown.keylen, known.keylen);
+
+  // a ticket for an unknown authid runs PBKDF2 like one for a user (the timing is in bench/auth)
+  const derivations = async () => {
+    const text = await (await fetch(strict.url('/metrics'))).text();
+    return Number(/^microservice_auth_derivations_total (\d+)$/m.exec(text)?.[1]);
+  };
+  const before = await derivations();
+  assert.ok(Number.isInteger(before), 'the derivations are in /metrics');
+  for (const authid of ['nobody-here', 'alice']) {
+    const e = await openSession(wsUrl(strict), 'json', { authmethods: ['ticket'], authid, onchallenge: () => 'a guess' })
+      .then(() => null, (err) => err);
+    assert.match(e?.message ?? '', /wamp\.error\.authentication_failed/, authid);
+  }
+  assert.equal(await derivations(), before + 2, 'one derivation each');
 });
 
 h.test('WAMP: per-role permissions for call, register, publish and subscribe', async () => {
