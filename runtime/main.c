@@ -25,6 +25,7 @@ static void usage(FILE *out)
         "                    [--call-timeout S] [--drain-timeout S] [--body-limit BYTES]\n"
         "                    [--max-depth N] [--max-inflight N] [--max-conn-inflight N]\n"
         "                    [--max-lua-memory MB] [--auth FILE]\n"
+        "                    [--max-callee-pending N] [--session-idle-timeout S]\n"
         "                    [--nats-user U --nats-password P] [--nats-token T] [--nats-nkey "
         "FILE]\n"
         "                    [--nats-creds FILE] [--nats-tls] [--nats-ca FILE]\n"
@@ -60,6 +61,10 @@ static void usage(FILE *out)
         "                     'out of memory' (default 1024; 0: no limit)\n"
         "  --max-session-calls N  calls in flight per WAMP session (default 1000)\n"
         "  --join-timeout S   seconds a WebSocket may take to HELLO and authenticate (default 10)\n"
+        "  --max-callee-pending N  invocations waiting for one WAMP callee; more are refused\n"
+        "                     with wamp.error.limit_exceeded (default 1000)\n"
+        "  --session-idle-timeout S  seconds a WAMP session may send nothing (no message, ping\n"
+        "                     or pong) before it is closed (default 300; 0: never)\n"
         "  --auth FILE        users, tokens and roles (default $MICROSERVICE_AUTH; none: every\n"
         "                     caller may do everything); see docs/auth.md\n"
         "  SERVICES_DIR       folder of *.lua service scripts (default ./services)\n"
@@ -160,6 +165,8 @@ enum {
     OPT_HTTP_REDIRECT,
     OPT_MAX_CONN_INFLIGHT,
     OPT_MAX_LUA_MEMORY,
+    OPT_MAX_CALLEE_PENDING,
+    OPT_SESSION_IDLE_TIMEOUT,
     OPT_NATS_AUTH, /* NATS_AUTH_NOPTS ids from here */
 };
 
@@ -190,6 +197,8 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         {"http-redirect", no_argument, NULL, OPT_HTTP_REDIRECT},
         {"max-conn-inflight", required_argument, NULL, OPT_MAX_CONN_INFLIGHT},
         {"max-lua-memory", required_argument, NULL, OPT_MAX_LUA_MEMORY},
+        {"max-callee-pending", required_argument, NULL, OPT_MAX_CALLEE_PENDING},
+        {"session-idle-timeout", required_argument, NULL, OPT_SESSION_IDLE_TIMEOUT},
         NATS_AUTH_LONG_OPTIONS(OPT_NATS_AUTH),
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -263,6 +272,13 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
             break;
         case OPT_JOIN_TIMEOUT:
             if (parse_number(optarg, 0.1, 3600, &cfg->join_timeout) != 0) goto bad_number;
+            break;
+        case OPT_MAX_CALLEE_PENDING:
+            if (parse_number(optarg, 1, 1 << 20, &v) != 0) goto bad_number;
+            cfg->max_callee_pending = (int)v;
+            break;
+        case OPT_SESSION_IDLE_TIMEOUT:
+            if (parse_number(optarg, 0, 86400, &cfg->session_idle_timeout) != 0) goto bad_number;
             break;
         case OPT_MAX_SESSION_CALLS:
             if (parse_number(optarg, 1, 1 << 20, &v) != 0) goto bad_number;

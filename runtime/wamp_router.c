@@ -30,6 +30,7 @@
 #define MAX_ID 9007199254740992LL        /* 2^53 */
 #define OUT_MAX_BYTES (4u * 1024 * 1024) /* queued for one session before it is a slow consumer */
 #define JOIN_SWEEP_MS 250                /* how often sessions not yet established are checked */
+#define JOIN_MSG_MAX (16u * 1024)        /* largest message before WELCOME (HELLO, AUTHENTICATE) */
 /* tickets checked at once (PBKDF2 on the thread pool); more sign-ins are refused */
 #define MAX_AUTH_JOBS 64
 #define HDR_EXCLUDE "Wamp-Exclude"     /* the publishing session, when it excludes itself */
@@ -135,6 +136,7 @@ struct session {
     ptrs regs;
     pending_call *calls;
     invocation *invs;
+    int ninvs; /* invocations waiting for this callee's answer (--max-callee-pending) */
     uint64_t next_inv;
     bool dirty, slow;
     codec_buf out_pending; /* frames wslay handed over, not yet written */
@@ -144,6 +146,7 @@ struct session {
     const char *close_reason;
     uint64_t close_deadline; /* loop time: a peer that does not read by then is dropped */
     uint64_t join_deadline;  /* loop time: a session not established by then is aborted */
+    uint64_t last_activity;  /* loop time of the last message, ping or pong received */
     session *dirty_next;
     session *prev, *next;
 };
@@ -158,6 +161,7 @@ struct wamp_router {
     session *dirty;
     uv_timer_t flush_timer;
     uv_timer_t join_timer; /* runs while some session is not established yet */
+    uv_timer_t idle_timer; /* runs while there are sessions (--session-idle-timeout) */
     codec_buf out;
     int auth_jobs; /* tickets being checked on the thread pool */
     bool shutting_down;
@@ -165,6 +169,7 @@ struct wamp_router {
 
 static void session_end(session *s);
 static void join_sweep(uv_timer_t *t);
+static void idle_sweep(uv_timer_t *t);
 static void ack_after_flush(session *s, int type, uint64_t request, uint64_t id, bool fresh);
 
 /* ---- small helpers ---- */
@@ -942,6 +947,22 @@ static void reply_error(router *r, const char *reply, const char *uri, json_t *a
     free(text);
 }
 
+/* The callee has --max-callee-pending invocations unanswered: the caller gets limit_exceeded
+ * (429) and the callee is not sent this one. */
+static void refuse_busy_callee(router *r, const char *reply, const session *callee, json_t *args,
+                               json_t *kwargs)
+{
+    char text[128];
+    snprintf(text, sizeof text, "the callee has %d invocations unanswered (--max-callee-pending)",
+             callee->ninvs);
+    log_debug(TAG, "session %llu: %s", (unsigned long long)callee->id, text);
+    json_t *a = json_pack("[s]", text);
+    reply_error(r, reply, URI_LIMIT_EXCEEDED, a, NULL, 429);
+    json_decref(a);
+    json_decref(args);
+    json_decref(kwargs);
+}
+
 static void on_invocation_msg(void *udata, natsMsg *m)
 {
     registration *g = udata;
@@ -962,6 +983,12 @@ static void on_invocation_msg(void *udata, natsMsg *m)
                                                  : g->rr++ % g->callees.n;
         callee = g->callees.v[i];
     }
+    if (callee && callee->state == S_ESTABLISHED &&
+        callee->ninvs >= r->rt->cfg.max_callee_pending) {
+        refuse_busy_callee(r, reply, callee, args, kwargs);
+        nats_bridge_release(r->rt->nats, m);
+        return;
+    }
     invocation *inv = callee ? calloc(1, sizeof *inv) : NULL;
     if (!inv || callee->state != S_ESTABLISHED) {
         json_t *a = json_pack("[s]", "the callee left");
@@ -978,6 +1005,7 @@ static void on_invocation_msg(void *udata, natsMsg *m)
     inv->reply = reply ? strdup(reply) : NULL;
     inv->next = callee->invs;
     callee->invs = inv;
+    callee->ninvs++;
     const char *rp = NULL;
     json_t *details = json_object();
     if (reply && natsMsgHeader_Get(m, HDR_RECEIVE_PROGRESS, &rp) == NATS_OK)
@@ -1072,7 +1100,10 @@ static invocation *inv_take(session *s, uint64_t id, bool keep)
     for (invocation **p = &s->invs; *p; p = &(*p)->next) {
         if ((*p)->id != id) continue;
         invocation *inv = *p;
-        if (!keep) *p = inv->next;
+        if (!keep) {
+            *p = inv->next;
+            s->ninvs--;
+        }
         return inv;
     }
     return NULL;
@@ -1453,6 +1484,25 @@ static void session_end(session *s)
     free(s);
 }
 
+/* A message that decoded with an unsupported msgpack extension value: a request the router
+ * answers (SUBSCRIBE, CALL, ..., PUBLISH with acknowledge) gets ERROR invalid_argument and is
+ * dropped; anything else, or a request id that cannot be read, ends the session. */
+static void refuse_extension(session *s, json_t *msg, const char *why)
+{
+    json_t *code = json_array_get(msg, 0);
+    json_int_t type = json_is_integer(code) ? json_integer_value(code) : 0;
+    uint64_t req;
+    bool answerable = type == SUBSCRIBE || type == UNSUBSCRIBE || type == CALL ||
+                      type == REGISTER || type == UNREGISTER || type == PUBLISH;
+    if (s->state != S_ESTABLISHED || !answerable || !get_id(msg, 1, &req)) {
+        protocol_violation(s, why);
+        return;
+    }
+    if (type == PUBLISH && !json_is_true(json_object_get(json_array_get(msg, 2), "acknowledge")))
+        return;
+    send_error(s, (int)type, req, URI_INVALID_ARGUMENT, why);
+}
+
 static void on_ws_message(h2o_websocket_conn_t *ws, const struct wslay_event_on_msg_recv_arg *arg)
 {
     session *s = ws->data;
@@ -1461,10 +1511,13 @@ static void on_ws_message(h2o_websocket_conn_t *ws, const struct wslay_event_on_
         h2o_websocket_close(ws);
         return;
     }
+    s->last_activity = uv_now(&s->r->rt->loop);              /* messages, pings and pongs */
     if (arg->opcode >= 0x8 || s->state == S_CLOSING) return; /* control frames: wslay's job */
-    if (arg->msg_length > s->r->rt->cfg.body_limit) {
-        log_info(TAG, "session %llu closed: a message of %zu bytes is over the limit of %zu",
-                 (unsigned long long)s->id, arg->msg_length, s->r->rt->cfg.body_limit);
+    size_t limit = s->state == S_ESTABLISHED ? s->r->rt->cfg.body_limit : JOIN_MSG_MAX;
+    if (arg->msg_length > limit) {
+        log_info(TAG, "session %llu closed: a message of %zu bytes is over the limit of %zu%s",
+                 (unsigned long long)s->id, arg->msg_length, limit,
+                 s->state == S_ESTABLISHED ? "" : " before WELCOME");
         close_session(s, 1009, "message too big");
         return;
     }
@@ -1474,14 +1527,19 @@ static void on_ws_message(h2o_websocket_conn_t *ws, const struct wslay_event_on_
                                                      : "wamp.2.json uses text frames");
         return;
     }
-    char err[160];
-    json_t *msg = wamp_decode(s->ser, (const char *)arg->msg, arg->msg_length,
-                              s->r->rt->cfg.max_depth + 2, err, sizeof err);
+    char err[160] = "";
+    bool unsupported = false;
+    json_t *msg = wamp_decode_msg(s->ser, (const char *)arg->msg, arg->msg_length,
+                                  s->r->rt->cfg.max_depth + 2, WAMP_MAX_VALUES, &unsupported, err,
+                                  sizeof err);
     if (!msg) {
         protocol_violation(s, err);
         return;
     }
-    dispatch(s, msg);
+    if (unsupported)
+        refuse_extension(s, msg, err);
+    else
+        dispatch(s, msg);
     json_decref(msg);
 }
 
@@ -1566,6 +1624,13 @@ int wamp_router_upgrade(struct wamp_router *r, h2o_req_t *req)
     s->join_deadline = uv_now(&r->rt->loop) + (uint64_t)(r->rt->cfg.join_timeout * 1000.0);
     if (!uv_is_active((uv_handle_t *)&r->join_timer))
         uv_timer_start(&r->join_timer, join_sweep, JOIN_SWEEP_MS, JOIN_SWEEP_MS);
+    s->last_activity = uv_now(&r->rt->loop);
+    if (r->rt->cfg.session_idle_timeout > 0 && !uv_is_active((uv_handle_t *)&r->idle_timer)) {
+        /* a quarter of the timeout, between 100 ms and 5 s: closed at most 25% late */
+        double every = r->rt->cfg.session_idle_timeout * 250.0;
+        uint64_t ms = every < 100 ? 100 : every > 5000 ? 5000 : (uint64_t)every;
+        uv_timer_start(&r->idle_timer, idle_sweep, ms, ms);
+    }
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("sec-websocket-protocol"), 0,
                           NULL, proto, strlen(proto));
     s->ws = h2o_upgrade_to_websocket(req, key, s, on_ws_message);
@@ -1607,6 +1672,26 @@ static void join_sweep(uv_timer_t *t)
     if (!waiting) uv_timer_stop(t);
 }
 
+/* Established sessions that received nothing (no message, ping or pong) for
+ * --session-idle-timeout get GOODBYE wamp.close.timeout and are closed. The sweep stops when no
+ * session is left; the next upgrade starts it again. */
+static void idle_sweep(uv_timer_t *t)
+{
+    router *r = t->data;
+    uint64_t now = uv_now(&r->rt->loop);
+    uint64_t idle_ms = (uint64_t)(r->rt->cfg.session_idle_timeout * 1000.0);
+    for (session *s = r->sessions; s; s = s->next) {
+        if (s->state != S_ESTABLISHED || now - s->last_activity < idle_ms) continue;
+        char text[128];
+        snprintf(text, sizeof text, "nothing received for %.3g s (--session-idle-timeout)",
+                 r->rt->cfg.session_idle_timeout);
+        log_info(TAG, "session %llu closed: %s", (unsigned long long)s->id, text);
+        send_msg(s, json_pack("[i{ss}s]", GOODBYE, "message", text, "wamp.close.timeout"));
+        close_session(s, 1000, "idle timeout");
+    }
+    if (!r->sessions) uv_timer_stop(t);
+}
+
 struct wamp_router *wamp_router_new(runtime *rt)
 {
     router *r = calloc(1, sizeof *r);
@@ -1617,6 +1702,8 @@ struct wamp_router *wamp_router_new(runtime *rt)
     r->flush_timer.data = r;
     uv_timer_init(&rt->loop, &r->join_timer);
     r->join_timer.data = r;
+    uv_timer_init(&rt->loop, &r->idle_timer);
+    r->idle_timer.data = r;
     return r;
 }
 
@@ -1670,6 +1757,7 @@ void wamp_router_close(struct wamp_router *r)
     }
     uv_close((uv_handle_t *)&r->flush_timer, timer_closed);
     uv_close((uv_handle_t *)&r->join_timer, timer_closed);
+    uv_close((uv_handle_t *)&r->idle_timer, timer_closed);
 }
 
 void wamp_router_free(struct wamp_router *r)
