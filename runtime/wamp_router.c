@@ -24,6 +24,7 @@
 #include "log.h"
 #include "nats_bridge.h"
 #include "rpc_error.h"
+#include "services.h"
 #include "wamp_codec.h"
 
 #define TAG "wamp"
@@ -38,6 +39,8 @@
 #define HDR_PUBLICATION "Wamp-Publication"
 #define HDR_PROGRESS "Wamp-Progress"
 #define HDR_RECEIVE_PROGRESS "Wamp-Receive-Progress"
+#define PROBE_TIMEOUT_S 1.0 /* how long REGISTER waits for the bus to say who serves a procedure   \
+                             */
 
 enum {
     HELLO = 1,
@@ -92,13 +95,15 @@ typedef struct registration {
     char invoke[16]; /* "single", "roundrobin", "random" */
     bool disclose;   /* INVOCATION carries the caller's authid and authrole (disclose_caller) */
     nb_sub *sub;
+    nb_sub *probe; /* SERVICES_PROBE_PREFIX<procedure>: answers whether it is shared */
     ptrs callees;
     int rr;
     struct registration *next;
 } registration;
 
-/* A session's request waiting on NATS: a CALL's reply, or the server's confirmation of a new
- * subscription before SUBSCRIBED / REGISTERED (ack is then that message type, with ack_id). */
+/* A session's request waiting on NATS: a CALL's reply, the server's confirmation of a new
+ * subscription before SUBSCRIBED / REGISTERED (ack is then that message type, with ack_id), or
+ * the probe of a REGISTER (ack REGISTER, procedure set: who else serves it). */
 typedef struct pending_call {
     session *s;
     uint64_t request;
@@ -106,6 +111,9 @@ typedef struct pending_call {
     bool progress;
     int ack;
     uint64_t ack_id;
+    char *procedure; /* a REGISTER's probe: the procedure, its invoke policy and disclose_caller */
+    char invoke[16];
+    bool disclose;
     struct pending_call *next;
 } pending_call;
 
@@ -131,7 +139,8 @@ struct session {
     char *challenge;        /* wampcra: the challenge text sent */
     char *realm;            /* from HELLO, for WELCOME */
     struct auth_job *auth_job;
-    int ncalls; /* calls waiting for their result */
+    int ncalls;  /* calls waiting for their result */
+    int nprobes; /* REGISTERs waiting for the bus to say who serves the procedure */
     ptrs topics;
     ptrs regs;
     pending_call *calls;
@@ -223,9 +232,12 @@ static bool get_id(const json_t *msg, size_t i, uint64_t *out)
     return true;
 }
 
+/* Also refuses the system subjects ($-prefixed, such as $SRV and SERVICES_PROBE_PREFIX, and
+ * _INBOX.), as the HTTP gateway does. */
 static bool valid_uri(const char *u, bool allow_empty_parts)
 {
     if (!u[0] || strpbrk(u, " \t\r\n*>#")) return false;
+    if (u[0] == '$' || strncmp(u, "_INBOX.", 7) == 0) return false;
     if (!allow_empty_parts && (u[0] == '.' || u[strlen(u) - 1] == '.' || strstr(u, "..")))
         return false;
     return true;
@@ -922,6 +934,7 @@ static void reg_release(registration *g)
         }
     }
     if (g->sub) nb_sub_close(g->sub);
+    if (g->probe) nb_sub_close(g->probe);
     free(g->callees.v);
     free(g->procedure);
     free(g);
@@ -1020,6 +1033,129 @@ static void on_invocation_msg(void *udata, natsMsg *m)
     nats_bridge_release(r->rt->nats, m);
 }
 
+/* A request on a registration's probe subject: {"shared": true|false}. */
+static void on_probe_msg(void *udata, natsMsg *m)
+{
+    registration *g = udata;
+    const char *reply = natsMsg_GetReply(m);
+    const char *text =
+        strcmp(g->invoke, "single") != 0 ? "{\"shared\":true}" : "{\"shared\":false}";
+    if (reply) nats_bridge_publish(g->r->rt->nats, reply, NULL, text, strlen(text), NULL);
+    nats_bridge_release(g->r->rt->nats, m);
+}
+
+static registration *reg_new(router *r, const char *procedure, const char *invoke, bool disclose)
+{
+    registration *g = calloc(1, sizeof *g);
+    if (!g) return NULL;
+    g->r = r;
+    g->id = ++r->next_reg_id;
+    g->procedure = strdup(procedure);
+    snprintf(g->invoke, sizeof g->invoke, "%s", invoke);
+    g->disclose = disclose;
+    g->next = r->regs;
+    r->regs = g;
+    char probe[600];
+    snprintf(probe, sizeof probe, SERVICES_PROBE_PREFIX "%s", procedure);
+    g->sub = nats_bridge_subscribe(r->rt->nats, procedure, procedure, on_invocation_msg, g);
+    g->probe = g->sub ? nats_bridge_subscribe(r->rt->nats, probe, probe, on_probe_msg, g) : NULL;
+    if (!g->probe) {
+        reg_release(g);
+        return NULL;
+    }
+    return g;
+}
+
+/* Registers once the bus has no other server of the procedure (or a shared one): this process's
+ * registrations of it are checked again, they may have changed while the probe was out. */
+static void register_finish(session *s, uint64_t req, const char *procedure, const char *invoke,
+                            bool disclose)
+{
+    router *r = s->r;
+    registration *g = reg_find(r, procedure);
+    bool fresh = !g;
+    if (g && (strcmp(invoke, "single") == 0 || strcmp(g->invoke, invoke) != 0 ||
+              ptrs_has(&g->callees, s))) {
+        send_error(s, REGISTER, req, "wamp.error.procedure_already_exists",
+                   "the procedure is already registered in this process");
+        return;
+    }
+    if (!g) g = reg_new(r, procedure, invoke, disclose);
+    if (!g) {
+        send_error(s, REGISTER, req, URI_UNAVAILABLE, "cannot subscribe on NATS");
+        return;
+    }
+    ptrs_add(&g->callees, s);
+    ptrs_add(&s->regs, g);
+    ack_after_flush(s, REGISTERED, req, g->id, fresh);
+}
+
+/* The bus's answer to a REGISTER's probe: nobody (no responders), or a server saying whether it
+ * shares the procedure. */
+static void on_probe_reply(void *udata, enum nb_status status, natsMsg *reply)
+{
+    pending_call *c = udata;
+    session *s = c->s;
+    call_unlink(c);
+    s->nprobes--;
+    bool shared = false;
+    if (reply) {
+        json_t *v =
+            json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, NULL);
+        shared = json_is_true(json_object_get(v, "shared"));
+        json_decref(v);
+        nats_bridge_release(s->r->rt->nats, reply);
+    }
+    if (s->state != S_ESTABLISHED) {
+        /* closing: nothing more to say */
+    } else if (status == NB_NO_RESPONDERS ||
+               (status == NB_OK && shared && strcmp(c->invoke, "single") != 0)) {
+        register_finish(s, c->request, c->procedure, c->invoke, c->disclose);
+    } else if (status == NB_OK) {
+        send_error(s, REGISTER, c->request, "wamp.error.procedure_already_exists",
+                   shared ? "the procedure is served on the bus, shared: register it with invoke "
+                            "roundrobin or random to share it"
+                          : "the procedure is already served on the bus (a service or another "
+                            "session), not shared");
+    } else {
+        send_error(s, REGISTER, c->request, URI_UNAVAILABLE,
+                   status == NB_TIMEOUT ? "no answer from the bus on who serves the procedure"
+                                        : "the bus is unavailable");
+    }
+    free(c->procedure);
+    free(c);
+}
+
+/* Asks the bus whether some process serves the procedure already (SERVICES_PROBE_PREFIX). */
+static void register_probe(session *s, uint64_t req, const char *procedure, const char *invoke,
+                           bool disclose)
+{
+    pending_call *c = calloc(1, sizeof *c);
+    char probe[600];
+    snprintf(probe, sizeof probe, SERVICES_PROBE_PREFIX "%s", procedure);
+    if (c) c->procedure = strdup(procedure);
+    if (!c || !c->procedure) {
+        free(c);
+        send_error(s, REGISTER, req, URI_RUNTIME_ERROR, "out of memory");
+        return;
+    }
+    c->s = s;
+    c->request = req;
+    c->ack = REGISTER;
+    snprintf(c->invoke, sizeof c->invoke, "%s", invoke);
+    c->disclose = disclose;
+    if (nats_bridge_request(s->r->rt->nats, probe, "", 0, NULL, PROBE_TIMEOUT_S, on_probe_reply, c,
+                            &c->req) != NB_OK) {
+        free(c->procedure);
+        free(c);
+        send_error(s, REGISTER, req, URI_UNAVAILABLE, "the bus is unavailable");
+        return;
+    }
+    c->next = s->calls;
+    s->calls = c;
+    s->nprobes++;
+}
+
 static void on_register(session *s, json_t *msg)
 {
     uint64_t req;
@@ -1043,38 +1179,15 @@ static void on_register(session *s, json_t *msg)
         return;
     }
     router *r = s->r;
-    if (s->regs.n >= r->rt->cfg.max_session_regs) {
+    if (s->regs.n + s->nprobes >= r->rt->cfg.max_session_regs) {
         send_error(s, REGISTER, req, URI_LIMIT_EXCEEDED, "too many registrations in this session");
         return;
     }
-    registration *g = reg_find(r, procedure);
-    bool fresh = !g;
-    if (g && (strcmp(invoke, "single") == 0 || strcmp(g->invoke, invoke) != 0 ||
-              ptrs_has(&g->callees, s))) {
-        send_error(s, REGISTER, req, "wamp.error.procedure_already_exists",
-                   "the procedure is already registered in this process");
-        return;
-    }
-    if (!g) {
-        g = calloc(1, sizeof *g);
-        if (!g) return;
-        g->r = r;
-        g->id = ++r->next_reg_id;
-        g->procedure = strdup(procedure);
-        snprintf(g->invoke, sizeof g->invoke, "%s", invoke);
-        g->disclose = json_is_true(json_object_get(opts, "disclose_caller"));
-        g->sub = nats_bridge_subscribe(r->rt->nats, procedure, procedure, on_invocation_msg, g);
-        g->next = r->regs;
-        r->regs = g;
-        if (!g->sub) {
-            reg_release(g);
-            send_error(s, REGISTER, req, URI_UNAVAILABLE, "cannot subscribe on NATS");
-            return;
-        }
-    }
-    ptrs_add(&g->callees, s);
-    ptrs_add(&s->regs, g);
-    ack_after_flush(s, REGISTERED, req, g->id, fresh);
+    bool disclose = json_is_true(json_object_get(opts, "disclose_caller"));
+    if (reg_find(r, procedure))
+        register_finish(s, req, procedure, invoke, disclose); /* this process serves it already */
+    else
+        register_probe(s, req, procedure, invoke, disclose);
 }
 
 static void on_unregister(session *s, json_t *msg)
@@ -1457,6 +1570,7 @@ static void session_end(session *s)
         pending_call *c = s->calls;
         s->calls = c->next;
         nb_request_cancel(c->req);
+        free(c->procedure);
         free(c);
     }
     if (s->dirty) {
@@ -1732,7 +1846,9 @@ void wamp_router_shutdown(struct wamp_router *r)
     }
     for (registration *g = r->regs; g; g = g->next) {
         if (g->sub) nb_sub_close(g->sub);
+        if (g->probe) nb_sub_close(g->probe);
         g->sub = NULL;
+        g->probe = NULL;
     }
     for (session *s = r->sessions; s; s = s->next) {
         if (s->state == S_ESTABLISHED)
