@@ -39,8 +39,9 @@
 #define HDR_PUBLICATION "Wamp-Publication"
 #define HDR_PROGRESS "Wamp-Progress"
 #define HDR_RECEIVE_PROGRESS "Wamp-Receive-Progress"
-#define PROBE_TIMEOUT_S 1.0 /* how long REGISTER waits for the bus to say who serves a procedure   \
-                             */
+#define PROBE_TIMEOUT_S                                                                            \
+    1.0 /* how long REGISTER waits for the bus to say who serves a procedure                       \
+         */
 
 enum {
     HELLO = 1,
@@ -1289,6 +1290,8 @@ static json_t *welcome_details(void)
 
 static void establish(session *s, const char *authid, const char *authrole, const char *method)
 {
+    /* from now on messages up to --body-limit (see wamp_router_upgrade) */
+    wslay_event_config_set_max_recv_msg_length(s->ws->ws_ctx, 2 * s->r->rt->cfg.body_limit);
     snprintf(s->authid, sizeof s->authid, "%s", authid);
     snprintf(s->authrole, sizeof s->authrole, "%s", authrole);
     s->authmethod = method;
@@ -1749,8 +1752,9 @@ int wamp_router_upgrade(struct wamp_router *r, h2o_req_t *req)
                           NULL, proto, strlen(proto));
     s->ws = h2o_upgrade_to_websocket(req, key, s, on_ws_message);
     /* messages up to twice the limit are read whole and refused with a clean close (the peer
-     * sees 1009); beyond that wslay stops reading at once, and the peer may only see a reset */
-    wslay_event_config_set_max_recv_msg_length(s->ws->ws_ctx, 2 * r->rt->cfg.body_limit);
+     * sees 1009); beyond that wslay stops reading at once, and the peer may only see a reset.
+     * Until WELCOME the limit is JOIN_MSG_MAX: an unauthenticated peer holds no more. */
+    wslay_event_config_set_max_recv_msg_length(s->ws->ws_ctx, 2 * JOIN_MSG_MAX);
     codec_buf_init(&s->out_pending);
     codec_buf_init(&s->out_writing);
     struct wslay_event_callbacks cbs = s->ws->ws_callbacks;

@@ -84,6 +84,12 @@ test('a message before WELCOME is at most 16 KiB: a larger HELLO is closed with 
     assert.equal(info.code, 1009, `${ser}: ${JSON.stringify(info)} ${JSON.stringify(raw.all)}`);
     assert.equal(raw.all.length, 0, `${ser}: no WELCOME: ${JSON.stringify(raw.all).slice(0, 200)}`);
   }
+  // far over it (wslay stops reading at twice the limit): closed, with 1009 or at least at once
+  const big = await RawWamp.connect(url, 'msgpack');
+  big.send([MSG.HELLO, 'realm1', { padding: 'x'.repeat(200 * 1024) }]);
+  const bigInfo = await big.waitClosed();
+  assert.ok([1009, 1006].includes(bigInfo.code), JSON.stringify(bigInfo));
+  assert.equal(big.all.length, 0, 'no WELCOME');
   // a normal HELLO (and, after WELCOME, a large message) still works
   const s = await RawWamp.session(url, 'json');
   const r = await s.request([MSG.CALL, s.req(), {}, 'greeting_service.hello', ['x'.repeat(20000)]], MSG.RESULT);
