@@ -163,6 +163,8 @@ test('a callee that never answers holds at most --max-callee-pending invocations
   // answering one makes room for one more
   const invs = callee.all.filter((m) => m[0] === MSG.INVOCATION);
   callee.send([MSG.YIELD, invs[0][1], {}, ['done']]);
+  const first = await Promise.race(http); // its answer: the router has taken the YIELD
+  assert.equal(first.status, 200, first.text);
   const next = h.post(rt, 'hard.sink', [[6]], { timeout: 20000 });
   await callee.waitCount(MSG.INVOCATION, 4, 10000);
   for (const inv of callee.all.filter((m) => m[0] === MSG.INVOCATION).slice(1)) callee.send([MSG.YIELD, inv[1], {}, inv[4]]);
