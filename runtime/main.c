@@ -27,6 +27,7 @@ static void usage(FILE *out)
         "                    [--max-lua-memory MB] [--max-call-memory MB] [--auth FILE]\n"
         "                    [--auth-max-failures N] [--auth-failure-window S]\n"
         "                    [--auth-signature-window S]\n"
+        "                    [--max-callee-pending N] [--session-idle-timeout S]\n"
         "                    [--nats-user U --nats-password P] [--nats-token T] [--nats-nkey "
         "FILE]\n"
         "                    [--nats-creds FILE] [--nats-tls] [--nats-ca FILE]\n"
@@ -64,6 +65,10 @@ static void usage(FILE *out)
         "                     413 (default: a eighth of --max-lua-memory; 0: no bound)\n"
         "  --max-session-calls N  calls in flight per WAMP session (default 1000)\n"
         "  --join-timeout S   seconds a WebSocket may take to HELLO and authenticate (default 10)\n"
+        "  --max-callee-pending N  invocations waiting for one WAMP callee; more are refused\n"
+        "                     with wamp.error.limit_exceeded (default 1000)\n"
+        "  --session-idle-timeout S  seconds a WAMP session may send nothing (no message, ping\n"
+        "                     or pong) before it is closed (default 300; 0: never)\n"
         "  --auth FILE        users, tokens and roles (default $MICROSERVICE_AUTH; none: every\n"
         "                     caller may do everything); see docs/auth.md\n"
         "  --auth-max-failures N  failed sign-ins per client address and per authid within\n"
@@ -187,6 +192,8 @@ enum {
     OPT_AUTH_MAX_FAILURES,
     OPT_AUTH_FAILURE_WINDOW,
     OPT_AUTH_SIGNATURE_WINDOW,
+    OPT_MAX_CALLEE_PENDING,
+    OPT_SESSION_IDLE_TIMEOUT,
     OPT_NATS_AUTH, /* NATS_AUTH_NOPTS ids from here */
 };
 
@@ -221,6 +228,8 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         {"auth-max-failures", required_argument, NULL, OPT_AUTH_MAX_FAILURES},
         {"auth-failure-window", required_argument, NULL, OPT_AUTH_FAILURE_WINDOW},
         {"auth-signature-window", required_argument, NULL, OPT_AUTH_SIGNATURE_WINDOW},
+        {"max-callee-pending", required_argument, NULL, OPT_MAX_CALLEE_PENDING},
+        {"session-idle-timeout", required_argument, NULL, OPT_SESSION_IDLE_TIMEOUT},
         NATS_AUTH_LONG_OPTIONS(OPT_NATS_AUTH),
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -294,6 +303,13 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
             break;
         case OPT_JOIN_TIMEOUT:
             if (parse_number(optarg, 0.1, 3600, &cfg->join_timeout) != 0) goto bad_number;
+            break;
+        case OPT_MAX_CALLEE_PENDING:
+            if (parse_number(optarg, 1, 1 << 20, &v) != 0) goto bad_number;
+            cfg->max_callee_pending = (int)v;
+            break;
+        case OPT_SESSION_IDLE_TIMEOUT:
+            if (parse_number(optarg, 0, 86400, &cfg->session_idle_timeout) != 0) goto bad_number;
             break;
         case OPT_MAX_SESSION_CALLS:
             if (parse_number(optarg, 1, 1 << 20, &v) != 0) goto bad_number;

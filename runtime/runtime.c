@@ -58,6 +58,8 @@ void runtime_config_defaults(runtime_config *cfg)
     cfg->max_session_regs = 1000;
     cfg->max_session_calls = 1000;
     cfg->join_timeout = 10.0;
+    cfg->max_callee_pending = 1000;
+    cfg->session_idle_timeout = 300.0;
     const char *auth_file = getenv("MICROSERVICE_AUTH");
     cfg->auth_file = (auth_file && auth_file[0]) ? auth_file : NULL;
     cfg->auth_max_failures = 10;

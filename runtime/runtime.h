@@ -48,6 +48,8 @@ typedef struct runtime_config {
     int max_session_regs;  /* registrations per WAMP session */
     int max_session_calls; /* calls in flight per WAMP session */
     double join_timeout;   /* seconds for a WAMP client to HELLO (and authenticate) */
+    int max_callee_pending;      /* invocations waiting for one WAMP callee's answer */
+    double session_idle_timeout; /* seconds a WAMP session may send nothing; 0: no limit */
     const char *auth_file; /* NULL: authentication off */
     bool watch;            /* hot reload of the services folder */
     bool reuse_port;       /* SO_REUSEPORT on the HTTP listeners (workers share them) */

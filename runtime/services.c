@@ -36,6 +36,8 @@ typedef struct rpc_entry {
     int svc_ref;
     int rpc_ref; /* the rpc value itself (params, spec), for the API description */
     nb_sub *sub;
+    nb_sub *probe; /* SERVICES_PROBE_PREFIX<subject>: says whether the RPC is shared */
+    bool shared;   /* the service table says shared = true: WAMP callees may join */
     uint64_t calls, errors;
     uint64_t time_ns;                     /* total processing time */
     uint32_t hist[SERVICES_HIST_BUCKETS]; /* calls by duration (services_hist_bounds) */
@@ -546,6 +548,8 @@ static void rpc_retire(struct services *s, rpc_entry *e)
     e->next = s->retired;
     s->retired = e;
     log_info(TAG, "%s: RPC %s removed", e->file, e->subject);
+    if (e->probe) nb_sub_close(e->probe);
+    e->probe = NULL;
     if (e->sub) {
         e->draining = true;
         nb_sub_drain_notify(e->sub, rpc_sub_gone); /* may call rpc_sub_gone at once */
@@ -586,6 +590,33 @@ static int rpc_set_code(rpc_entry *e, lua_State *L, int svc_idx)
     return 0;
 }
 
+/* The service table at svc_idx says shared = true. */
+static bool service_shared(lua_State *L, int svc_idx)
+{
+    lua_getfield(L, svc_idx, "shared");
+    bool yes = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return yes;
+}
+
+/* A request on the RPC's probe subject: {"shared": true|false}. */
+static void on_probe_msg(void *udata, natsMsg *msg)
+{
+    rpc_entry *e = udata;
+    const char *reply = natsMsg_GetReply(msg);
+    const char *text = e->shared ? "{\"shared\":true}" : "{\"shared\":false}";
+    if (reply) nats_bridge_publish(e->svcs->rt->nats, reply, NULL, text, strlen(text), NULL);
+    nats_bridge_release(e->svcs->rt->nats, msg);
+}
+
+static void rpc_probe_subscribe(struct services *s, rpc_entry *e)
+{
+    char probe[600];
+    snprintf(probe, sizeof probe, SERVICES_PROBE_PREFIX "%s", e->subject);
+    e->probe = nats_bridge_subscribe(s->rt->nats, probe, probe, on_probe_msg, e);
+    if (!e->probe) log_error(TAG, "%s: %s could not be subscribed", e->file, probe);
+}
+
 /* Declares subject for file with the rpc value on top of L: new code for an RPC this file already
  * declares, or a new subscribed RPC. */
 static int declare_rpc(struct services *s, lua_State *L, int svc_idx, const char *subject,
@@ -597,19 +628,24 @@ static int declare_rpc(struct services *s, lua_State *L, int svc_idx, const char
         log_error(TAG, "%s: %s is already declared by %s; skipped", file, subject, e->file);
         return -1;
     }
-    if (e) return rpc_set_code(e, L, svc_idx);
+    if (e) {
+        e->shared = service_shared(L, svc_idx);
+        return rpc_set_code(e, L, svc_idx);
+    }
     e = calloc(1, sizeof *e);
     if (!e) return -1;
     e->svcs = s;
     e->subject = strdup(subject);
     e->method = strdup(strrchr(subject, '.') ? strrchr(subject, '.') + 1 : subject);
     e->file = strdup(file);
+    e->shared = service_shared(L, svc_idx);
     if (!e->subject || !e->method || !e->file || rpc_set_code(e, L, svc_idx) != 0) {
         rpc_free(e);
         return -1;
     }
     e->sub = nats_bridge_subscribe(s->rt->nats, subject, subject, on_rpc_msg, e);
     if (!e->sub) log_error(TAG, "%s: %s could not be subscribed", file, subject);
+    rpc_probe_subscribe(s, e);
     e->next = s->rpcs;
     s->rpcs = e;
     s->nrpcs++;
@@ -1039,6 +1075,8 @@ void services_drain(struct services *s)
     for (rpc_entry *e = s->rpcs; e; e = e->next) {
         if (e->sub) nb_sub_drain(e->sub);
         e->sub = NULL; /* the bridge frees it once drained */
+        if (e->probe) nb_sub_close(e->probe);
+        e->probe = NULL;
     }
     for (lua_sub *ls = s->subs; ls; ls = ls->next) {
         if (ls->sub) nb_sub_drain(ls->sub);

@@ -10,6 +10,12 @@
 #include "codec.h"
 #include "runtime.h"
 
+/* Every process that serves a procedure (a Lua RPC, a WAMP registration) also answers requests
+ * on "$MS.PROC.<procedure>" (queue group of the same name) with {"shared": true|false}: a WAMP
+ * REGISTER asks there first and is refused when the procedure is served and not shared
+ * (docs/wamp.md). A Lua service shares its RPCs with `shared = true` in its table. */
+#define SERVICES_PROBE_PREFIX "$MS.PROC."
+
 struct services *services_new(runtime *rt);
 /* Loads every *.lua in dir. A script that fails is logged with file and line and skipped; the
  * others still start. Returns the number of RPCs registered, or -1 if dir cannot be read. */

@@ -1,7 +1,10 @@
 /* wamp_codec.c: owns the two WAMP serializations. JSON goes through jansson (integers stay
  * integers, so 2^53 ids are exact; reals print with 17 significant digits and read back exactly);
  * msgpack goes through msgpack-c and is converted to and from the same jansson values, so the
- * router has one representation whatever the session speaks. */
+ * router has one representation whatever the session speaks. Both are counted before they are
+ * built (at most max_elements values), and every failure writes err, valid UTF-8, from the
+ * message at hand only. msgpack extension values: JavaScript's undefined (fixext 1, type 0,
+ * as msgpackr writes it) reads as absent; any other extension reads as null and is reported. */
 #include "wamp_codec.h"
 
 #include <msgpack.h>
@@ -50,7 +53,14 @@ static json_t *exact_integers(json_t *v)
 
 /* ---- msgpack -> jansson ---- */
 
-static json_t *from_msgpack(const msgpack_object *o, int depth, int max_depth, char *err,
+/* JavaScript's undefined as msgpackr writes it: fixext 1, type 0, one zero byte. */
+static bool is_undefined(const msgpack_object *o)
+{
+    return o->type == MSGPACK_OBJECT_EXT && o->via.ext.type == 0 && o->via.ext.size == 1 &&
+           o->via.ext.ptr[0] == 0;
+}
+
+static json_t *from_msgpack(const msgpack_object *o, int depth, int max_depth, bool *ext, char *err,
                             size_t errlen)
 {
     if (depth > max_depth) {
@@ -68,8 +78,18 @@ static json_t *from_msgpack(const msgpack_object *o, int depth, int max_depth, c
     case MSGPACK_OBJECT_NEGATIVE_INTEGER:
         return json_integer((json_int_t)o->via.i64);
     case MSGPACK_OBJECT_FLOAT32:
-    case MSGPACK_OBJECT_FLOAT64:
-        return json_real(o->via.f64);
+    case MSGPACK_OBJECT_FLOAT64: {
+        json_t *d = json_real(o->via.f64); /* NULL for NaN and the infinities */
+        if (!d) snprintf(err, errlen, "a float is NaN or infinite (JSON cannot carry it)");
+        return d;
+    }
+    case MSGPACK_OBJECT_EXT:
+        if (is_undefined(o)) return json_null(); /* in a list; a map drops the key */
+        if (!*ext)
+            snprintf(err, errlen, "msgpack extension type %d is not supported",
+                     (int)o->via.ext.type);
+        *ext = true;
+        return json_null();
     case MSGPACK_OBJECT_STR:
     case MSGPACK_OBJECT_BIN: {
         const char *p = o->type == MSGPACK_OBJECT_STR ? o->via.str.ptr : o->via.bin.ptr;
@@ -82,7 +102,7 @@ static json_t *from_msgpack(const msgpack_object *o, int depth, int max_depth, c
     case MSGPACK_OBJECT_ARRAY: {
         json_t *a = json_array();
         for (uint32_t i = 0; a && i < o->via.array.size; i++) {
-            json_t *e = from_msgpack(&o->via.array.ptr[i], depth + 1, max_depth, err, errlen);
+            json_t *e = from_msgpack(&o->via.array.ptr[i], depth + 1, max_depth, ext, err, errlen);
             if (!e || json_array_append_new(a, e) != 0) {
                 json_decref(a);
                 return NULL;
@@ -101,7 +121,8 @@ static json_t *from_msgpack(const msgpack_object *o, int depth, int max_depth, c
                 json_decref(m);
                 return NULL;
             }
-            json_t *v = from_msgpack(&kv->val, depth + 1, max_depth, err, errlen);
+            if (is_undefined(&kv->val)) continue; /* an undefined value: the key is absent */
+            json_t *v = from_msgpack(&kv->val, depth + 1, max_depth, ext, err, errlen);
             const char *key = kv->key.via.str.size ? kv->key.via.str.ptr : "";
             if (!v || json_object_setn_new(m, key, kv->key.via.str.size, v) != 0) {
                 if (v) snprintf(err, errlen, "a map key is not valid UTF-8");
@@ -126,19 +147,56 @@ static size_t be(const unsigned char *p, int k)
     return v;
 }
 
+/* What a pre-walk may still accept: depth, and how many values (elements) are left. */
+typedef struct walk {
+    int max_depth;
+    size_t left;
+    bool too_many;
+} walk;
+
+/* The width of an extension's length field and its fixed data size (-1: read from the field). */
+static bool ext_shape(unsigned c, int *lenbytes, long *fixed)
+{
+    static const long fixsizes[] = {1, 2, 4, 8, 16}; /* 0xd4 .. 0xd8 */
+    if (c >= 0xd4 && c <= 0xd8) {
+        *lenbytes = 0;
+        *fixed = fixsizes[c - 0xd4];
+        return true;
+    }
+    if (c >= 0xc7 && c <= 0xc9) {
+        *lenbytes = c == 0xc7 ? 1 : c == 0xc8 ? 2 : 4;
+        *fixed = -1;
+        return true;
+    }
+    return false;
+}
+
 /* Walks one msgpack object without building it: msgpack-c allocates arrays and maps for the
  * counts the input declares, so a few bytes claiming 2^32 elements would exhaust memory. Every
- * element takes at least one byte, so a count larger than what remains is refused first.
- * Returns the object's length, or 0 when it is malformed, truncated or too deep. */
-static size_t mp_walk(const unsigned char *p, size_t len, int depth, int max_depth)
+ * element takes at least one byte, so a count larger than what remains is refused first, and
+ * every value counts against w->left (jansson spends tens of bytes on each).
+ * Returns the object's length, or 0 when it is malformed, truncated, too deep or too many. */
+static size_t mp_walk(const unsigned char *p, size_t len, int depth, walk *w)
 {
-    if (len < 1 || depth > max_depth) return 0;
+    if (len < 1 || depth > w->max_depth) return 0;
+    if (w->left == 0) {
+        w->too_many = true;
+        return 0;
+    }
+    w->left--;
     unsigned c = p[0];
     if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3) return 1;
     int lenbytes = 0;      /* size field width after the type byte */
     bool is_items = false; /* the size counts elements (array) or pairs (map), not bytes */
     bool pairs = false;
     size_t size = 0;
+    long fixed;
+    if (ext_shape(c, &lenbytes, &fixed)) { /* type byte, [length], ext type, data */
+        if (len < 1 + (size_t)lenbytes) return 0;
+        size = fixed >= 0 ? (size_t)fixed : be(p + 1, lenbytes);
+        size_t at = 1 + (size_t)lenbytes + 1;
+        return at <= len && size <= len - at ? at + size : 0;
+    }
     if ((c & 0xe0) == 0xa0) {
         size = c & 0x1f; /* fixstr */
     } else if ((c & 0xf0) == 0x90) {
@@ -192,7 +250,7 @@ static size_t mp_walk(const unsigned char *p, size_t len, int depth, int max_dep
             is_items = pairs = true;
             break;
         default:
-            return 0; /* ext types and the reserved byte are not WAMP */
+            return 0; /* the reserved byte 0xc1 */
         }
         if (len < 1 + (size_t)lenbytes) return 0;
         size = be(p + 1, lenbytes);
@@ -202,16 +260,22 @@ static size_t mp_walk(const unsigned char *p, size_t len, int depth, int max_dep
     if (pairs) size *= 2;
     if (size > len - at) return 0;
     for (size_t i = 0; i < size; i++) {
-        size_t k = mp_walk(p + at, len - at, depth + 1, max_depth);
+        size_t k = mp_walk(p + at, len - at, depth + 1, w);
         if (k == 0) return 0;
         at += k;
     }
     return at;
 }
 
-static json_t *decode_msgpack(const char *buf, size_t len, int max_depth, char *err, size_t errlen)
+static json_t *decode_msgpack(const char *buf, size_t len, int max_depth, size_t max_elements,
+                              bool *ext, char *err, size_t errlen)
 {
-    size_t whole = mp_walk((const unsigned char *)buf, len, 1, max_depth);
+    walk w = {.max_depth = max_depth, .left = max_elements};
+    size_t whole = mp_walk((const unsigned char *)buf, len, 1, &w);
+    if (whole == 0 && w.too_many) {
+        snprintf(err, errlen, "more than %zu values in one message", max_elements);
+        return NULL;
+    }
     if (whole == 0) {
         snprintf(err, errlen, "invalid msgpack (malformed, truncated, or nested deeper than %d)",
                  max_depth);
@@ -227,9 +291,32 @@ static json_t *decode_msgpack(const char *buf, size_t len, int max_depth, char *
     else if (off != len)
         snprintf(err, errlen, "unexpected data after the msgpack message");
     else
-        v = from_msgpack(&u.data, 1, max_depth, err, errlen);
+        v = from_msgpack(&u.data, 1, max_depth, ext, err, errlen);
     msgpack_unpacked_destroy(&u);
     return v;
+}
+
+/* An upper bound on the values of a JSON text, without parsing it: one per container and one
+ * per separator, plus one (strings are skipped). jansson builds the whole value, so a text of
+ * many small values is refused before it does. */
+static size_t json_values_bound(const char *p, size_t len)
+{
+    size_t n = 1;
+    bool in_string = false;
+    for (size_t i = 0; i < len; i++) {
+        char c = p[i];
+        if (in_string) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '[' || c == '{' || c == ',') {
+            n++;
+        }
+    }
+    return n;
 }
 
 /* ---- jansson -> msgpack ---- */
@@ -280,10 +367,43 @@ static int buf_write(void *data, const char *p, size_t n)
 
 /* ---- public ---- */
 
-json_t *wamp_decode(enum wamp_serializer ser, const char *buf, size_t len, int max_depth, char *err,
-                    size_t errlen)
+/* Replaces every byte that is not part of valid UTF-8 by '?', so that an error text (which may
+ * quote the input, as jansson's do) can go into a JSON ABORT and a log line. */
+static void utf8_clean(char *s)
 {
-    if (ser == WAMP_MSGPACK) return decode_msgpack(buf, len, max_depth, err, errlen);
+    unsigned char *p = (unsigned char *)s;
+    while (*p) {
+        int n = *p < 0x80             ? 0
+                : (*p & 0xe0) == 0xc0 ? 1
+                : (*p & 0xf0) == 0xe0 ? 2
+                : (*p & 0xf8) == 0xf0 ? 3
+                                      : -1;
+        int k = 1;
+        while (n > 0 && k <= n && (p[k] & 0xc0) == 0x80)
+            k++;
+        bool ok = n == 0 || (n > 0 && k == n + 1);
+        /* overlong two-byte forms, surrogates and values past U+10FFFF */
+        if (ok && n == 1 && *p < 0xc2) ok = false;
+        if (ok && n == 2 && ((*p == 0xe0 && p[1] < 0xa0) || (*p == 0xed && p[1] >= 0xa0)))
+            ok = false;
+        if (ok && n == 3 &&
+            ((*p == 0xf0 && p[1] < 0x90) || *p > 0xf4 || (*p == 0xf4 && p[1] >= 0x90)))
+            ok = false;
+        if (!ok) {
+            *p++ = '?';
+            continue;
+        }
+        p += n + 1;
+    }
+}
+
+static json_t *decode_json(const char *buf, size_t len, int max_depth, size_t max_elements,
+                           char *err, size_t errlen)
+{
+    if (json_values_bound(buf, len) > max_elements) {
+        snprintf(err, errlen, "more than %zu values in one message", max_elements);
+        return NULL;
+    }
     json_error_t je;
     json_t *v = json_loadb(buf, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
     if (!v && strstr(je.text, "too big integer")) {
@@ -298,6 +418,33 @@ json_t *wamp_decode(enum wamp_serializer ser, const char *buf, size_t len, int m
     }
     if (!depth_ok(v, 1, max_depth)) {
         snprintf(err, errlen, "nesting deeper than %d", max_depth);
+        json_decref(v);
+        return NULL;
+    }
+    return v;
+}
+
+json_t *wamp_decode_msg(enum wamp_serializer ser, const char *buf, size_t len, int max_depth,
+                        size_t max_elements, bool *unsupported, char *err, size_t errlen)
+{
+    bool ext = false;
+    if (errlen) err[0] = '\0';
+    json_t *v = ser == WAMP_MSGPACK
+                    ? decode_msgpack(buf, len, max_depth, max_elements, &ext, err, errlen)
+                    : decode_json(buf, len, max_depth, max_elements, err, errlen);
+    if (errlen && (!v || ext) && !err[0]) snprintf(err, errlen, "out of memory");
+    if (errlen) utf8_clean(err);
+    *unsupported = v && ext;
+    return v;
+}
+
+json_t *wamp_decode(enum wamp_serializer ser, const char *buf, size_t len, int max_depth, char *err,
+                    size_t errlen)
+{
+    bool unsupported;
+    json_t *v =
+        wamp_decode_msg(ser, buf, len, max_depth, WAMP_MAX_VALUES, &unsupported, err, errlen);
+    if (unsupported) {
         json_decref(v);
         return NULL;
     }

@@ -25,12 +25,14 @@
 #include "log.h"
 #include "nats_bridge.h"
 #include "rpc_error.h"
+#include "services.h"
 #include "wamp_codec.h"
 
 #define TAG "wamp"
 #define MAX_ID 9007199254740992LL        /* 2^53 */
 #define OUT_MAX_BYTES (4u * 1024 * 1024) /* queued for one session before it is a slow consumer */
 #define JOIN_SWEEP_MS 250                /* how often sessions not yet established are checked */
+#define JOIN_MSG_MAX (16u * 1024)        /* largest message before WELCOME (HELLO, AUTHENTICATE) */
 /* tickets checked at once (PBKDF2 on the thread pool); more sign-ins are refused */
 #define MAX_AUTH_JOBS 64
 #define HDR_EXCLUDE "Wamp-Exclude"     /* the publishing session, when it excludes itself */
@@ -38,6 +40,9 @@
 #define HDR_PUBLICATION "Wamp-Publication"
 #define HDR_PROGRESS "Wamp-Progress"
 #define HDR_RECEIVE_PROGRESS "Wamp-Receive-Progress"
+#define PROBE_TIMEOUT_S                                                                            \
+    1.0 /* how long REGISTER waits for the bus to say who serves a procedure                       \
+         */
 
 enum {
     HELLO = 1,
@@ -92,13 +97,15 @@ typedef struct registration {
     char invoke[16]; /* "single", "roundrobin", "random" */
     bool disclose;   /* INVOCATION carries the caller's authid and authrole (disclose_caller) */
     nb_sub *sub;
+    nb_sub *probe; /* SERVICES_PROBE_PREFIX<procedure>: answers whether it is shared */
     ptrs callees;
     int rr;
     struct registration *next;
 } registration;
 
-/* A session's request waiting on NATS: a CALL's reply, or the server's confirmation of a new
- * subscription before SUBSCRIBED / REGISTERED (ack is then that message type, with ack_id). */
+/* A session's request waiting on NATS: a CALL's reply, the server's confirmation of a new
+ * subscription before SUBSCRIBED / REGISTERED (ack is then that message type, with ack_id), or
+ * the probe of a REGISTER (ack REGISTER, procedure set: who else serves it). */
 typedef struct pending_call {
     session *s;
     uint64_t request;
@@ -106,6 +113,9 @@ typedef struct pending_call {
     bool progress;
     int ack;
     uint64_t ack_id;
+    char *procedure; /* a REGISTER's probe: the procedure, its invoke policy and disclose_caller */
+    char invoke[16];
+    bool disclose;
     struct pending_call *next;
 } pending_call;
 
@@ -133,11 +143,13 @@ struct session {
     struct auth_job *auth_job;
     /* the client's address (auth_limit_peer), for the limiter of failed sign-ins */
     char peer[AUTH_PEER_MAX];
-    int ncalls; /* calls waiting for their result */
+    int ncalls;  /* calls waiting for their result */
+    int nprobes; /* REGISTERs waiting for the bus to say who serves the procedure */
     ptrs topics;
     ptrs regs;
     pending_call *calls;
     invocation *invs;
+    int ninvs; /* invocations waiting for this callee's answer (--max-callee-pending) */
     uint64_t next_inv;
     bool dirty, slow;
     codec_buf out_pending; /* frames wslay handed over, not yet written */
@@ -147,6 +159,8 @@ struct session {
     const char *close_reason;
     uint64_t close_deadline; /* loop time: a peer that does not read by then is dropped */
     uint64_t join_deadline;  /* loop time: a session not established by then is aborted */
+    uint64_t last_activity;  /* loop time of the last message, ping or pong received */
+    uint64_t last_ping;      /* loop time of the last ping the router sent (idle_sweep) */
     session *dirty_next;
     session *prev, *next;
 };
@@ -161,6 +175,7 @@ struct wamp_router {
     session *dirty;
     uv_timer_t flush_timer;
     uv_timer_t join_timer; /* runs while some session is not established yet */
+    uv_timer_t idle_timer; /* runs while there are sessions (--session-idle-timeout) */
     codec_buf out;
     int auth_jobs; /* tickets being checked on the thread pool */
     bool shutting_down;
@@ -168,6 +183,7 @@ struct wamp_router {
 
 static void session_end(session *s);
 static void join_sweep(uv_timer_t *t);
+static void idle_sweep(uv_timer_t *t);
 static void ack_after_flush(session *s, int type, uint64_t request, uint64_t id, bool fresh);
 
 /* ---- small helpers ---- */
@@ -221,9 +237,12 @@ static bool get_id(const json_t *msg, size_t i, uint64_t *out)
     return true;
 }
 
+/* Also refuses the system subjects ($-prefixed, such as $SRV and SERVICES_PROBE_PREFIX, and
+ * _INBOX.), as the HTTP gateway does. */
 static bool valid_uri(const char *u, bool allow_empty_parts)
 {
     if (!u[0] || strpbrk(u, " \t\r\n*>#")) return false;
+    if (u[0] == '$' || strncmp(u, "_INBOX.", 7) == 0) return false;
     if (!allow_empty_parts && (u[0] == '.' || u[strlen(u) - 1] == '.' || strstr(u, "..")))
         return false;
     return true;
@@ -231,21 +250,22 @@ static bool valid_uri(const char *u, bool allow_empty_parts)
 
 /* ---- sending ---- */
 
-/* For a closing session: queue the close frame once the messages before it are out. Returns
- * false when the session is dropped (or must be checked again later: *again). */
+/* For a closing session: queue the close frame once the messages before it are out, then wait
+ * for the peer's close frame. Either must happen by close_deadline: a peer that does not read, or
+ * never answers the close, is dropped. Returns false when the session is dropped; *again: check
+ * it again later. */
 static bool close_step(session *s, bool *again)
 {
-    if (s->state != S_CLOSING || s->close_queued) return true;
+    if (s->state != S_CLOSING) return true;
     wslay_event_context_ptr ctx = s->ws->ws_ctx;
     bool drained = wslay_event_get_queued_msg_count(ctx) == 0 && s->ws->sock &&
                    !h2o_socket_is_writing(s->ws->sock) && s->out_pending.len == 0;
-    if (drained) {
+    if (drained && !s->close_queued) {
         wslay_event_queue_close(ctx, s->close_code, (const uint8_t *)s->close_reason,
                                 strlen(s->close_reason));
         s->close_queued = true;
-        return true;
     }
-    if (uv_now(&s->r->rt->loop) > s->close_deadline) { /* the peer does not read: drop it */
+    if (uv_now(&s->r->rt->loop) > s->close_deadline) {
         h2o_websocket_conn_t *ws = s->ws;
         session_end(s);
         h2o_websocket_close(ws);
@@ -918,6 +938,7 @@ static void reg_release(registration *g)
         }
     }
     if (g->sub) nb_sub_close(g->sub);
+    if (g->probe) nb_sub_close(g->probe);
     free(g->callees.v);
     free(g->procedure);
     free(g);
@@ -943,6 +964,22 @@ static void reply_error(router *r, const char *reply, const char *uri, json_t *a
     free(text);
 }
 
+/* The callee has --max-callee-pending invocations unanswered: the caller gets limit_exceeded
+ * (429) and the callee is not sent this one. */
+static void refuse_busy_callee(router *r, const char *reply, const session *callee, json_t *args,
+                               json_t *kwargs)
+{
+    char text[128];
+    snprintf(text, sizeof text, "the callee has %d invocations unanswered (--max-callee-pending)",
+             callee->ninvs);
+    log_debug(TAG, "session %llu: %s", (unsigned long long)callee->id, text);
+    json_t *a = json_pack("[s]", text);
+    reply_error(r, reply, URI_LIMIT_EXCEEDED, a, NULL, 429);
+    json_decref(a);
+    json_decref(args);
+    json_decref(kwargs);
+}
+
 static void on_invocation_msg(void *udata, natsMsg *m)
 {
     registration *g = udata;
@@ -963,6 +1000,12 @@ static void on_invocation_msg(void *udata, natsMsg *m)
                                                  : g->rr++ % g->callees.n;
         callee = g->callees.v[i];
     }
+    if (callee && callee->state == S_ESTABLISHED &&
+        callee->ninvs >= r->rt->cfg.max_callee_pending) {
+        refuse_busy_callee(r, reply, callee, args, kwargs);
+        nats_bridge_release(r->rt->nats, m);
+        return;
+    }
     invocation *inv = callee ? calloc(1, sizeof *inv) : NULL;
     if (!inv || callee->state != S_ESTABLISHED) {
         json_t *a = json_pack("[s]", "the callee left");
@@ -979,6 +1022,7 @@ static void on_invocation_msg(void *udata, natsMsg *m)
     inv->reply = reply ? strdup(reply) : NULL;
     inv->next = callee->invs;
     callee->invs = inv;
+    callee->ninvs++;
     const char *rp = NULL;
     json_t *details = json_object();
     if (reply && natsMsgHeader_Get(m, HDR_RECEIVE_PROGRESS, &rp) == NATS_OK)
@@ -991,6 +1035,129 @@ static void on_invocation_msg(void *udata, natsMsg *m)
     send_msg(callee, json_pack("[iIIooo]", INVOCATION, (json_int_t)inv->id, (json_int_t)g->id,
                                details, args, kwargs));
     nats_bridge_release(r->rt->nats, m);
+}
+
+/* A request on a registration's probe subject: {"shared": true|false}. */
+static void on_probe_msg(void *udata, natsMsg *m)
+{
+    registration *g = udata;
+    const char *reply = natsMsg_GetReply(m);
+    const char *text =
+        strcmp(g->invoke, "single") != 0 ? "{\"shared\":true}" : "{\"shared\":false}";
+    if (reply) nats_bridge_publish(g->r->rt->nats, reply, NULL, text, strlen(text), NULL);
+    nats_bridge_release(g->r->rt->nats, m);
+}
+
+static registration *reg_new(router *r, const char *procedure, const char *invoke, bool disclose)
+{
+    registration *g = calloc(1, sizeof *g);
+    if (!g) return NULL;
+    g->r = r;
+    g->id = ++r->next_reg_id;
+    g->procedure = strdup(procedure);
+    snprintf(g->invoke, sizeof g->invoke, "%s", invoke);
+    g->disclose = disclose;
+    g->next = r->regs;
+    r->regs = g;
+    char probe[600];
+    snprintf(probe, sizeof probe, SERVICES_PROBE_PREFIX "%s", procedure);
+    g->sub = nats_bridge_subscribe(r->rt->nats, procedure, procedure, on_invocation_msg, g);
+    g->probe = g->sub ? nats_bridge_subscribe(r->rt->nats, probe, probe, on_probe_msg, g) : NULL;
+    if (!g->probe) {
+        reg_release(g);
+        return NULL;
+    }
+    return g;
+}
+
+/* Registers once the bus has no other server of the procedure (or a shared one): this process's
+ * registrations of it are checked again, they may have changed while the probe was out. */
+static void register_finish(session *s, uint64_t req, const char *procedure, const char *invoke,
+                            bool disclose)
+{
+    router *r = s->r;
+    registration *g = reg_find(r, procedure);
+    bool fresh = !g;
+    if (g && (strcmp(invoke, "single") == 0 || strcmp(g->invoke, invoke) != 0 ||
+              ptrs_has(&g->callees, s))) {
+        send_error(s, REGISTER, req, "wamp.error.procedure_already_exists",
+                   "the procedure is already registered in this process");
+        return;
+    }
+    if (!g) g = reg_new(r, procedure, invoke, disclose);
+    if (!g) {
+        send_error(s, REGISTER, req, URI_UNAVAILABLE, "cannot subscribe on NATS");
+        return;
+    }
+    ptrs_add(&g->callees, s);
+    ptrs_add(&s->regs, g);
+    ack_after_flush(s, REGISTERED, req, g->id, fresh);
+}
+
+/* The bus's answer to a REGISTER's probe: nobody (no responders), or a server saying whether it
+ * shares the procedure. */
+static void on_probe_reply(void *udata, enum nb_status status, natsMsg *reply)
+{
+    pending_call *c = udata;
+    session *s = c->s;
+    call_unlink(c);
+    s->nprobes--;
+    bool shared = false;
+    if (reply) {
+        json_t *v =
+            json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, NULL);
+        shared = json_is_true(json_object_get(v, "shared"));
+        json_decref(v);
+        nats_bridge_release(s->r->rt->nats, reply);
+    }
+    if (s->state != S_ESTABLISHED) {
+        /* closing: nothing more to say */
+    } else if (status == NB_NO_RESPONDERS ||
+               (status == NB_OK && shared && strcmp(c->invoke, "single") != 0)) {
+        register_finish(s, c->request, c->procedure, c->invoke, c->disclose);
+    } else if (status == NB_OK) {
+        send_error(s, REGISTER, c->request, "wamp.error.procedure_already_exists",
+                   shared ? "the procedure is served on the bus, shared: register it with invoke "
+                            "roundrobin or random to share it"
+                          : "the procedure is already served on the bus (a service or another "
+                            "session), not shared");
+    } else {
+        send_error(s, REGISTER, c->request, URI_UNAVAILABLE,
+                   status == NB_TIMEOUT ? "no answer from the bus on who serves the procedure"
+                                        : "the bus is unavailable");
+    }
+    free(c->procedure);
+    free(c);
+}
+
+/* Asks the bus whether some process serves the procedure already (SERVICES_PROBE_PREFIX). */
+static void register_probe(session *s, uint64_t req, const char *procedure, const char *invoke,
+                           bool disclose)
+{
+    pending_call *c = calloc(1, sizeof *c);
+    char probe[600];
+    snprintf(probe, sizeof probe, SERVICES_PROBE_PREFIX "%s", procedure);
+    if (c) c->procedure = strdup(procedure);
+    if (!c || !c->procedure) {
+        free(c);
+        send_error(s, REGISTER, req, URI_RUNTIME_ERROR, "out of memory");
+        return;
+    }
+    c->s = s;
+    c->request = req;
+    c->ack = REGISTER;
+    snprintf(c->invoke, sizeof c->invoke, "%s", invoke);
+    c->disclose = disclose;
+    if (nats_bridge_request(s->r->rt->nats, probe, "", 0, NULL, PROBE_TIMEOUT_S, on_probe_reply, c,
+                            &c->req) != NB_OK) {
+        free(c->procedure);
+        free(c);
+        send_error(s, REGISTER, req, URI_UNAVAILABLE, "the bus is unavailable");
+        return;
+    }
+    c->next = s->calls;
+    s->calls = c;
+    s->nprobes++;
 }
 
 static void on_register(session *s, json_t *msg)
@@ -1016,38 +1183,15 @@ static void on_register(session *s, json_t *msg)
         return;
     }
     router *r = s->r;
-    if (s->regs.n >= r->rt->cfg.max_session_regs) {
+    if (s->regs.n + s->nprobes >= r->rt->cfg.max_session_regs) {
         send_error(s, REGISTER, req, URI_LIMIT_EXCEEDED, "too many registrations in this session");
         return;
     }
-    registration *g = reg_find(r, procedure);
-    bool fresh = !g;
-    if (g && (strcmp(invoke, "single") == 0 || strcmp(g->invoke, invoke) != 0 ||
-              ptrs_has(&g->callees, s))) {
-        send_error(s, REGISTER, req, "wamp.error.procedure_already_exists",
-                   "the procedure is already registered in this process");
-        return;
-    }
-    if (!g) {
-        g = calloc(1, sizeof *g);
-        if (!g) return;
-        g->r = r;
-        g->id = ++r->next_reg_id;
-        g->procedure = strdup(procedure);
-        snprintf(g->invoke, sizeof g->invoke, "%s", invoke);
-        g->disclose = json_is_true(json_object_get(opts, "disclose_caller"));
-        g->sub = nats_bridge_subscribe(r->rt->nats, procedure, procedure, on_invocation_msg, g);
-        g->next = r->regs;
-        r->regs = g;
-        if (!g->sub) {
-            reg_release(g);
-            send_error(s, REGISTER, req, URI_UNAVAILABLE, "cannot subscribe on NATS");
-            return;
-        }
-    }
-    ptrs_add(&g->callees, s);
-    ptrs_add(&s->regs, g);
-    ack_after_flush(s, REGISTERED, req, g->id, fresh);
+    bool disclose = json_is_true(json_object_get(opts, "disclose_caller"));
+    if (reg_find(r, procedure))
+        register_finish(s, req, procedure, invoke, disclose); /* this process serves it already */
+    else
+        register_probe(s, req, procedure, invoke, disclose);
 }
 
 static void on_unregister(session *s, json_t *msg)
@@ -1073,7 +1217,10 @@ static invocation *inv_take(session *s, uint64_t id, bool keep)
     for (invocation **p = &s->invs; *p; p = &(*p)->next) {
         if ((*p)->id != id) continue;
         invocation *inv = *p;
-        if (!keep) *p = inv->next;
+        if (!keep) {
+            *p = inv->next;
+            s->ninvs--;
+        }
         return inv;
     }
     return NULL;
@@ -1146,6 +1293,8 @@ static json_t *welcome_details(void)
 
 static void establish(session *s, const char *authid, const char *authrole, const char *method)
 {
+    /* from now on messages up to --body-limit (see wamp_router_upgrade) */
+    wslay_event_config_set_max_recv_msg_length(s->ws->ws_ctx, 2 * s->r->rt->cfg.body_limit);
     snprintf(s->authid, sizeof s->authid, "%s", authid);
     snprintf(s->authrole, sizeof s->authrole, "%s", authrole);
     s->authmethod = method;
@@ -1455,6 +1604,7 @@ static void session_end(session *s)
         pending_call *c = s->calls;
         s->calls = c->next;
         nb_request_cancel(c->req);
+        free(c->procedure);
         free(c);
     }
     if (s->dirty) {
@@ -1482,6 +1632,25 @@ static void session_end(session *s)
     free(s);
 }
 
+/* A message that decoded with an unsupported msgpack extension value: a request the router
+ * answers (SUBSCRIBE, CALL, ..., PUBLISH with acknowledge) gets ERROR invalid_argument and is
+ * dropped; anything else, or a request id that cannot be read, ends the session. */
+static void refuse_extension(session *s, json_t *msg, const char *why)
+{
+    json_t *code = json_array_get(msg, 0);
+    json_int_t type = json_is_integer(code) ? json_integer_value(code) : 0;
+    uint64_t req;
+    bool answerable = type == SUBSCRIBE || type == UNSUBSCRIBE || type == CALL ||
+                      type == REGISTER || type == UNREGISTER || type == PUBLISH;
+    if (s->state != S_ESTABLISHED || !answerable || !get_id(msg, 1, &req)) {
+        protocol_violation(s, why);
+        return;
+    }
+    if (type == PUBLISH && !json_is_true(json_object_get(json_array_get(msg, 2), "acknowledge")))
+        return;
+    send_error(s, (int)type, req, URI_INVALID_ARGUMENT, why);
+}
+
 static void on_ws_message(h2o_websocket_conn_t *ws, const struct wslay_event_on_msg_recv_arg *arg)
 {
     session *s = ws->data;
@@ -1490,10 +1659,13 @@ static void on_ws_message(h2o_websocket_conn_t *ws, const struct wslay_event_on_
         h2o_websocket_close(ws);
         return;
     }
+    s->last_activity = uv_now(&s->r->rt->loop);              /* messages, pings and pongs */
     if (arg->opcode >= 0x8 || s->state == S_CLOSING) return; /* control frames: wslay's job */
-    if (arg->msg_length > s->r->rt->cfg.body_limit) {
-        log_info(TAG, "session %llu closed: a message of %zu bytes is over the limit of %zu",
-                 (unsigned long long)s->id, arg->msg_length, s->r->rt->cfg.body_limit);
+    size_t limit = s->state == S_ESTABLISHED ? s->r->rt->cfg.body_limit : JOIN_MSG_MAX;
+    if (arg->msg_length > limit) {
+        log_info(TAG, "session %llu closed: a message of %zu bytes is over the limit of %zu%s",
+                 (unsigned long long)s->id, arg->msg_length, limit,
+                 s->state == S_ESTABLISHED ? "" : " before WELCOME");
         close_session(s, 1009, "message too big");
         return;
     }
@@ -1503,14 +1675,19 @@ static void on_ws_message(h2o_websocket_conn_t *ws, const struct wslay_event_on_
                                                      : "wamp.2.json uses text frames");
         return;
     }
-    char err[160];
-    json_t *msg = wamp_decode(s->ser, (const char *)arg->msg, arg->msg_length,
-                              s->r->rt->cfg.max_depth + 2, err, sizeof err);
+    char err[160] = "";
+    bool unsupported = false;
+    json_t *msg = wamp_decode_msg(s->ser, (const char *)arg->msg, arg->msg_length,
+                                  s->r->rt->cfg.max_depth + 2, WAMP_MAX_VALUES, &unsupported, err,
+                                  sizeof err);
     if (!msg) {
         protocol_violation(s, err);
         return;
     }
-    dispatch(s, msg);
+    if (unsupported)
+        refuse_extension(s, msg, err);
+    else
+        dispatch(s, msg);
     json_decref(msg);
 }
 
@@ -1598,12 +1775,20 @@ int wamp_router_upgrade(struct wamp_router *r, h2o_req_t *req)
     s->join_deadline = uv_now(&r->rt->loop) + (uint64_t)(r->rt->cfg.join_timeout * 1000.0);
     if (!uv_is_active((uv_handle_t *)&r->join_timer))
         uv_timer_start(&r->join_timer, join_sweep, JOIN_SWEEP_MS, JOIN_SWEEP_MS);
+    s->last_activity = uv_now(&r->rt->loop);
+    if (r->rt->cfg.session_idle_timeout > 0 && !uv_is_active((uv_handle_t *)&r->idle_timer)) {
+        /* a quarter of the timeout, between 100 ms and 5 s: closed at most 25% late */
+        double every = r->rt->cfg.session_idle_timeout * 250.0;
+        uint64_t ms = every < 100 ? 100 : every > 5000 ? 5000 : (uint64_t)every;
+        uv_timer_start(&r->idle_timer, idle_sweep, ms, ms);
+    }
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("sec-websocket-protocol"), 0,
                           NULL, proto, strlen(proto));
     s->ws = h2o_upgrade_to_websocket(req, key, s, on_ws_message);
     /* messages up to twice the limit are read whole and refused with a clean close (the peer
-     * sees 1009); beyond that wslay stops reading at once, and the peer may only see a reset */
-    wslay_event_config_set_max_recv_msg_length(s->ws->ws_ctx, 2 * r->rt->cfg.body_limit);
+     * sees 1009); beyond that wslay stops reading at once, and the peer may only see a reset.
+     * Until WELCOME the limit is JOIN_MSG_MAX: an unauthenticated peer holds no more. */
+    wslay_event_config_set_max_recv_msg_length(s->ws->ws_ctx, 2 * JOIN_MSG_MAX);
     codec_buf_init(&s->out_pending);
     codec_buf_init(&s->out_writing);
     struct wslay_event_callbacks cbs = s->ws->ws_callbacks;
@@ -1639,6 +1824,43 @@ static void join_sweep(uv_timer_t *t)
     if (!waiting) uv_timer_stop(t);
 }
 
+/* A WebSocket ping to a session quiet for half the idle timeout, once per quiet spell: a live
+ * client answers it with a pong (browsers and ws libraries do so by themselves; a browser cannot
+ * send pings of its own), which counts as activity. */
+static void ping_quiet(session *s, uint64_t now, uint64_t idle_ms)
+{
+    if (now - s->last_activity < idle_ms / 2 || s->last_ping > s->last_activity || s->slow) return;
+    struct wslay_event_msg m = {.opcode = WSLAY_PING, .msg = (const uint8_t *)"", .msg_length = 0};
+    if (wslay_event_queue_msg(s->ws->ws_ctx, &m) != 0) return;
+    s->last_ping = now;
+    mark_dirty(s);
+}
+
+/* Established sessions that received nothing (no message, ping or pong, not even the pong to the
+ * router's own ping) for --session-idle-timeout get GOODBYE wamp.close.timeout and are closed:
+ * gone peers, and clients that stopped reading. The sweep stops when no session is left; the next
+ * upgrade starts it again. */
+static void idle_sweep(uv_timer_t *t)
+{
+    router *r = t->data;
+    uint64_t now = uv_now(&r->rt->loop);
+    uint64_t idle_ms = (uint64_t)(r->rt->cfg.session_idle_timeout * 1000.0);
+    for (session *s = r->sessions; s; s = s->next) {
+        if (s->state != S_ESTABLISHED) continue;
+        if (now - s->last_activity < idle_ms) {
+            ping_quiet(s, now, idle_ms);
+            continue;
+        }
+        char text[128];
+        snprintf(text, sizeof text, "nothing received for %.3g s (--session-idle-timeout)",
+                 r->rt->cfg.session_idle_timeout);
+        log_info(TAG, "session %llu closed: %s", (unsigned long long)s->id, text);
+        send_msg(s, json_pack("[i{ss}s]", GOODBYE, "message", text, "wamp.close.timeout"));
+        close_session(s, 1000, "idle timeout");
+    }
+    if (!r->sessions) uv_timer_stop(t);
+}
+
 struct wamp_router *wamp_router_new(runtime *rt)
 {
     router *r = calloc(1, sizeof *r);
@@ -1649,6 +1871,8 @@ struct wamp_router *wamp_router_new(runtime *rt)
     r->flush_timer.data = r;
     uv_timer_init(&rt->loop, &r->join_timer);
     r->join_timer.data = r;
+    uv_timer_init(&rt->loop, &r->idle_timer);
+    r->idle_timer.data = r;
     return r;
 }
 
@@ -1677,7 +1901,9 @@ void wamp_router_shutdown(struct wamp_router *r)
     }
     for (registration *g = r->regs; g; g = g->next) {
         if (g->sub) nb_sub_close(g->sub);
+        if (g->probe) nb_sub_close(g->probe);
         g->sub = NULL;
+        g->probe = NULL;
     }
     for (session *s = r->sessions; s; s = s->next) {
         if (s->state == S_ESTABLISHED)
@@ -1702,6 +1928,7 @@ void wamp_router_close(struct wamp_router *r)
     }
     uv_close((uv_handle_t *)&r->flush_timer, timer_closed);
     uv_close((uv_handle_t *)&r->join_timer, timer_closed);
+    uv_close((uv_handle_t *)&r->idle_timer, timer_closed);
 }
 
 void wamp_router_free(struct wamp_router *r)

@@ -1,6 +1,7 @@
 // Two runtime processes on one nats-server: WAMP publications, publisher exclusion, disclosure and
 // publication ids across processes; a procedure registered on one is called from the other (WAMP,
-// HTTP, Lua); registrations are shared across processes through the queue group.
+// HTTP, Lua); registrations are shared across processes through the queue group when both ask
+// for it (invoke roundrobin or random), and refused otherwise.
 import { before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
@@ -95,13 +96,17 @@ describe('two processes, one nats-server', () => {
     }
   });
 
-  test('registrations of one procedure on both processes are shared (no procedure_already_exists)', async () => {
+  test('registrations of one procedure on both processes are shared when both ask (invoke roundrobin), else refused', async () => {
     const ca = await w.openSession(urlA, 'json');
     const cb = await w.openSession(urlB, 'msgpack');
     const caller = await w.openSession(urlB, 'json');
     try {
-      await ca.session.register('cluster.shared', () => 'A');
-      await cb.session.register('cluster.shared', () => 'B'); // must not be refused across processes
+      await ca.session.register('cluster.single', () => 'A');
+      await w.expectWampError(assert, cb.session.register('cluster.single', () => 'B'), 'wamp.error.procedure_already_exists', 'single on A, single on B');
+      await w.expectWampError(assert, cb.session.register('cluster.single', () => 'B', { invoke: 'roundrobin' }), 'wamp.error.procedure_already_exists', 'single on A, shared on B');
+      await ca.session.register('cluster.shared', () => 'A', { invoke: 'roundrobin' });
+      await w.expectWampError(assert, cb.session.register('cluster.shared', () => 'B'), 'wamp.error.procedure_already_exists', 'shared on A, single on B');
+      await cb.session.register('cluster.shared', () => 'B', { invoke: 'random' }); // both share: not refused across processes
       await w.untilCallable(() => caller.session.call('cluster.shared', []));
       const seen = new Set();
       for (let i = 0; i < 40 && seen.size < 2; i++) seen.add(await caller.session.call('cluster.shared', []));

@@ -3,7 +3,9 @@
  * encode back, decode again and encode to a text of the same length. A metered decode (a budget
  * taken from the input's first byte, counted by lua_memory's allocator) must refuse what is
  * invalid, may stop valid input only with CODEC_TOO_LARGE, leaves the stack as it was when it
- * fails and allocates at most its budget plus one element's worth. */
+ * fails and allocates at most its budget plus one element's worth. A refused input gets the same
+ * error text from both decodes, whatever garbage was in the buffer before, valid UTF-8
+ * (error_oracle.h). */
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdint.h>
@@ -11,6 +13,7 @@
 #include <string.h>
 
 #include "codec.h"
+#include "error_oracle.h"
 #include "lua_memory.h"
 
 static lua_State *L;
@@ -39,11 +42,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         codec_init(L);
         lua_memory_attach(&mem, L, 0);
     }
-    codec_error err;
+    codec_error err, err2;
+    oracle_garbage(err.msg, sizeof err.msg, 0);
+    oracle_garbage(err2.msg, sizeof err2.msg, 1);
     int valid = codec_decode_envelope(NULL, (const char *)data, size, 64, &err) == 0;
     int top = lua_gettop(L);
-    int decoded = codec_decode_envelope(L, (const char *)data, size, 64, &err) == 0;
+    int decoded = codec_decode_envelope(L, (const char *)data, size, 64, &err2) == 0;
     if (valid != decoded) abort(); /* validation and decoding disagree */
+    if (!valid) oracle_same_error(err.msg, err2.msg, sizeof err.msg);
     if (decoded) {
         codec_buf a, b;
         codec_buf_init(&a);

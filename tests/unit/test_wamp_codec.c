@@ -136,8 +136,62 @@ static void test_big_unsigned(void)
     json_decref(v);
 }
 
+/* Issue 12: NaN and infinities get an error text (the buffer was left unwritten), undefined
+ * reads as absent, other extensions are reported, the value count is bounded. */
+static void test_issue12(void)
+{
+    char err[160];
+    for (int k = 0; k < 3; k++) {
+        unsigned char nan[] = {0x93, 0x01, 0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 0, 0x80};
+        if (k == 1) nan[4] = 0xf0;                /* +Infinity */
+        if (k == 2) nan[3] = 0xff, nan[4] = 0xf0; /* -Infinity */
+        memset(err, 0xff, sizeof err);
+        CHECK(wamp_decode(WAMP_MSGPACK, (const char *)nan, sizeof nan, 64, err, sizeof err) ==
+              NULL);
+        CHECK(strcmp(err, "a float is NaN or infinite (JSON cannot carry it)") == 0);
+    }
+    /* [1, undefined, {"a": undefined, "b": 2}] -> [1, null, {"b": 2}] */
+    const unsigned char undef[] = {0x93, 0x01, 0xd4, 0x00, 0x00, 0x82, 0xa1, 'a',
+                                   0xd4, 0x00, 0x00, 0xa1, 'b',  0x02, 0x00};
+    bool ext = true;
+    json_t *v = wamp_decode_msg(WAMP_MSGPACK, (const char *)undef, sizeof undef - 1, 64, 100, &ext,
+                                err, sizeof err);
+    json_t *want = json_loads("[1, null, {\"b\": 2}]", 0, NULL);
+    CHECK(v && !ext && json_equal(v, want));
+    json_decref(v);
+    json_decref(want);
+    /* [1, ext 5] -> [1, null], reported */
+    const unsigned char other[] = {0x92, 0x01, 0xc7, 0x02, 0x05, 0xaa, 0xbb};
+    v = wamp_decode_msg(WAMP_MSGPACK, (const char *)other, sizeof other, 64, 100, &ext, err,
+                        sizeof err);
+    CHECK(v && ext && strcmp(err, "msgpack extension type 5 is not supported") == 0);
+    json_decref(v);
+    CHECK(wamp_decode(WAMP_MSGPACK, (const char *)other, sizeof other, 64, err, sizeof err) ==
+          NULL);
+    /* a truncated extension is malformed */
+    CHECK(wamp_decode(WAMP_MSGPACK, (const char *)other, sizeof other - 1, 64, err, sizeof err) ==
+          NULL);
+    /* the value count: [[], [], []] is 4 values */
+    const unsigned char arrays[] = {0x93, 0x90, 0x90, 0x90};
+    for (int json = 0; json < 2; json++) {
+        enum wamp_serializer ser = json ? WAMP_JSON : WAMP_MSGPACK;
+        const char *buf = json ? "[[],[],[]]" : (const char *)arrays;
+        size_t len = json ? strlen(buf) : sizeof arrays;
+        v = wamp_decode_msg(ser, buf, len, 64, json ? 7 : 4, &ext, err, sizeof err);
+        CHECK(v != NULL);
+        json_decref(v);
+        v = wamp_decode_msg(ser, buf, len, 64, 3, &ext, err, sizeof err);
+        CHECK(v == NULL && strcmp(err, "more than 3 values in one message") == 0);
+    }
+    /* an error text quoting invalid UTF-8 is cleaned */
+    CHECK(wamp_decode(WAMP_JSON, "[1, \xff\xfe]", 7, 64, err, sizeof err) == NULL);
+    for (const unsigned char *p = (const unsigned char *)err; *p; p++)
+        CHECK(*p < 0x80);
+}
+
 int main(void)
 {
+    test_issue12();
     test_roundtrips();
     test_doubles_exact();
     test_refusals();
