@@ -53,6 +53,11 @@ typedef struct runtime_config {
     bool reuse_port;       /* SO_REUSEPORT on the HTTP listeners (workers share them) */
     /* RPC calls in flight on one HTTP connection (HTTP/2 streams) */
     int max_conn_inflight;
+    /* HTTP calls in flight in the process (waiting to be sent or for their reply); 503 beyond */
+    int max_http_inflight;
+    /* seconds: the longest timeout a caller may ask for (HTTP ?timeout=, WAMP options.timeout,
+     * the Microservice-Timeout of a request taken from NATS); longer ones are lowered to it */
+    double max_call_timeout;
     /* bytes of Lua heap above which calls are refused (twice: allocations fail); 0: no limit */
     size_t max_lua_memory;
 } runtime_config;
