@@ -8,6 +8,14 @@
  * NATS request, so no reply is ever written to a freed request. h2o itself answers 413 over the
  * body limit (max_request_entity_size).
  *
+ * Calls are not published from h2o's on_req: they are queued and sent by a uv_prepare handle, i.e.
+ * once the loop turn has read (and h2o has parsed) everything that arrived. An HTTP/2 stream reset
+ * in the same turn (RST_STREAM right after HEADERS) disposes its call while queued: it never
+ * reaches the bus. HTTP/2 rapid reset: a connection whose calls end by reset (before their answer)
+ * more than RESET_BUDGET times and more often than they are answered is shut when it opens the
+ * next one (h2o 2.2 has no public GOAWAY: shutdown(2) makes h2o see the end of the socket and close
+ * the connection, which disposes its calls), logged once and counted.
+ *
  * With a certificate a second listener speaks TLS (tls.c; h2 or http/1.1 by ALPN, so WSS too) into
  * the same h2o context; with --http-redirect the plain one answers 308 to it, except /healthz which
  * health checkers probe in plain HTTP. */
@@ -17,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netdb.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -40,6 +49,19 @@
 /* h2o 2.2 runs at most this many requests of one connection at a time (HTTP/2 streams): with
  * --max-conn-inflight at it, the limit cannot be reached and calls are not counted. */
 #define H2O_STREAMS_PER_CONN 100
+/* Calls of one connection that may end by reset before it is taken for a rapid reset attack. */
+#define RESET_BUDGET 100
+
+/* h2o's socket takes over handle->data, so the gateway is found through this wrapper. */
+typedef struct gw_conn {
+    uv_tcp_t tcp; /* first: the handle h2o closes is this struct */
+    struct http_gateway *gw;
+    struct gw_conn *prev, *next;
+    int fd;            /* the socket's descriptor, its key in http_gateway.by_fd; -1: none */
+    uint64_t resets;   /* calls whose request went away before the answer (stream reset) */
+    uint64_t answered; /* calls answered */
+    bool cut;          /* shut for rapid reset */
+} gw_conn;
 
 /* Calls in flight on one connection (HTTP/2 multiplexes them), keyed by h2o's connection id,
  * which is never reused: nothing here points at a connection, so its end needs no hook. An entry
@@ -64,8 +86,14 @@ struct http_gateway {
     int connections;
     uint64_t by_status[600]; /* responses of the gateway by status */
     struct gw_conn *conns;   /* every accepted connection, until h2o closes it */
+    gw_conn **by_fd;         /* the open connections by descriptor, to find a request's one */
+    int by_fd_len;
     bool conns_shut;
-    int inflight;
+    int inflight;                       /* calls queued or waiting for their reply */
+    struct gw_call *queue, *queue_tail; /* calls to send at the end of the loop turn */
+    uv_prepare_t flush;
+    bool flush_closed;
+    http_gateway_stats stats;
     conn_calls *conn_calls[CONN_BUCKETS]; /* see conn_calls */
     uint64_t close_started;
     void (*on_closed)(void *arg);
@@ -77,13 +105,20 @@ struct gw_handler {
     struct http_gateway *gw;
 };
 
-/* One request waiting for NATS; lives in the request's pool (see the top of the file). */
+enum call_state { CALL_DONE, CALL_QUEUED, CALL_PENDING };
+
+/* One request on its way to NATS; lives in the request's pool (see the top of the file). */
 typedef struct gw_call {
     struct http_gateway *gw;
     h2o_req_t *req;
+    gw_conn *conn; /* NULL if not found; valid while the request is */
     nb_request *nbreq;
-    conn_calls *cc; /* its connection's count, held while pending */
-    bool pending;
+    conn_calls *cc; /* its connection's count, held while queued or pending */
+    enum call_state state;
+    struct gw_call *prev, *next;   /* the queue, while queued */
+    char *subject;                 /* in the request's pool */
+    const char *authid, *authrole; /* the caller (NULL: auth is off) */
+    double timeout;
 } gw_call;
 
 static const char *reason_phrase(int status)
@@ -189,10 +224,24 @@ static void conn_calls_put(struct http_gateway *gw, conn_calls *cc)
     conn_calls_forget(gw, cc);
 }
 
-/* A pending call ends: answered, or its request went away. */
+static void queue_unlink(struct http_gateway *gw, gw_call *call)
+{
+    if (call->prev)
+        call->prev->next = call->next;
+    else
+        gw->queue = call->next;
+    if (call->next)
+        call->next->prev = call->prev;
+    else
+        gw->queue_tail = call->prev;
+    call->prev = call->next = NULL;
+}
+
+/* A queued or pending call ends: answered, refused, or its request went away. */
 static void call_end(gw_call *call)
 {
-    call->pending = false;
+    if (call->state == CALL_QUEUED) queue_unlink(call->gw, call);
+    call->state = CALL_DONE;
     call->gw->inflight--;
     if (call->cc) conn_calls_put(call->gw, call->cc);
     call->cc = NULL;
@@ -201,10 +250,16 @@ static void call_end(gw_call *call)
 static void call_dispose(void *p)
 {
     gw_call *call = p;
-    if (!call->pending) return;
-    /* the client went away (or the connection closed) before the reply */
+    if (call->state == CALL_DONE) return;
+    /* the client went away (stream reset, or the connection closed) before the reply */
+    if (call->state == CALL_QUEUED) {
+        call->gw->stats.abandoned_unsent++; /* it never reaches the bus */
+    } else {
+        call->gw->stats.abandoned_sent++;
+        nb_request_cancel(call->nbreq);
+    }
+    if (call->conn) call->conn->resets++;
     call_end(call);
-    nb_request_cancel(call->nbreq);
 }
 
 static int reply_status(natsMsg *reply)
@@ -220,6 +275,7 @@ static void on_reply(void *udata, enum nb_status status, natsMsg *reply)
     gw_call *call = udata;
     struct http_gateway *gw = call->gw;
     call_end(call);
+    if (call->conn) call->conn->answered++;
     h2o_req_t *req = call->req;
     switch (status) {
     case NB_OK:
@@ -241,10 +297,10 @@ static void on_reply(void *udata, enum nb_status status, natsMsg *reply)
     }
 }
 
-/* ?timeout=SECONDS overrides the default call timeout (bounded to [0.001, 3600]). */
+/* ?timeout=SECONDS overrides the default call timeout (bounded to [0.001, --max-call-timeout]). */
 static double request_timeout(struct http_gateway *gw, h2o_req_t *req)
 {
-    double timeout = gw->rt->cfg.call_timeout;
+    double timeout = gw->rt->cfg.call_timeout, max = gw->rt->cfg.max_call_timeout;
     if (req->query_at == SIZE_MAX) return timeout;
     const char *q = req->path.base + req->query_at + 1;
     size_t qlen = req->path.len - req->query_at - 1;
@@ -254,7 +310,7 @@ static double request_timeout(struct http_gateway *gw, h2o_req_t *req)
         if (strncmp(tok, "timeout=", 8) != 0) continue;
         char *end;
         double v = strtod(tok + 8, &end);
-        if (end != tok + 8 && v > 0) timeout = v < 0.001 ? 0.001 : v > 3600 ? 3600 : v;
+        if (end != tok + 8 && v > 0) timeout = v < 0.001 ? 0.001 : v > max ? max : v;
     }
     return timeout;
 }
@@ -322,8 +378,117 @@ static bool authorize_call(struct http_gateway *gw, h2o_req_t *req, const char *
     return true;
 }
 
+/* Publishes a queued call; answers the request itself when it cannot be sent. */
+static void send_call(gw_call *call)
+{
+    struct http_gateway *gw = call->gw;
+    int rc = nats_bridge_request_as(gw->rt->nats, call->subject, call->req->entity.base,
+                                    call->req->entity.len, NULL, call->authid, call->authrole,
+                                    call->timeout, on_reply, call, &call->nbreq);
+    if (rc == NB_OK) {
+        call->state = CALL_PENDING;
+        return;
+    }
+    call_end(call);
+    respond_error(gw, call->req, rc == NB_UNAVAILABLE ? URI_UNAVAILABLE : URI_RUNTIME_ERROR,
+                  rc == NB_UNAVAILABLE ? "the bus is unavailable"
+                                       : "the request could not be sent");
+}
+
+/* The end of the loop turn: every call still queued (its request did not go away) is sent.
+ * Answering one that fails may let h2o run more requests, which queue behind. */
+static void flush_calls(uv_prepare_t *p)
+{
+    struct http_gateway *gw = p->data;
+    while (gw->queue) {
+        gw_call *call = gw->queue;
+        queue_unlink(gw, call);
+        call->state = CALL_PENDING; /* not queued any more; send_call settles it */
+        send_call(call);
+    }
+    uv_prepare_stop(p);
+}
+
+static void queue_call(struct http_gateway *gw, gw_call *call)
+{
+    if (gw->flush_closed) { /* the gateway is closing: no end of turn to wait for */
+        call->state = CALL_PENDING;
+        send_call(call);
+        return;
+    }
+    call->state = CALL_QUEUED;
+    call->prev = gw->queue_tail;
+    call->next = NULL;
+    if (gw->queue_tail)
+        gw->queue_tail->next = call;
+    else
+        gw->queue = call;
+    gw->queue_tail = call;
+    uv_prepare_start(&gw->flush, flush_calls);
+}
+
+/* The accepted connection a request came on (NULL if not known). */
+static gw_conn *conn_of(struct http_gateway *gw, h2o_req_t *req)
+{
+    h2o_socket_t *sock =
+        req->conn->callbacks->get_socket ? req->conn->callbacks->get_socket(req->conn) : NULL;
+    int fd = sock ? h2o_socket_get_fd(sock) : -1;
+    return fd >= 0 && fd < gw->by_fd_len ? gw->by_fd[fd] : NULL;
+}
+
+static void shut_connection(gw_conn *c)
+{
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) shutdown(fd, SHUT_RDWR);
+}
+
+/* HTTP/2 rapid reset (CVE-2023-44487): true when the connection's calls end by reset more than
+ * RESET_BUDGET times and more often than they are answered. The connection is then shut once:
+ * h2o sees its end and closes it, disposing (and cancelling) what it still holds. */
+static bool resets_too_fast(struct http_gateway *gw, gw_conn *c, h2o_req_t *req)
+{
+    if (c->cut) return true;
+    if (c->resets <= RESET_BUDGET || c->resets <= c->answered) return false;
+    c->cut = true;
+    gw->stats.rapid_reset_conns++;
+    struct sockaddr_storage sa;
+    char peer[NI_MAXHOST] = "?";
+    socklen_t len = req->conn->callbacks->get_peername
+                        ? req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&sa)
+                        : 0;
+    if (len > 0 && h2o_socket_getnumerichost((struct sockaddr *)&sa, len, peer) == SIZE_MAX)
+        snprintf(peer, sizeof peer, "?");
+    log_warn(TAG,
+             "HTTP/2 rapid reset: the connection of %s reset %llu calls before their answer "
+             "(%llu answered); closing it",
+             peer, (unsigned long long)c->resets, (unsigned long long)c->answered);
+    shut_connection(c);
+    return true;
+}
+
+/* Refuses the call (answering it) while the process or the connection is at its limit. */
+static bool call_admitted(struct http_gateway *gw, h2o_req_t *req, gw_conn *conn)
+{
+    char msg[160];
+    if (gw->inflight >= gw->rt->cfg.max_http_inflight) {
+        snprintf(msg, sizeof msg,
+                 "too many HTTP calls in flight in this process (limit %d, --max-http-inflight)",
+                 gw->rt->cfg.max_http_inflight);
+        respond_error(gw, req, URI_UNAVAILABLE, msg);
+        return false;
+    }
+    if (conn && resets_too_fast(gw, conn, req)) {
+        respond_error(gw, req, URI_LIMIT_EXCEEDED,
+                      "too many calls reset on this connection (HTTP/2 rapid reset)");
+        return false;
+    }
+    return true;
+}
+
 static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, const char *subject)
 {
+    gw_conn *conn = conn_of(gw, req);
+    if (!call_admitted(gw, req, conn)) return 0;
     const char *authid, *authrole;
     if (!authorize_call(gw, req, subject, &authid, &authrole)) return 0;
     codec_error err;
@@ -347,24 +512,18 @@ static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, const char *subje
         return 0; /* cc holds a call of the same connection: it stays */
     }
     gw_call *call = h2o_mem_alloc_shared(&req->pool, sizeof *call, call_dispose);
+    memset(call, 0, sizeof *call);
     call->gw = gw;
     call->req = req;
-    call->cc = NULL;
-    call->pending = false;
-    int rc = nats_bridge_request_as(gw->rt->nats, subject, req->entity.base, req->entity.len, NULL,
-                                    authid, authrole, request_timeout(gw, req), on_reply, call,
-                                    &call->nbreq);
-    if (rc != NB_OK) {
-        if (cc) conn_calls_forget(gw, cc);
-        respond_error(gw, req, rc == NB_UNAVAILABLE ? URI_UNAVAILABLE : URI_RUNTIME_ERROR,
-                      rc == NB_UNAVAILABLE ? "the bus is unavailable"
-                                           : "the request could not be sent");
-        return 0;
-    }
-    call->pending = true;
+    call->conn = conn;
+    call->subject = h2o_strdup(&req->pool, subject, SIZE_MAX).base;
+    call->authid = authid; /* the auth file's strings, which live as long as the process */
+    call->authrole = authrole;
+    call->timeout = request_timeout(gw, req);
     call->cc = cc;
     if (cc) cc->count++;
     gw->inflight++;
+    queue_call(gw, call);
     return 0;
 }
 
@@ -500,17 +659,11 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
 
 /* ---- connections ---- */
 
-/* h2o's socket takes over handle->data, so the gateway is found through this wrapper. */
-typedef struct gw_conn {
-    uv_tcp_t tcp; /* first: the handle h2o closes is this struct */
-    struct http_gateway *gw;
-    struct gw_conn *prev, *next;
-} gw_conn;
-
 static void connection_closed(uv_handle_t *h)
 {
     gw_conn *conn = (gw_conn *)h;
     struct http_gateway *gw = conn->gw;
+    if (conn->fd >= 0 && gw->by_fd[conn->fd] == conn) gw->by_fd[conn->fd] = NULL;
     if (conn->prev)
         conn->prev->next = conn->next;
     else
@@ -518,6 +671,24 @@ static void connection_closed(uv_handle_t *h)
     if (conn->next) conn->next->prev = conn->prev;
     gw->connections--;
     free(conn);
+}
+
+/* Files the connection under its descriptor (descriptors are unique among open sockets). */
+static int index_by_fd(struct http_gateway *gw, gw_conn *conn)
+{
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&conn->tcp, &fd) != 0 || fd < 0) return -1;
+    if (fd >= gw->by_fd_len) {
+        int len = fd < 512 ? 1024 : fd * 2;
+        gw_conn **grown = realloc(gw->by_fd, sizeof *grown * (size_t)len);
+        if (!grown) return -1;
+        memset(grown + gw->by_fd_len, 0, sizeof *grown * (size_t)(len - gw->by_fd_len));
+        gw->by_fd = grown;
+        gw->by_fd_len = len;
+    }
+    gw->by_fd[fd] = conn;
+    conn->fd = fd;
+    return 0;
 }
 
 static void on_accept(uv_stream_t *listener, int status)
@@ -528,11 +699,12 @@ static void on_accept(uv_stream_t *listener, int status)
     if (!conn) return;
     uv_tcp_init(listener->loop, &conn->tcp);
     conn->gw = gw;
+    conn->fd = -1;
     conn->next = gw->conns;
     if (gw->conns) gw->conns->prev = conn;
     gw->conns = conn;
     gw->connections++;
-    if (uv_accept(listener, (uv_stream_t *)&conn->tcp) != 0) {
+    if (uv_accept(listener, (uv_stream_t *)&conn->tcp) != 0 || index_by_fd(gw, conn) != 0) {
         uv_close((uv_handle_t *)&conn->tcp, connection_closed);
         return;
     }
@@ -578,6 +750,8 @@ struct http_gateway *http_gateway_new(runtime *rt)
     gw->tls_accept_ctx.ssl_ctx = gw->ssl_ctx;
     uv_timer_init(&rt->loop, &gw->close_timer);
     gw->close_timer.data = gw;
+    uv_prepare_init(&rt->loop, &gw->flush);
+    gw->flush.data = gw;
     return gw;
 }
 
@@ -656,10 +830,21 @@ const uint64_t *http_gateway_status_counts(struct http_gateway *g)
     return g->by_status;
 }
 
+const http_gateway_stats *http_gateway_get_stats(struct http_gateway *g)
+{
+    return &g->stats;
+}
+
 static void close_timer_closed(uv_handle_t *h)
 {
     struct http_gateway *gw = h->data;
     if (gw->on_closed) gw->on_closed(gw->on_closed_arg);
+}
+
+static void flush_closed(uv_handle_t *h)
+{
+    struct http_gateway *gw = h->data;
+    uv_close((uv_handle_t *)&gw->close_timer, close_timer_closed);
 }
 
 /* Ends idle keep-alive connections (h2o 2.2 leaves HTTP/1 ones open after a shutdown request):
@@ -667,10 +852,8 @@ static void close_timer_closed(uv_handle_t *h)
 static void shut_connections(struct http_gateway *gw)
 {
     gw->conns_shut = true;
-    for (struct gw_conn *c = gw->conns; c; c = c->next) {
-        uv_os_fd_t fd;
-        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) shutdown(fd, SHUT_RDWR);
-    }
+    for (struct gw_conn *c = gw->conns; c; c = c->next)
+        shut_connection(c);
 }
 
 /* Waits for the connections to close before h2o's context goes away: those finishing a response
@@ -692,7 +875,9 @@ static void close_tick(uv_timer_t *t)
     } else {
         log_warn(TAG, "%d connections still open at exit", gw->connections);
     }
-    uv_close((uv_handle_t *)t, close_timer_closed);
+    flush_calls(&gw->flush); /* calls of connections still open: the bus is closed, 503 */
+    gw->flush_closed = true;
+    uv_close((uv_handle_t *)&gw->flush, flush_closed);
 }
 
 void http_gateway_close(struct http_gateway *g, void (*on_closed)(void *arg), void *arg)
@@ -714,6 +899,7 @@ void http_gateway_free(struct http_gateway *g)
             free(c);
         }
     }
+    free(g->by_fd);
     if (!g->ctx_ready) h2o_config_dispose(&g->config);
     SSL_CTX_free(g->ssl_ctx); /* the connections' SSL objects held their own references */
     free(g);

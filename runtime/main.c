@@ -28,6 +28,7 @@ static void usage(FILE *out)
         "                    [--auth-max-failures N] [--auth-failure-window S]\n"
         "                    [--auth-signature-window S]\n"
         "                    [--max-callee-pending N] [--session-idle-timeout S]\n"
+        "                    [--max-http-inflight N] [--max-call-timeout S]\n"
         "                    [--nats-user U --nats-password P] [--nats-token T] [--nats-nkey "
         "FILE]\n"
         "                    [--nats-creds FILE] [--nats-tls] [--nats-ca FILE]\n"
@@ -49,6 +50,9 @@ static void usage(FILE *out)
         "  --workers N|auto   worker processes sharing the port (default 1; auto: one per core)\n"
         "  --log-level L      debug, info, warn or error (default info)\n"
         "  --call-timeout S   default RPC timeout in seconds (default 60)\n"
+        "  --max-call-timeout S  longest timeout a caller may ask for (HTTP ?timeout=, WAMP\n"
+        "                     options.timeout, Microservice-Timeout of a NATS request); longer\n"
+        "                     ones are lowered to it (default 300)\n"
         "  --drain-timeout S  how long SIGTERM waits for calls in flight (default 10)\n"
         "  --body-limit B     largest request body in bytes (default 1048576)\n"
         "  --max-depth N      deepest JSON nesting accepted (default 64)\n"
@@ -58,6 +62,8 @@ static void usage(FILE *out)
         "                     per WAMP session (default 1000 each)\n"
         "  --max-conn-inflight N  RPC calls in flight on one HTTP connection, 1 to 100\n"
         "                     (HTTP/2 streams; default 100); more are answered 429\n"
+        "  --max-http-inflight N  HTTP calls in flight in the process; more are answered 503\n"
+        "                     (default 10000)\n"
         "  --max-lua-memory MB  Lua heap: new calls are refused (503) while it is over MB after\n"
         "                     a full collection; a call that grows it past 2 x MB fails with\n"
         "                     'out of memory' (default 1024; 0: no limit)\n"
@@ -163,6 +169,19 @@ static int check_tls_args(runtime_config *cfg, bool https_given)
     return 0;
 }
 
+/* The default call timeout fits under the maximum: lowered to it, unless both were given. */
+static int check_call_timeouts(runtime_config *cfg, bool call_timeout_given)
+{
+    if (cfg->call_timeout <= cfg->max_call_timeout) return 0;
+    if (call_timeout_given) {
+        fprintf(stderr, "microservice: --call-timeout %g is over --max-call-timeout %g\n",
+                cfg->call_timeout, cfg->max_call_timeout);
+        return -1;
+    }
+    cfg->call_timeout = cfg->max_call_timeout;
+    return 0;
+}
+
 enum {
     OPT_HTTP = 1000,
     OPT_NATS,
@@ -194,6 +213,8 @@ enum {
     OPT_AUTH_SIGNATURE_WINDOW,
     OPT_MAX_CALLEE_PENDING,
     OPT_SESSION_IDLE_TIMEOUT,
+    OPT_MAX_HTTP_INFLIGHT,
+    OPT_MAX_CALL_TIMEOUT,
     OPT_NATS_AUTH, /* NATS_AUTH_NOPTS ids from here */
 };
 
@@ -230,13 +251,15 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         {"auth-signature-window", required_argument, NULL, OPT_AUTH_SIGNATURE_WINDOW},
         {"max-callee-pending", required_argument, NULL, OPT_MAX_CALLEE_PENDING},
         {"session-idle-timeout", required_argument, NULL, OPT_SESSION_IDLE_TIMEOUT},
+        {"max-http-inflight", required_argument, NULL, OPT_MAX_HTTP_INFLIGHT},
+        {"max-call-timeout", required_argument, NULL, OPT_MAX_CALL_TIMEOUT},
         NATS_AUTH_LONG_OPTIONS(OPT_NATS_AUTH),
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     int c;
     double v;
-    bool https_given = false;
+    bool https_given = false, call_timeout_given = false;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case OPT_HTTP:
@@ -277,6 +300,14 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         }
         case OPT_CALL_TIMEOUT:
             if (parse_number(optarg, 0.001, 86400, &cfg->call_timeout) != 0) goto bad_number;
+            call_timeout_given = true;
+            break;
+        case OPT_MAX_CALL_TIMEOUT:
+            if (parse_number(optarg, 0.001, 86400, &cfg->max_call_timeout) != 0) goto bad_number;
+            break;
+        case OPT_MAX_HTTP_INFLIGHT:
+            if (parse_number(optarg, 1, 1 << 22, &v) != 0) goto bad_number;
+            cfg->max_http_inflight = (int)v;
             break;
         case OPT_DRAIN_TIMEOUT:
             if (parse_number(optarg, 0, 86400, &cfg->drain_timeout) != 0) goto bad_number;
@@ -389,6 +420,7 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         return -1;
     }
     if (check_tls_args(cfg, https_given) != 0) return -1;
+    if (check_call_timeouts(cfg, call_timeout_given) != 0) return -1;
     char err[512];
     if (nats_auth_check(&cfg->nats_auth, err, sizeof err) != 0) {
         fprintf(stderr, "microservice: %s\n", err);

@@ -138,6 +138,21 @@ void metrics_render(runtime *rt, codec_buf *out)
             if (by[s])
                 put(out, "microservice_http_responses_total{status=\"%d\"} %llu\n", s,
                     (unsigned long long)by[s]);
+        const http_gateway_stats *st = http_gateway_get_stats(rt->http);
+        header(out, "microservice_http_calls_abandoned_total", "counter",
+               "HTTP calls whose client went away (stream reset, connection closed) before the "
+               "answer: before they were sent (never on the bus) or while waiting (cancelled).");
+        put(out, "microservice_http_calls_abandoned_total{sent=\"false\"} %llu\n",
+            (unsigned long long)st->abandoned_unsent);
+        put(out, "microservice_http_calls_abandoned_total{sent=\"true\"} %llu\n",
+            (unsigned long long)st->abandoned_sent);
+        header(out, "microservice_http2_rapid_reset_total", "counter",
+               "Connections closed for resetting calls faster than they were answered.");
+        put(out, "microservice_http2_rapid_reset_total %llu\n",
+            (unsigned long long)st->rapid_reset_conns);
+        header(out, "microservice_http_calls_in_flight", "gauge",
+               "HTTP calls queued or waiting for their reply (--max-http-inflight).");
+        put(out, "microservice_http_calls_in_flight %d\n", http_gateway_inflight(rt->http));
     }
     int subs = 0, regs = 0;
     wamp_router_counts(rt->wamp, &subs, &regs);

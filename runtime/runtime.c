@@ -51,6 +51,8 @@ void runtime_config_defaults(runtime_config *cfg)
     cfg->drain_timeout = 10.0;
     cfg->max_inflight = 32768;
     cfg->max_conn_inflight = 100;
+    cfg->max_http_inflight = 10000;
+    cfg->max_call_timeout = 300.0;
     cfg->max_lua_memory = (size_t)1024 * 1024 * 1024;
     cfg->max_call_memory = SIZE_MAX;
     cfg->max_sessions = 10000;

@@ -60,6 +60,11 @@ typedef struct runtime_config {
     double auth_signature_window;
     /* RPC calls in flight on one HTTP connection (HTTP/2 streams) */
     int max_conn_inflight;
+    /* HTTP calls in flight in the process (waiting to be sent or for their reply); 503 beyond */
+    int max_http_inflight;
+    /* seconds: the longest timeout a caller may ask for (HTTP ?timeout=, WAMP options.timeout,
+     * the Microservice-Timeout of a request taken from NATS); longer ones are lowered to it */
+    double max_call_timeout;
     /* bytes of Lua heap above which calls are refused (twice: allocations fail); 0: no limit */
     size_t max_lua_memory;
     /* Lua memory the decoded arguments of one call may take (413 beyond); 0: no bound;

@@ -461,9 +461,13 @@ static void on_rpc_msg(void *udata, natsMsg *msg)
         nats_bridge_release(s->rt->nats, msg);
         return;
     }
+    /* the caller's timeout, at most --max-call-timeout (also without one) */
     const char *timeout = NULL;
-    if (natsMsgHeader_Get(msg, NB_HDR_TIMEOUT, &timeout) == NATS_OK && timeout)
-        sched_set_deadline(t, strtod(timeout, NULL) / 1000.0);
+    double deadline = s->rt->cfg.max_call_timeout;
+    if (natsMsgHeader_Get(msg, NB_HDR_TIMEOUT, &timeout) == NATS_OK && timeout &&
+        strtod(timeout, NULL) / 1000.0 < deadline)
+        deadline = strtod(timeout, NULL) / 1000.0;
+    sched_set_deadline(t, deadline);
     take_caller(s, c, t, msg);
     nats_bridge_release(s->rt->nats, msg);
     /* stack: args kwargs -> args kwargs fn bound... -> fn bound... */

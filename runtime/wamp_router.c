@@ -857,6 +857,7 @@ static void on_call(session *s, json_t *msg)
     double timeout = s->r->rt->cfg.call_timeout;
     json_t *t = json_object_get(opts, "timeout");
     if (json_is_number(t) && json_number_value(t) > 0) timeout = json_number_value(t) / 1000.0;
+    if (timeout > s->r->rt->cfg.max_call_timeout) timeout = s->r->rt->cfg.max_call_timeout;
     bool progress = json_is_true(json_object_get(opts, "receive_progress"));
     const char *headers[3];
     int h = 0;

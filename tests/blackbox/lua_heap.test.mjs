@@ -127,8 +127,15 @@ h.test('a reply that decodes past --max-call-memory fails the ms.call with a run
 });
 
 h.test('a WAMP CALL whose arguments decode past --max-call-memory gets ERROR invalid_argument; the session goes on', async () => {
-  const w = await RawWamp.session(wsUrl(rt), 'json');
-  const list = JSON.parse(`[${'[0],'.repeat(225000 - 1)}[0]]`);
+  // A message holds at most 100,000 values (docs/wamp.md), which bounds a CALL's arguments to a
+  // few MB of Lua memory by itself: a runtime with a per-call bound of 1 MB shows this one.
+  const small = await h.startRuntime({
+    dir, natsUrl: nats.url, name: 'callmem',
+    servicesDir: h.servicesDir(path.join(dir, 'services-callmem'), ['memory_test.lua']),
+    args: ['--max-lua-memory', String(LUA_MB), '--max-call-memory', '1'],
+  });
+  const w = await RawWamp.session(wsUrl(small), 'json');
+  const list = JSON.parse(`[${'[0],'.repeat(40000 - 1)}[0]]`); // 80,000 values, about 4 MB
   const err = await w.request([MSG.CALL, w.req(), {}, 'memory_test.hold_args', [list, 0]], MSG.RESULT, 20000);
   assert.equal(err[0], MSG.ERROR, JSON.stringify(err).slice(0, 300));
   assert.equal(err[4], 'wamp.error.invalid_argument');

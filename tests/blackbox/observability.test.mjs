@@ -33,7 +33,7 @@ async function metrics() {
   const values = new Map();
   for (const line of (await r.text()).split('\n')) {
     if (!line || line.startsWith('#')) continue;
-    const m = /^([a-z_]+(?:\{[^}]*\})?) (\S+)$/.exec(line);
+    const m = /^([a-z_][a-z0-9_]*(?:\{[^}]*\})?) (\S+)$/.exec(line);
     assert.ok(m, `a sample line: ${line}`);
     values.set(m[1], Number(m[2]));
   }
