@@ -15,6 +15,7 @@
 #include "auth.h"
 #include "codec.h"
 #include "log.h"
+#include "lua_http.h"
 #include "lua_postgres.h"
 #include "lualib_embedded.h"
 #include "nats_bridge.h"
@@ -421,6 +422,7 @@ static int open_core(lua_State *L)
     luaL_getmetatable(L, MS_RPC_MT);
     lua_setfield(L, -2, "rpc_mt");
     lua_postgres_register(L);
+    lua_http_register(L);
     return 1;
 }
 

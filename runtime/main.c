@@ -24,7 +24,7 @@ static void usage(FILE *out)
         "                    [--frontend DIR] [--workers N] [--log-level LEVEL]\n"
         "                    [--call-timeout S] [--drain-timeout S] [--body-limit BYTES]\n"
         "                    [--max-depth N] [--max-inflight N] [--max-conn-inflight N]\n"
-        "                    [--max-lua-memory MB] [--auth FILE]\n"
+        "                    [--max-lua-memory MB] [--http-client-max N] [--auth FILE]\n"
         "                    [--nats-user U --nats-password P] [--nats-token T] [--nats-nkey "
         "FILE]\n"
         "                    [--nats-creds FILE] [--nats-tls] [--nats-ca FILE]\n"
@@ -58,6 +58,8 @@ static void usage(FILE *out)
         "  --max-lua-memory MB  Lua heap: new calls are refused (503) while it is over MB after\n"
         "                     a full collection; a call that grows it past 2 x MB fails with\n"
         "                     'out of memory' (default 1024; 0: no limit)\n"
+        "  --http-client-max N  outbound HTTP requests (microservice.http) in progress at once\n"
+        "                     (default 64); up to 10000 more wait in a FIFO queue\n"
         "  --max-session-calls N  calls in flight per WAMP session (default 1000)\n"
         "  --join-timeout S   seconds a WebSocket may take to HELLO and authenticate (default 10)\n"
         "  --auth FILE        users, tokens and roles (default $MICROSERVICE_AUTH; none: every\n"
@@ -160,6 +162,7 @@ enum {
     OPT_HTTP_REDIRECT,
     OPT_MAX_CONN_INFLIGHT,
     OPT_MAX_LUA_MEMORY,
+    OPT_HTTP_CLIENT_MAX,
     OPT_NATS_AUTH, /* NATS_AUTH_NOPTS ids from here */
 };
 
@@ -190,6 +193,7 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         {"http-redirect", no_argument, NULL, OPT_HTTP_REDIRECT},
         {"max-conn-inflight", required_argument, NULL, OPT_MAX_CONN_INFLIGHT},
         {"max-lua-memory", required_argument, NULL, OPT_MAX_LUA_MEMORY},
+        {"http-client-max", required_argument, NULL, OPT_HTTP_CLIENT_MAX},
         NATS_AUTH_LONG_OPTIONS(OPT_NATS_AUTH),
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -310,6 +314,10 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
                 return -1;
             }
             cfg->max_lua_memory = (size_t)(v * 1024 * 1024);
+            break;
+        case OPT_HTTP_CLIENT_MAX:
+            if (parse_number(optarg, 1, 100000, &v) != 0) goto bad_number;
+            cfg->http_client_max = (int)v;
             break;
         case 'h':
             usage(stdout);

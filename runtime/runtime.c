@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "auth.h"
+#include "http_client.h"
 #include "http_gateway.h"
 #include "log.h"
 #include "lua_api.h"
@@ -56,6 +57,7 @@ void runtime_config_defaults(runtime_config *cfg)
     cfg->max_session_regs = 1000;
     cfg->max_session_calls = 1000;
     cfg->join_timeout = 10.0;
+    cfg->http_client_max = 64;
     const char *auth_file = getenv("MICROSERVICE_AUTH");
     cfg->auth_file = (auth_file && auth_file[0]) ? auth_file : NULL;
     cfg->watch = true;
@@ -104,7 +106,8 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
     rt->sched = rt->L ? sched_new(rt) : NULL;
     rt->nats = rt->sched ? nats_bridge_new(rt) : NULL;
     rt->services = rt->nats ? services_new(rt) : NULL;
-    if (!rt->services) {
+    rt->httpc = rt->services ? http_client_new(rt, cfg->http_client_max, 10000) : NULL;
+    if (!rt->httpc) {
         log_error(TAG, "out of memory at start-up");
         return -1;
     }
@@ -159,6 +162,8 @@ static void http_closed(void *arg)
 {
     runtime *rt = arg;
     rt->finished = true;
+    http_client_close(rt->httpc); /* frees itself once its handles are closed */
+    rt->httpc = NULL;
     uv_close((uv_handle_t *)&rt->sigint, handle_closed);
     uv_close((uv_handle_t *)&rt->sigterm, handle_closed);
     uv_close((uv_handle_t *)&rt->drain_timer, handle_closed);

@@ -55,6 +55,7 @@ typedef struct runtime_config {
     int max_conn_inflight;
     /* bytes of Lua heap above which calls are refused (twice: allocations fail); 0: no limit */
     size_t max_lua_memory;
+    int http_client_max; /* outbound HTTP transfers at once (more wait in a bounded queue) */
 } runtime_config;
 
 struct scheduler;
@@ -66,6 +67,7 @@ struct wamp_router;
 struct service_watch;
 struct service_api;
 struct auth;
+struct http_client;
 
 typedef struct runtime {
     uv_loop_t loop;
@@ -81,6 +83,7 @@ typedef struct runtime {
     struct service_watch *watch; /* hot reload; NULL when not watching */
     struct service_api *srv_api; /* $SRV.*; NULL without a bus */
     struct auth *auth;           /* NULL: authentication off */
+    struct http_client *httpc;   /* outbound HTTP (microservice.http) */
     uv_signal_t sigint, sigterm;
     uv_timer_t drain_timer;
     uint64_t drain_deadline; /* uv_now() ms */
