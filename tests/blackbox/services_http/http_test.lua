@@ -33,6 +33,13 @@ svc.post = rpc(function(url, body, opts)
   return { describe(pcall(http.post, url, body, opts)) }
 end)
 
+-- length(url, opts): a GET's status and body length only (for bodies larger than a NATS message).
+svc.length = rpc(function(url, opts)
+  local ok, res = pcall(http.get, url, opts)
+  if not ok then return { { error = describe_error(res) } } end
+  return { { status = res.status, body_len = #res.body } }
+end)
+
 -- status(url, opts): the status of a GET; a failure reaches the caller as the call's error.
 svc.status = rpc(function(url, opts)
   return { http.get(url, opts).status }
