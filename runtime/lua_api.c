@@ -22,6 +22,7 @@
 #include "rpc_error.h"
 #include "scheduler.h"
 #include "services.h"
+#include "timers.h"
 
 int luaopen_cjson(lua_State *L); /* from liblua5.1-cjson.a */
 
@@ -280,6 +281,55 @@ static int core_spawn(lua_State *L)
     return 0;
 }
 
+/* ---- timers ---- */
+
+/* timer_start(seconds, fn, repeat) -> id. Owned by the script loading now, else by the script
+ * that defines fn (so that a reload of that script cancels it). */
+static int core_timer_start(lua_State *L)
+{
+    runtime *rt = lua_api_runtime(L);
+    double seconds = luaL_checknumber(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    bool repeat = lua_toboolean(L, 3);
+    if (!(seconds >= (repeat ? 0.001 : 0)) || seconds > 1e9)
+        return luaL_argerror(
+            L, 1, repeat ? "seconds must be a number >= 0.001" : "seconds must be a number >= 0");
+    unsigned gen = 0;
+    const char *file = services_loading(rt->services, &gen);
+    lua_Debug ar;
+    if (!file) {
+        lua_pushvalue(L, 2);
+        if (lua_getinfo(L, ">S", &ar) && ar.source[0] == '@') {
+            file = ar.source + 1;
+            gen = 0; /* made by a running version: goes at the script's next load */
+        }
+    }
+    lua_pushvalue(L, 2);
+    char err[128];
+    int id = timers_start(rt->timers, L, seconds, repeat, file, gen, err, sizeof err);
+    if (id < 0) return luaL_error(L, "%s", err);
+    lua_pushinteger(L, id);
+    return 1;
+}
+
+static int core_timer_cancel(lua_State *L)
+{
+    runtime *rt = lua_api_runtime(L);
+    lua_pushboolean(L, timers_cancel(rt->timers, (int)luaL_checkinteger(L, 1)));
+    return 1;
+}
+
+/* timer_stats(id) -> runs, skipped | nil (no longer active) */
+static int core_timer_stats(lua_State *L)
+{
+    runtime *rt = lua_api_runtime(L);
+    uint64_t runs, skipped;
+    if (!timers_stats(rt->timers, (int)luaL_checkinteger(L, 1), &runs, &skipped)) return 0;
+    lua_pushnumber(L, (lua_Number)runs);
+    lua_pushnumber(L, (lua_Number)skipped);
+    return 2;
+}
+
 /* ---- log, json, context ---- */
 
 static int core_log(lua_State *L)
@@ -400,6 +450,9 @@ static int open_core(lua_State *L)
         {"subscribe", core_subscribe},
         {"unsubscribe", core_unsubscribe},
         {"spawn", core_spawn},
+        {"timer_start", core_timer_start},
+        {"timer_cancel", core_timer_cancel},
+        {"timer_stats", core_timer_stats},
         {"log", core_log},
         {"json_encode", core_json_encode},
         {"json_decode", core_json_decode},

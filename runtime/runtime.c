@@ -23,6 +23,7 @@
 #include "service_api.h"
 #include "service_watch.h"
 #include "services.h"
+#include "timers.h"
 #include "wamp_router.h"
 
 #define TAG "runtime"
@@ -107,7 +108,8 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
     rt->nats = rt->sched ? nats_bridge_new(rt) : NULL;
     rt->services = rt->nats ? services_new(rt) : NULL;
     rt->httpc = rt->services ? http_client_new(rt, cfg->http_client_max, 10000) : NULL;
-    if (!rt->httpc) {
+    rt->timers = rt->httpc ? timers_new(rt, 10000) : NULL;
+    if (!rt->timers) {
         log_error(TAG, "out of memory at start-up");
         return -1;
     }
@@ -216,6 +218,7 @@ void runtime_shutdown(runtime *rt)
     service_api_stop(rt->srv_api);
     rt->srv_api = NULL;
     services_drain(rt->services);
+    timers_stop(rt->timers); /* runs in progress finish like calls */
     rt->drain_deadline = uv_now(&rt->loop) + (uint64_t)(rt->cfg.drain_timeout * 1000.0);
     uv_timer_start(&rt->drain_timer, drain_tick, 0, 10);
 }
@@ -227,6 +230,8 @@ int runtime_run(runtime *rt)
     int rc = rt->finished ? rt->exit_code : 1;
     sched_free(rt->sched);
     rt->sched = NULL;
+    timers_free(rt->timers); /* after the tasks of its runs */
+    rt->timers = NULL;
     services_free(rt->services);
     rt->services = NULL;
     http_gateway_free(rt->http);

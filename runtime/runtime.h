@@ -68,6 +68,7 @@ struct service_watch;
 struct service_api;
 struct auth;
 struct http_client;
+struct timers;
 
 typedef struct runtime {
     uv_loop_t loop;
@@ -84,6 +85,7 @@ typedef struct runtime {
     struct service_api *srv_api; /* $SRV.*; NULL without a bus */
     struct auth *auth;           /* NULL: authentication off */
     struct http_client *httpc;   /* outbound HTTP (microservice.http) */
+    struct timers *timers;       /* microservice.every / after */
     uv_signal_t sigint, sigterm;
     uv_timer_t drain_timer;
     uint64_t drain_deadline; /* uv_now() ms */

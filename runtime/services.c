@@ -25,6 +25,7 @@
 #include "rpc_binding.h"
 #include "rpc_error.h"
 #include "scheduler.h"
+#include "timers.h"
 
 #define TAG "services"
 
@@ -174,6 +175,12 @@ struct services *services_new(runtime *rt)
     s->rt = rt;
     codec_buf_init(&s->scratch);
     return s;
+}
+
+const char *services_loading(struct services *s, unsigned *gen)
+{
+    *gen = s->load_gen;
+    return s->loading_file;
 }
 
 codec_buf *services_scratch(struct services *s)
@@ -673,6 +680,7 @@ int services_load_file(struct services *s, const char *path, bool reload)
     if (run_script(s, path) != 0) {
         s->load_errors++;
         drop_load_subs(s, path, true); /* what the failed version subscribed */
+        timers_drop_file(s->rt->timers, path, s->load_gen, true);
         return -1;
     }
     int svc = lua_gettop(L);
@@ -710,6 +718,7 @@ int services_load_file(struct services *s, const char *path, bool reload)
         }
     }
     drop_load_subs(s, path, false); /* the previous version's */
+    timers_drop_file(s->rt->timers, path, s->load_gen, false);
     meta_update(s, L, svc, path);
     if (reload)
         log_info(TAG, "reloaded %s: service %s with %d RPCs (%d new, %d removed)", path, service,
@@ -732,6 +741,7 @@ void services_remove_file(struct services *s, const char *path)
     }
     s->load_gen++;
     drop_load_subs(s, path, false);
+    timers_drop_file(s->rt->timers, path, s->load_gen, false);
     meta_remove(s, path);
     log_info(TAG, "%s removed: %d RPCs retired", path, removed);
 }
