@@ -419,6 +419,20 @@ static int core_bind(lua_State *L)
     return n;
 }
 
+/* bus_connected() -> true when NATS is connected, or when there is no bus to wait for */
+static int core_bus_connected(lua_State *L)
+{
+    runtime *rt = lua_api_runtime(L);
+    lua_pushboolean(L, !rt->cfg.nats_url || nats_bridge_connected(rt->nats));
+    return 1;
+}
+
+static int core_services_starting(lua_State *L)
+{
+    lua_pushinteger(L, services_starting(lua_api_runtime(L)->services));
+    return 1;
+}
+
 static int core_now(lua_State *L)
 {
     runtime *rt = lua_api_runtime(L);
@@ -458,6 +472,8 @@ static int open_core(lua_State *L)
         {"json_decode", core_json_decode},
         {"context", core_context},
         {"now", core_now},
+        {"bus_connected", core_bus_connected},
+        {"services_starting", core_services_starting},
         {"bind", core_bind},
         {NULL, NULL},
     };

@@ -86,7 +86,10 @@ static void run_done(task *tk, enum task_end how, lua_State *co, int nres)
     if (how == TASK_APP_ERROR) {
         lua_getfield(co, -1, "uri");
         lua_getfield(co, -2, "args");
-        lua_rawgeti(co, -1, 1);
+        if (lua_istable(co, -1))
+            lua_rawgeti(co, -1, 1);
+        else
+            lua_pushnil(co);
         log_error(t->label, "%s: %s", lua_tostring(co, -3),
                   lua_isstring(co, -1) ? lua_tostring(co, -1) : "");
         lua_pop(co, 3);

@@ -18,7 +18,7 @@ import path from 'node:path';
 import * as h from './lib/harness.mjs';
 import { startPostgres } from './lib/postgres.mjs';
 
-const PAGES = ['rpc', 'sleep', 'call', 'publish', 'subscribe', 'spawn', 'error', 'log', 'postgres', 'context', 'http', 'timers'];
+const PAGES = ['rpc', 'sleep', 'call', 'publish', 'subscribe', 'spawn', 'error', 'log', 'postgres', 'context', 'http', 'timers', 'hooks'];
 const DOCS = path.join(h.SOURCE_DIR, 'docs', 'api');
 const EXAMPLES = path.join(h.SOURCE_DIR, 'docs', 'examples');
 const SERVICES = 'docs/examples/services'; // relative to the source dir, as the pages say
