@@ -65,6 +65,19 @@ void lua_api_push_error(lua_State *L, const char *uri, const char *message, int 
     lua_setmetatable(L, -2);
 }
 
+double lua_api_default_timeout(lua_State *L)
+{
+    runtime *rt = lua_api_runtime(L);
+    double t = rt->cfg.call_timeout;
+    task *tk = sched_current(L, NULL);
+    if (tk && tk->deadline) {
+        uint64_t now = uv_now(&rt->loop);
+        double left = tk->deadline > now ? (double)(tk->deadline - now) / 1000.0 : 0.001;
+        if (left < t) t = left;
+    }
+    return t;
+}
+
 /* ---- sleep ---- */
 
 typedef struct sleep_op {
@@ -210,7 +223,8 @@ static int core_call(lua_State *L)
 {
     runtime *rt = lua_api_runtime(L);
     const char *procedure = luaL_checkstring(L, 1);
-    double timeout = luaL_optnumber(L, 4, rt->cfg.call_timeout);
+    /* without a timeout: the caller's time left (so the callee gives up when we do) */
+    double timeout = lua_isnoneornil(L, 4) ? lua_api_default_timeout(L) : luaL_checknumber(L, 4);
     const char *err;
     task *t = sched_current(L, &err);
     if (!t) return luaL_error(L, "%s", err);

@@ -193,23 +193,11 @@ static int header_lines(lua_State *L, int hidx, const char **lines, bool *has_ty
     return n;
 }
 
-static double default_timeout(lua_State *L, runtime *rt)
-{
-    double t = rt->cfg.call_timeout;
-    task *tk = sched_current(L, NULL);
-    if (tk && tk->deadline) {
-        uint64_t now = uv_now(&rt->loop);
-        double left = tk->deadline > now ? (double)(tk->deadline - now) / 1000.0 : 0.001;
-        if (left < t) t = left;
-    }
-    return t;
-}
-
 /* Reads the numbers and flags of the options table. NULL, or what is wrong. */
-static const char *read_limits(lua_State *L, runtime *rt, hc_request *req)
+static const char *read_limits(lua_State *L, hc_request *req)
 {
     lua_getfield(L, 1, "timeout");
-    req->timeout = lua_isnil(L, -1) ? default_timeout(L, rt) : lua_tonumber(L, -1);
+    req->timeout = lua_isnil(L, -1) ? lua_api_default_timeout(L) : lua_tonumber(L, -1);
     if (!lua_isnil(L, -1) && !(lua_isnumber(L, -1) && req->timeout > 0))
         return "timeout must be a number of seconds > 0";
     lua_getfield(L, 1, "verify");
@@ -288,7 +276,7 @@ static int core_http_request(lua_State *L)
     if (lua_type(L, -1) != LUA_TSTRING ||
         (strncasecmp(req.url, "http://", 7) != 0 && strncasecmp(req.url, "https://", 8) != 0))
         return bad(L, "%s", "url must be a string starting with http:// or https://");
-    const char *why = read_limits(L, rt, &req);
+    const char *why = read_limits(L, &req);
     if (!why) {
         bool is_json = false;
         why = read_body(L, rt, &req, &is_json);
