@@ -28,6 +28,7 @@
 #include "rpc_error.h"
 #include "rpc_path.h"
 #include "scheduler.h"
+#include "trace.h"
 #include "services.h"
 #include "metrics.h"
 #include "tls.h"
@@ -300,11 +301,28 @@ static bool authorize_call(struct http_gateway *gw, h2o_req_t *req, const char *
     return true;
 }
 
+/* A valid traceparent of the request goes on to the service (appended to the headers). */
+static void forward_trace(h2o_req_t *req, const char *headers[9])
+{
+    char id[TRACE_ID_LEN + 1];
+    ssize_t i = h2o_find_header_by_str(&req->headers, H2O_STRLIT(TRACE_HEADER), -1);
+    if (i < 0) return;
+    h2o_iovec_t v = req->headers.entries[i].value;
+    if (!trace_parse(v.base, v.len, id)) return;
+    int n = 0;
+    while (headers[n])
+        n++;
+    headers[n] = TRACE_HEADER;
+    headers[n + 1] = h2o_strdup(&req->pool, v.base, v.len).base;
+    headers[n + 2] = NULL;
+}
+
 static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, const char *subject)
 {
     char sig[AUTH_SIG_MAX];
-    const char *headers[7];
+    const char *headers[9];
     if (!authorize_call(gw, req, subject, headers, sig)) return 0;
+    forward_trace(req, headers);
     codec_error err;
     if (codec_decode_envelope(NULL, req->entity.base, req->entity.len, gw->rt->cfg.max_depth,
                               &err) != 0) {

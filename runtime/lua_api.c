@@ -234,9 +234,12 @@ static int core_call(lua_State *L)
     c->base.cancel = call_cancel;
     c->rt = rt;
     /* a call made on behalf of an authenticated caller carries the caller on */
-    char sig[AUTH_SIG_MAX];
-    const char *headers[7];
+    char sig[AUTH_SIG_MAX], traceparent[TRACEPARENT_LEN + 1];
+    const char *headers[9];
     int nh = auth_identity_headers(rt->auth, procedure, t->authid, t->authrole, sig, headers);
+    trace_format(traceparent, sched_trace_id(t)); /* the trace goes on */
+    headers[nh++] = TRACE_HEADER;
+    headers[nh++] = traceparent;
     headers[nh] = NULL;
     int rc = nats_bridge_request(rt->nats, procedure, buf->data, buf->len, nh ? headers : NULL,
                                  timeout, call_reply_cb, c, &c->req);
@@ -256,7 +259,11 @@ static int core_publish(lua_State *L)
     runtime *rt = lua_api_runtime(L);
     const char *subject = luaL_checkstring(L, 1);
     codec_buf *buf = encode_envelope_arg(L, rt, 2, 3);
-    int rc = nats_bridge_publish(rt->nats, subject, NULL, buf->data, buf->len, NULL);
+    task *t = sched_current(L, NULL);
+    char traceparent[TRACEPARENT_LEN + 1];
+    const char *headers[] = {TRACE_HEADER, traceparent, NULL};
+    if (t) trace_format(traceparent, sched_trace_id(t));
+    int rc = nats_bridge_publish(rt->nats, subject, NULL, buf->data, buf->len, t ? headers : NULL);
     if (rc != NB_OK) {
         lua_api_push_error(L, URI_UNAVAILABLE, "the bus is unavailable", 503);
         return lua_error(L);
@@ -352,8 +359,11 @@ static int core_log(lua_State *L)
     const char *msg = luaL_checkstring(L, 2);
     if (level < 0) level = LOG_INFO;
     task *t = lua_getexdata(L);
-    const char *tag = (t && t->label) ? t->label : "lua";
-    if ((int)log_get_level() <= level) log_msg(level, tag, "%s", msg);
+    if ((int)log_get_level() > level) return 0;
+    if (t && t->on_done)
+        log_msg(level, sched_log_tag(t), "%s" SCHED_TRACE_FMT, msg, sched_trace_id(t));
+    else
+        log_msg(level, "lua", "%s", msg);
     return 0;
 }
 
@@ -392,6 +402,10 @@ static int core_context(lua_State *L)
     lua_setfield(L, -2, "in_task");
     lua_pushinteger(L, (lua_Integer)getpid());
     lua_setfield(L, -2, "pid");
+    if (t) {
+        lua_pushstring(L, sched_trace_id(t));
+        lua_setfield(L, -2, "trace_id");
+    }
     if (t && t->authid) {
         lua_pushstring(L, t->authid);
         lua_setfield(L, -2, "authid");

@@ -164,7 +164,7 @@ static const char *unknown_option(lua_State *L)
 
 /* Pushes "Name: value" for every entry of the headers table (idx hidx), anchored on the stack;
  * lines[] points into them. Returns how many, or -1 with *why set. */
-static int header_lines(lua_State *L, int hidx, const char **lines, bool *has_type,
+static int header_lines(lua_State *L, int hidx, const char **lines, bool *has_type, bool *has_trace,
                         const char **why)
 {
     int n = 0;
@@ -185,6 +185,7 @@ static int header_lines(lua_State *L, int hidx, const char **lines, bool *has_ty
             return -1;
         }
         if (strcasecmp(k, "content-type") == 0) *has_type = true;
+        if (strcasecmp(k, TRACE_HEADER) == 0) *has_trace = true;
         lua_pushfstring(L, "%s: %s", k, v);
         lua_insert(L, -3); /* under the key and the value */
         lines[n++] = lua_tostring(L, -3);
@@ -281,15 +282,20 @@ static int core_http_request(lua_State *L)
         bool is_json = false;
         why = read_body(L, rt, &req, &is_json);
         if (!why) why = read_method(L, &req);
-        const char **lines = lua_newuserdata(L, (MAX_HEADERS + 1) * sizeof *lines);
-        bool has_type = false;
+        const char **lines = lua_newuserdata(L, (MAX_HEADERS + 2) * sizeof *lines);
+        bool has_type = false, has_trace = false;
         lua_getfield(L, 1, "headers");
         int hidx = lua_gettop(L);
         if (!why && !lua_isnil(L, hidx) && !lua_istable(L, hidx)) why = "headers must be a table";
         lua_checkstack(L, MAX_HEADERS + 8);
         if (!why && lua_istable(L, hidx))
-            req.nheaders = header_lines(L, hidx, lines, &has_type, &why);
+            req.nheaders = header_lines(L, hidx, lines, &has_type, &has_trace, &why);
         if (!why && is_json && !has_type) lines[req.nheaders++] = "Content-Type: application/json";
+        if (!why && !has_trace) { /* the call's trace goes on to the API */
+            char tp[TRACEPARENT_LEN + 1];
+            trace_format(tp, sched_trace_id(sched_current(L, NULL)));
+            lines[req.nheaders++] = lua_pushfstring(L, "%s: %s", TRACE_HEADER, tp);
+        }
         req.headers = lines;
     }
     if (why) return bad(L, "%s", why);

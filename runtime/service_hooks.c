@@ -28,10 +28,11 @@ static void hook_done(task *t, enum task_end how, lua_State *co, int nres)
         else
             lua_pushnil(co);
         lua_getfield(co, -3, "uri");
-        log_error(h->label, "failed: %s: %s", lua_isstring(co, -1) ? lua_tostring(co, -1) : "?",
-                  lua_isstring(co, -2) ? lua_tostring(co, -2) : "");
+        log_error(h->label, "failed: %s: %s" SCHED_TRACE_FMT,
+                  lua_isstring(co, -1) ? lua_tostring(co, -1) : "?",
+                  lua_isstring(co, -2) ? lua_tostring(co, -2) : "", sched_trace_id(t));
     } else if (how == TASK_CANCELLED || how == TASK_EXPIRED) {
-        log_error(h->label, "did not return in time: abandoned");
+        log_error(h->label, "did not return in time: abandoned" SCHED_TRACE_FMT, sched_trace_id(t));
     } /* a Lua error was logged with its traceback (file:line) by the scheduler */
     if (h->done) h->done(h->udata, how == TASK_OK);
     free(h);

@@ -310,9 +310,10 @@ static void reply_result(struct services *s, const char *reply, lua_State *co, i
 
 static void lua_sub_release(lua_sub *ls);
 
-/* Logs an application error that has nobody to answer to. */
-static void log_app_error(const char *label, lua_State *co)
+/* Logs an application error of t that has nobody to answer to. */
+static void log_app_error(task *t, lua_State *co)
 {
+    const char *label = sched_log_tag(t);
     lua_getfield(co, -1, "uri");
     lua_getfield(co, -2, "args");
     const char *msg = "";
@@ -321,7 +322,8 @@ static void log_app_error(const char *label, lua_State *co)
         if (lua_type(co, -1) == LUA_TSTRING) msg = lua_tostring(co, -1);
         lua_pop(co, 1);
     }
-    log_warn(label, "error %s: %s", lua_isstring(co, -2) ? lua_tostring(co, -2) : "?", msg);
+    log_warn(label, "error %s: %s" SCHED_TRACE_FMT,
+             lua_isstring(co, -2) ? lua_tostring(co, -2) : "?", msg, sched_trace_id(t));
     lua_pop(co, 2);
 }
 
@@ -374,7 +376,7 @@ static void call_done(task *t, enum task_end how, lua_State *co, int nres)
     call_ctx *c = t->udata;
     struct services *s = c->svcs;
     if (c->rpc) record_call(c->rpc, how, co, uv_hrtime() - c->started);
-    if (how == TASK_APP_ERROR && !c->reply[0]) log_app_error(t->label, co);
+    if (how == TASK_APP_ERROR && !c->reply[0]) log_app_error(t, co);
     if (c->reply[0]) {
         switch (how) {
         case TASK_OK:
@@ -451,6 +453,15 @@ static void take_caller(struct services *s, call_ctx *c, task *t, natsMsg *msg)
     t->authrole = c->authrole;
 }
 
+/* The caller's trace id, when its message carries a valid traceparent (else one is made when
+ * first needed). */
+static void take_trace(task *t, natsMsg *msg)
+{
+    const char *v = NULL;
+    if (natsMsgHeader_Get(msg, TRACE_HEADER, &v) == NATS_OK && v)
+        trace_parse(v, strlen(v), t->trace_id);
+}
+
 static void on_rpc_msg(void *udata, natsMsg *msg)
 {
     rpc_entry *e = udata;
@@ -488,6 +499,7 @@ static void on_rpc_msg(void *udata, natsMsg *msg)
     if (natsMsgHeader_Get(msg, NB_HDR_TIMEOUT, &timeout) == NATS_OK && timeout)
         sched_set_deadline(t, strtod(timeout, NULL) / 1000.0);
     take_caller(s, c, t, msg);
+    take_trace(t, msg);
     nats_bridge_release(s->rt->nats, msg);
     /* stack: args kwargs -> args kwargs fn bound... -> fn bound... */
     lua_rawgeti(co, LUA_REGISTRYINDEX, e->fn_ref);
@@ -970,6 +982,7 @@ static void on_sub_msg(void *udata, natsMsg *msg)
         nats_bridge_release(s->rt->nats, msg);
         return;
     }
+    take_trace(t, msg);
     lua_pushstring(co, natsMsg_GetSubject(msg));
     nats_bridge_release(s->rt->nats, msg);
     c->sub = ls;
@@ -1028,13 +1041,15 @@ int services_unsubscribe(struct services *s, int id)
 static void spawn_done(task *t, enum task_end how, lua_State *co, int nres)
 {
     (void)nres;
-    if (how == TASK_APP_ERROR) log_app_error(t->label, co);
+    if (how == TASK_APP_ERROR) log_app_error(t, co);
 }
 
 int services_spawn(struct services *s, lua_State *L, int fn_idx, int nargs)
 {
+    task *parent = sched_current(L, NULL);
     task *t = sched_task_new(s->rt->sched, spawn_done, NULL, "spawn");
     if (!t) return -1;
+    if (parent) memcpy(t->trace_id, sched_trace_id(parent), sizeof t->trace_id); /* same trace */
     for (int i = 0; i <= nargs; i++)
         lua_pushvalue(L, fn_idx + i);
     int saved = lua_memory_begin_unfailing(&s->rt->lua_mem); /* t->co is not the running one */

@@ -90,8 +90,8 @@ static void run_done(task *tk, enum task_end how, lua_State *co, int nres)
             lua_rawgeti(co, -1, 1);
         else
             lua_pushnil(co);
-        log_error(t->label, "%s: %s", lua_tostring(co, -3),
-                  lua_isstring(co, -1) ? lua_tostring(co, -1) : "");
+        log_error(t->label, "%s: %s" SCHED_TRACE_FMT, lua_tostring(co, -3),
+                  lua_isstring(co, -1) ? lua_tostring(co, -1) : "", sched_trace_id(tk));
         lua_pop(co, 3);
     } /* a Lua error was logged with its traceback by the scheduler */
     t->running = false;

@@ -83,8 +83,8 @@ h.test('runs never overlap: ticks during a run are skipped and counted', async (
 h.test('an error in a run is logged with file:line and the timer goes on', async () => {
   await h.waitFor(async () => (await call('failing_runs'))[0] >= 6, { timeout: 10000, what: '6 runs of the failing timer' });
   const log = rt.log();
-  assert.match(log, /ERROR\s+\[timer [^\]]*timer_svc\.lua:\d+\] [^\n]*timer_svc\.lua:\d+: timer boom 1\b/);
-  assert.match(log, /ERROR\s+\[timer [^\]]*timer_svc\.lua:\d+\] timer_svc\.app_error: app boom 3\b/);
+  assert.match(log, /ERROR\s+\[timer [^\]]*timer_svc\.lua:\d+\] [^\n]*timer_svc\.lua:\d+: timer boom 1\b[^\n]*\(trace [0-9a-f]{32}\)/);
+  assert.match(log, /ERROR\s+\[timer [^\]]*timer_svc\.lua:\d+\] timer_svc\.app_error: app boom 3 \(trace [0-9a-f]{32}\)/);
 });
 
 h.test('after runs once; cancel stops a timer', async () => {

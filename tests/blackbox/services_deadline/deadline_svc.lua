@@ -22,10 +22,11 @@ svc.left = rpc(function()
   return { ms.context().timeout_left or ms.null }
 end)
 
--- nested_left(): [the time left a nested call sees, this call's own].
+-- nested_left(): [the time left a nested call sees, this call's own when it made the call].
 svc.nested_left = rpc(function()
+  local own = ms.context().timeout_left
   local inner = ms.call("deadline_svc.left")
-  return { inner[1], ms.context().timeout_left }
+  return { inner[1], own }
 end)
 
 return svc
