@@ -56,6 +56,7 @@ typedef struct runtime_config {
     /* bytes of Lua heap above which calls are refused (twice: allocations fail); 0: no limit */
     size_t max_lua_memory;
     int http_client_max; /* outbound HTTP transfers at once (more wait in a bounded queue) */
+    bool no_hooks;       /* the services' started / stopped are not run (`microservice list`) */
 } runtime_config;
 
 struct scheduler;

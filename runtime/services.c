@@ -680,8 +680,9 @@ static void drop_load_subs(struct services *s, const char *file, unsigned gen, b
 /* Runs the stopped function of the service table ref (if it has one) and lets go of the ref. */
 static void run_stopped(struct services *s, int ref)
 {
-    if (ref == LUA_NOREF) return;
     lua_State *L = s->rt->L;
+    if (s->rt->cfg.no_hooks) luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    if (ref == LUA_NOREF || s->rt->cfg.no_hooks) return;
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
     luaL_unref(L, LUA_REGISTRYINDEX, ref);
     service_hook_run(s->rt, L, lua_gettop(L), "stopped", s->rt->cfg.drain_timeout, NULL, NULL);
@@ -828,7 +829,7 @@ static int start_version(struct services *s, int svc, const char *path, unsigned
 {
     lua_State *L = s->rt->L;
     lua_getfield(L, svc, "started");
-    bool has = lua_isfunction(L, -1);
+    bool has = lua_isfunction(L, -1) && !s->rt->cfg.no_hooks;
     lua_pop(L, 1);
     if (!has) return finish_load(s, svc, path, gen, reload);
     pending_load *p = calloc(1, sizeof *p);

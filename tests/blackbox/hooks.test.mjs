@@ -6,6 +6,7 @@
 // rewritten while the runtime runs; its started waits for a message the test publishes.
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import * as h from './lib/harness.mjs';
@@ -63,6 +64,13 @@ before(async () => {
 after(async () => {
   if (nc) await nc.close().catch(() => {});
   await h.stopAll();
+});
+
+h.test('microservice list reads the scripts without running started', async () => {
+  const r = spawnSync(h.BIN, ['list', sdir], { encoding: 'utf8', timeout: 20000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /hook_svc\.version\(\)/);
+  assert.doesNotMatch(r.stderr, /started/);
 });
 
 h.test('the RPCs are served only once started has returned; started may wait and call', async () => {
