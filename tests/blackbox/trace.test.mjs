@@ -1,12 +1,13 @@
-// A correlation id per call (issue 14, item 5): the W3C traceparent of an HTTP request (or a new
-// trace id) is the call's context().trace_id, goes on with nested calls, publications, outbound
-// HTTP requests and spawned functions, and tags the call's log lines. (WAMP call details are not
-// read yet.)
+// A correlation id per call (issue 14, item 5): the W3C traceparent of an HTTP request or of a
+// WAMP CALL's options (or a new trace id) is the call's context().trace_id, goes on with nested
+// calls, publications, outbound HTTP requests and spawned functions, and ends the call's log
+// lines.
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import path from 'node:path';
 import * as h from './lib/harness.mjs';
+import * as w from './lib/wamp.mjs';
 
 const TRACE = '0af7651916cd43dd8448eb211c80319c';
 const PARENT = 'b7ad6b7169203331';
@@ -29,6 +30,7 @@ before(async () => {
 
 after(async () => {
   if (nc) await nc.close().catch(() => {});
+  await w.closeAllWamp();
   await h.stopAll();
   api?.closeAllConnections();
   api?.close();
@@ -69,4 +71,15 @@ h.test('without a traceparent (or with a bad one) a new trace id is made per cal
   }
   assert.equal(new Set([a[0], b[0], c[0]]).size, 3, 'one per call');
   assert.equal(traceOf(apiSaw.at(-1)), c[0]);
+});
+
+h.test('a WAMP CALL\'s traceparent option is the call\'s trace', async () => {
+  const raw = await w.RawWamp.session(w.wsUrl(rt), 'json');
+  const tp = `00-${TRACE}-${PARENT}-01`;
+  let m = await raw.request([w.MSG.CALL, raw.req(), { traceparent: tp }, 'trace_svc.id', []], w.MSG.RESULT);
+  assert.equal(m[0], w.MSG.RESULT, JSON.stringify(m));
+  assert.deepEqual(m[3], [TRACE]);
+  m = await raw.request([w.MSG.CALL, raw.req(), {}, 'trace_svc.id', []], w.MSG.RESULT);
+  assert.match(m[3][0], /^[0-9a-f]{32}$/);
+  assert.notEqual(m[3][0], TRACE);
 });
