@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "codec.h"
 #include "log.h"
@@ -399,7 +400,10 @@ static int xfer_setup(http_xfer *x, const hc_request *req, char *err, size_t err
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_USERAGENT, "microservice");
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    /* HTTPS: wait for a connection being set up to say (by ALPN) whether it multiplexes (HTTP/2)
+     * rather than open another. Not for plain HTTP (always HTTP/1.1 here): there libcurl would
+     * learn it only from the first response, so a slow first request would hold the others. */
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, strncasecmp(req->url, "https:", 6) == 0 ? 1L : 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, req->verify ? 1L : 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, req->verify ? 2L : 0L);
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, req->follow > 0 ? 1L : 0L);
@@ -491,7 +495,7 @@ http_client *http_client_new(runtime *rt, int max_active, int queue_limit)
     }
     c->rt = rt;
     c->max_active = max_active > 0 ? max_active : 64;
-    c->queue_limit = queue_limit > 0 ? queue_limit : 10000;
+    c->queue_limit = queue_limit >= 0 ? queue_limit : 10000;
     curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
     curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
     curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);

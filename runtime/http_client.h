@@ -46,8 +46,8 @@ typedef struct hc_response {
 typedef void (*hc_done_fn)(void *udata, enum hc_status st, const hc_response *res,
                            const char *message);
 
-/* max_active transfers at once; queue_limit more wait in FIFO order. NULL when libcurl cannot be
- * set up (logged). */
+/* max_active transfers at once; queue_limit (0 or more) more wait in FIFO order. NULL when
+ * libcurl cannot be set up (logged). */
 http_client *http_client_new(runtime *rt, int max_active, int queue_limit);
 /* Starts (or queues) a request; everything given is copied. NULL when it is refused at once
  * (queue full, bad option): fn will not run and err says why. */

@@ -24,7 +24,8 @@ static void usage(FILE *out)
         "                    [--frontend DIR] [--workers N] [--log-level LEVEL]\n"
         "                    [--call-timeout S] [--drain-timeout S] [--body-limit BYTES]\n"
         "                    [--max-depth N] [--max-inflight N] [--max-conn-inflight N]\n"
-        "                    [--max-lua-memory MB] [--http-client-max N] [--auth FILE]\n"
+        "                    [--max-lua-memory MB] [--http-client-max N]\n"
+        "                    [--http-client-queue N] [--auth FILE]\n"
         "                    [--nats-user U --nats-password P] [--nats-token T] [--nats-nkey "
         "FILE]\n"
         "                    [--nats-creds FILE] [--nats-tls] [--nats-ca FILE]\n"
@@ -59,7 +60,9 @@ static void usage(FILE *out)
         "                     a full collection; a call that grows it past 2 x MB fails with\n"
         "                     'out of memory' (default 1024; 0: no limit)\n"
         "  --http-client-max N  outbound HTTP requests (microservice.http) in progress at once\n"
-        "                     (default 64); up to 10000 more wait in a FIFO queue\n"
+        "                     (default 64)\n"
+        "  --http-client-queue N  more outbound HTTP requests that wait for one of them, in order\n"
+        "                     (default 10000); beyond, a request fails at once (unavailable)\n"
         "  --max-session-calls N  calls in flight per WAMP session (default 1000)\n"
         "  --join-timeout S   seconds a WebSocket may take to HELLO and authenticate (default 10)\n"
         "  --auth FILE        users, tokens and roles (default $MICROSERVICE_AUTH; none: every\n"
@@ -163,6 +166,7 @@ enum {
     OPT_MAX_CONN_INFLIGHT,
     OPT_MAX_LUA_MEMORY,
     OPT_HTTP_CLIENT_MAX,
+    OPT_HTTP_CLIENT_QUEUE,
     OPT_NATS_AUTH, /* NATS_AUTH_NOPTS ids from here */
 };
 
@@ -194,6 +198,7 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         {"max-conn-inflight", required_argument, NULL, OPT_MAX_CONN_INFLIGHT},
         {"max-lua-memory", required_argument, NULL, OPT_MAX_LUA_MEMORY},
         {"http-client-max", required_argument, NULL, OPT_HTTP_CLIENT_MAX},
+        {"http-client-queue", required_argument, NULL, OPT_HTTP_CLIENT_QUEUE},
         NATS_AUTH_LONG_OPTIONS(OPT_NATS_AUTH),
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -318,6 +323,10 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         case OPT_HTTP_CLIENT_MAX:
             if (parse_number(optarg, 1, 100000, &v) != 0) goto bad_number;
             cfg->http_client_max = (int)v;
+            break;
+        case OPT_HTTP_CLIENT_QUEUE:
+            if (parse_number(optarg, 0, 1 << 20, &v) != 0) goto bad_number;
+            cfg->http_client_queue = (int)v;
             break;
         case 'h':
             usage(stdout);

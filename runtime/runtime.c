@@ -59,6 +59,7 @@ void runtime_config_defaults(runtime_config *cfg)
     cfg->max_session_calls = 1000;
     cfg->join_timeout = 10.0;
     cfg->http_client_max = 64;
+    cfg->http_client_queue = 10000;
     const char *auth_file = getenv("MICROSERVICE_AUTH");
     cfg->auth_file = (auth_file && auth_file[0]) ? auth_file : NULL;
     cfg->watch = true;
@@ -107,7 +108,8 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
     rt->sched = rt->L ? sched_new(rt) : NULL;
     rt->nats = rt->sched ? nats_bridge_new(rt) : NULL;
     rt->services = rt->nats ? services_new(rt) : NULL;
-    rt->httpc = rt->services ? http_client_new(rt, cfg->http_client_max, 10000) : NULL;
+    rt->httpc =
+        rt->services ? http_client_new(rt, cfg->http_client_max, cfg->http_client_queue) : NULL;
     rt->timers = rt->httpc ? timers_new(rt, 10000) : NULL;
     if (!rt->timers) {
         log_error(TAG, "out of memory at start-up");

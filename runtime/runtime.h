@@ -55,8 +55,9 @@ typedef struct runtime_config {
     int max_conn_inflight;
     /* bytes of Lua heap above which calls are refused (twice: allocations fail); 0: no limit */
     size_t max_lua_memory;
-    int http_client_max; /* outbound HTTP transfers at once (more wait in a bounded queue) */
-    bool no_hooks;       /* the services' started / stopped are not run (`microservice list`) */
+    int http_client_max;   /* outbound HTTP transfers at once */
+    int http_client_queue; /* more outbound HTTP requests waiting for one of them */
+    bool no_hooks;         /* the services' started / stopped are not run (`microservice list`) */
 } runtime_config;
 
 struct scheduler;

@@ -285,13 +285,17 @@ h.test('50 requests in flight at once while greeting_service.hello answers', asy
   assert.equal(seen.maxHeld, 50);
 });
 
-h.test('--http-client-max bounds the transfers at once; the rest wait in order', async () => {
+h.test('--http-client-max bounds the transfers at once; --http-client-queue the ones waiting', async () => {
   // its own bus: on the shared one, rt would take half of the calls (queue group)
   const nats2 = await h.startNats({ dir, name: 'nats2' });
-  const small = await h.startRuntime({ dir, name: 'small', natsUrl: nats2.url, servicesDir: path.join(dir, 'services'), args: ['--http-client-max', '2'] });
+  const small = await h.startRuntime({ dir, name: 'small', natsUrl: nats2.url, servicesDir: path.join(dir, 'services'), args: ['--http-client-max', '2', '--http-client-queue', '3'] });
   try {
     seen.maxHeld = 0;
-    const many = call(small, 'many', [apiUrl('/hold'), 5]);
+    const many = call(small, 'many', [apiUrl('/hold'), 5]); // 2 in progress, 3 waiting
+    await h.waitFor(() => seen.held.length === 2, { timeout: 20000, what: '2 held requests' });
+    const over = await call(small, 'request', [{ url: apiUrl('/echo') }]);
+    assert.equal(over.error?.uri, 'wamp.error.unavailable', JSON.stringify(over));
+    assert.match(over.error.message, /too many outbound HTTP requests waiting \(2 in progress, 3 queued\)/);
     for (let answered = 0; answered < 5; answered++) {
       await h.waitFor(() => seen.held.length > 0, { timeout: 20000, what: 'a held request' });
       releaseHeld(1);
