@@ -395,6 +395,11 @@ const char *sched_log_tag(const task *t)
     return t->label ? t->label : "task";
 }
 
+void sched_cancel(task *t)
+{
+    if (t->on_done && lua_status(t->co) == LUA_YIELD) cancel_task(t, TASK_CANCELLED);
+}
+
 void sched_cancel_all(struct scheduler *s)
 {
     while (s->head)

@@ -100,6 +100,9 @@ const char *sched_trace_id(task *t);
 #define SCHED_TRACE_FMT " (trace %s)"
 const char *sched_log_tag(const task *t);
 
+/* Abandons t: its pending operation is cancelled through its hook, on_done runs with
+ * TASK_CANCELLED. Not for the running task. */
+void sched_cancel(task *t);
 /* Cancels every in-flight task (shutdown deadline). */
 void sched_cancel_all(struct scheduler *s);
 int sched_inflight(const struct scheduler *s);

@@ -4,7 +4,9 @@
  * each timer (services.c drops a version's timers when the script is reloaded or removed).
  *
  * A timer lives until it is cancelled (by :cancel(), its version going away, the drain, or the
- * one run of an `after`), its handle is closed and its last run has ended. */
+ * one run of an `after`), its handle is closed and its last run has ended. When its version goes
+ * away, a run in progress is cancelled too (its pending operation, e.g. an HTTP transfer, is
+ * aborted); after :cancel() and at the drain it finishes. */
 #include "timers.h"
 
 #include <lauxlib.h>
@@ -27,6 +29,7 @@ typedef struct ms_timer {
     unsigned gen;
     bool repeat;
     bool running;   /* a run's task is in flight */
+    task *run;      /* that task */
     bool cancelled; /* no more runs; unlinked */
     bool closed;    /* the uv handle is closed */
     uint64_t runs, skipped;
@@ -93,8 +96,11 @@ static void run_done(task *tk, enum task_end how, lua_State *co, int nres)
         log_error(t->label, "%s: %s" SCHED_TRACE_FMT, lua_tostring(co, -3),
                   lua_isstring(co, -1) ? lua_tostring(co, -1) : "", sched_trace_id(tk));
         lua_pop(co, 3);
+    } else if (how == TASK_CANCELLED && t->cancelled) {
+        log_info(t->label, "run cancelled" SCHED_TRACE_FMT, sched_trace_id(tk));
     } /* a Lua error was logged with its traceback by the scheduler */
     t->running = false;
+    t->run = NULL;
     maybe_free(t);
 }
 
@@ -114,6 +120,7 @@ static void on_tick(uv_timer_t *h)
         return;
     }
     t->running = true;
+    t->run = tk;
     t->runs++;
     lua_rawgeti(tk->co, LUA_REGISTRYINDEX, t->fn_ref);
     if (!t->repeat) timer_cancel(t); /* its one run: the function is on the task's stack */
@@ -198,6 +205,7 @@ void timers_drop_file(struct timers *ts, const char *file, unsigned gen, bool sa
         next = t->next;
         if (!t->file || strcmp(t->file, file) != 0 || (t->gen == gen) != same_gen) continue;
         timer_cancel(t);
+        if (t->run) sched_cancel(t->run); /* its run is of the version that goes */
         n++;
     }
     if (n) log_info(TAG, "%s: %d timer%s cancelled", file, n, n == 1 ? "" : "s");

@@ -7,13 +7,15 @@
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import * as h from './lib/harness.mjs';
 
 const SOURCE = path.join(h.SOURCE_DIR, 'tests', 'blackbox', 'services_timers');
 const TEMPLATE = fs.readFileSync(path.join(SOURCE, 'timer_svc.lua'), 'utf8');
 
-let dir, sdir, nats, rt, nc;
+let dir, sdir, nats, rt, nc, api;
+const hang = { requests: 0, closed: 0 }; // the never-answering server of start_http
 const ticks = [];    // [version, what, n] in order of arrival
 const sentinel = []; // n
 let tmpSeq = 0;
@@ -49,6 +51,11 @@ before(async () => {
   fs.mkdirSync(sdir);
   fs.writeFileSync(svcFile(), script(1));
   fs.copyFileSync(path.join(SOURCE, 'sentinel.lua'), path.join(sdir, 'sentinel.lua'));
+  api = http.createServer((req) => {
+    hang.requests++;
+    req.socket.once('close', () => { hang.closed++; });
+  });
+  await new Promise((resolve) => api.listen(0, '127.0.0.1', resolve));
   nats = await h.startNats({ dir });
   nc = await h.natsClient(nats.url);
   const sub = nc.subscribe('timers.tick');
@@ -62,6 +69,8 @@ before(async () => {
 after(async () => {
   if (nc) await nc.close().catch(() => {});
   await h.stopAll();
+  api?.closeAllConnections();
+  api?.close();
 });
 
 h.test('every runs its function again and again, each run in a task of its own', async () => {
@@ -110,6 +119,8 @@ h.test('bad arguments are clear errors', async () => {
 h.test('a reload cancels the timers of the previous version (made while loading or by calls)', async () => {
   const [id] = await call('start', ['made-by-v1', 0.05]);
   assert.ok(id > 0);
+  await call('start_http', [`http://127.0.0.1:${api.address().port}/`]);
+  await h.waitFor(() => hang.requests === 1, { timeout: 10000, what: 'the run of start_http to wait on its request' });
   await h.waitFor(() => ticks.some((t) => t[1] === 'made-by-v1'), { timeout: 10000, what: 'a made-by-v1 tick' });
   writeAtomic(svcFile(), script(2));
   await h.waitFor(() => ticks.some((t) => t[0] === 2 && t[1] === 'fast'), { timeout: 10000, what: 'a fast tick of version 2' });
@@ -118,6 +129,10 @@ h.test('a reload cancels the timers of the previous version (made while loading 
   const late = ticks.slice(firstV2).filter((t) => t[0] === 1);
   assert.deepEqual(late, [], 'no tick of version 1 after version 2 started');
   assert.match(rt.log(), /timer_svc\.lua: \d+ timers cancelled/);
+  // the run in progress was cancelled with its version, and its request aborted
+  await h.waitFor(() => hang.closed === 1, { timeout: 10000, what: 'the server to see the request of the cancelled run closed' });
+  assert.equal(hang.requests, 1, 'runs never overlap, and none after the reload');
+  assert.match(rt.log(), /INFO\s+\[timer [^\]]*timer_svc\.lua:\d+\] run cancelled \(trace [0-9a-f]{32}\)/);
 });
 
 h.test('a failed reload keeps the running version\'s timers', async () => {

@@ -69,6 +69,14 @@ svc.after = rpc(function(tag, seconds)
   return { h.id }
 end)
 
+-- start_http(url): a timer whose runs GET url (which never answers, in the test): a reload
+-- cancels the run in progress and so aborts its request.
+svc.start_http = rpc(function(url)
+  local http = require "microservice.http"
+  local h = ms.every(0.05, function() http.get(url, { timeout = 30 }) end)
+  return { h.id }
+end)
+
 -- bad(): the errors of bad arguments, as text.
 svc.bad = rpc(function()
   local out = {}
