@@ -136,6 +136,25 @@ end
 --- Runs fn(...) in a new coroutine, from the next turn of the loop. Errors are logged.
 M.spawn = core.spawn
 
+-- A timer handle: :cancel() (true when it was active), :runs() and :skipped() (nil once it is no
+-- longer active).
+local function timer_handle(id)
+  return {
+    id = id,
+    cancel = function() return core.timer_cancel(id) end,
+    runs = function() return (core.timer_stats(id)) end,
+    skipped = function() return select(2, core.timer_stats(id)) end,
+  }
+end
+
+--- Runs fn() every `seconds`, each run in a coroutine of its own; a tick that comes while the
+-- previous run goes on is skipped (and counted). Cancelled with :cancel(), or when the script
+-- that made it is reloaded or removed. Errors are logged; the timer goes on.
+function M.every(seconds, fn) return timer_handle(core.timer_start(seconds, fn, true)) end
+
+--- Runs fn() once, after `seconds`, in a coroutine of its own. Returns a handle with :cancel().
+function M.after(seconds, fn) return timer_handle(core.timer_start(seconds, fn, false)) end
+
 --- The current call: { procedure = "service.method", in_task = true, pid = process id,
 -- timeout_left = seconds }
 -- (timeout_left when the caller said how long it waits: after it, the call is abandoned).

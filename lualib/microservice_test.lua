@@ -403,6 +403,9 @@ function M.main(files, opts)
   if opts.online and not wait_for_bus() then
     out("warning: the bus is not connected after 10 s")
   end
+  -- the services whose started function runs are served once it returns
+  local deadline = microservice.now() + 60
+  while core.services_starting() > 0 and microservice.now() < deadline do microservice.sleep(0.01) end
   local passed, failed = 0, 0
   for _, path in ipairs(files) do
     out(path)

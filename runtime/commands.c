@@ -241,6 +241,7 @@ int command_list(int argc, char **argv)
     log_set_level(LOG_WARN);
     static runtime rt;
     cfg.nats_url = NULL; /* offline: the scripts are only read */
+    cfg.no_hooks = true;
     if (runtime_init(&rt, &cfg) != 0) return 1;
     int n = services_print(rt.services, stdout);
     runtime_shutdown(&rt);

@@ -38,6 +38,7 @@
 #include "rpc_error.h"
 #include "rpc_path.h"
 #include "scheduler.h"
+#include "trace.h"
 #include "services.h"
 #include "metrics.h"
 #include "tls.h"
@@ -118,6 +119,7 @@ typedef struct gw_call {
     struct gw_call *prev, *next;   /* the queue, while queued */
     char *subject;                 /* in the request's pool */
     const char *authid, *authrole; /* the caller (NULL: auth is off) */
+    const char *trace[3];          /* the request's traceparent header, or {NULL} */
     double timeout;
 } gw_call;
 
@@ -383,8 +385,9 @@ static void send_call(gw_call *call)
 {
     struct http_gateway *gw = call->gw;
     int rc = nats_bridge_request_as(gw->rt->nats, call->subject, call->req->entity.base,
-                                    call->req->entity.len, NULL, call->authid, call->authrole,
-                                    call->timeout, on_reply, call, &call->nbreq);
+                                    call->req->entity.len, call->trace[0] ? call->trace : NULL,
+                                    call->authid, call->authrole, call->timeout, on_reply, call,
+                                    &call->nbreq);
     if (rc == NB_OK) {
         call->state = CALL_PENDING;
         return;
@@ -485,6 +488,22 @@ static bool call_admitted(struct http_gateway *gw, h2o_req_t *req, gw_conn *conn
     return true;
 }
 
+/* A valid traceparent of the request goes on to the service (appended to the headers). */
+/* A valid traceparent of the request goes on with the call: headers[0..1] (in the request's
+ * pool), else headers[0] = NULL. */
+static void forward_trace(h2o_req_t *req, const char *headers[3])
+{
+    char id[TRACE_ID_LEN + 1];
+    headers[0] = NULL;
+    ssize_t i = h2o_find_header_by_str(&req->headers, H2O_STRLIT(TRACE_HEADER), -1);
+    if (i < 0) return;
+    h2o_iovec_t v = req->headers.entries[i].value;
+    if (!trace_parse(v.base, v.len, id)) return;
+    headers[0] = TRACE_HEADER;
+    headers[1] = h2o_strdup(&req->pool, v.base, v.len).base;
+    headers[2] = NULL;
+}
+
 static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, const char *subject)
 {
     gw_conn *conn = conn_of(gw, req);
@@ -519,6 +538,7 @@ static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, const char *subje
     call->subject = h2o_strdup(&req->pool, subject, SIZE_MAX).base;
     call->authid = authid; /* the auth file's strings, which live as long as the process */
     call->authrole = authrole;
+    forward_trace(req, call->trace);
     call->timeout = request_timeout(gw, req);
     call->cc = cc;
     if (cc) cc->count++;

@@ -15,12 +15,14 @@
 #include "auth.h"
 #include "codec.h"
 #include "log.h"
+#include "lua_http.h"
 #include "lua_postgres.h"
 #include "lualib_embedded.h"
 #include "nats_bridge.h"
 #include "rpc_error.h"
 #include "scheduler.h"
 #include "services.h"
+#include "timers.h"
 
 int luaopen_cjson(lua_State *L); /* from liblua5.1-cjson.a */
 
@@ -61,6 +63,19 @@ void lua_api_push_error(lua_State *L, const char *uri, const char *message, int 
     lua_setfield(L, -2, "code");
     luaL_getmetatable(L, MS_ERROR_MT);
     lua_setmetatable(L, -2);
+}
+
+double lua_api_default_timeout(lua_State *L)
+{
+    runtime *rt = lua_api_runtime(L);
+    double t = rt->cfg.call_timeout;
+    task *tk = sched_current(L, NULL);
+    if (tk && tk->deadline) {
+        uint64_t now = uv_now(&rt->loop);
+        double left = tk->deadline > now ? (double)(tk->deadline - now) / 1000.0 : 0.001;
+        if (left < t) t = left;
+    }
+    return t;
 }
 
 /* ---- sleep ---- */
@@ -223,7 +238,8 @@ static int core_call(lua_State *L)
 {
     runtime *rt = lua_api_runtime(L);
     const char *procedure = luaL_checkstring(L, 1);
-    double timeout = luaL_optnumber(L, 4, rt->cfg.call_timeout);
+    /* without a timeout: the caller's time left (so the callee gives up when we do) */
+    double timeout = lua_isnoneornil(L, 4) ? lua_api_default_timeout(L) : luaL_checknumber(L, 4);
     const char *err;
     task *t = sched_current(L, &err);
     if (!t) return luaL_error(L, "%s", err);
@@ -233,7 +249,10 @@ static int core_call(lua_State *L)
     c->base.cancel = call_cancel;
     c->rt = rt;
     /* a call made on behalf of an authenticated caller carries the caller on */
-    int rc = nats_bridge_request_as(rt->nats, procedure, buf->data, buf->len, NULL, t->authid,
+    char traceparent[TRACEPARENT_LEN + 1];
+    trace_format(traceparent, sched_trace_id(t)); /* the trace goes on */
+    const char *headers[] = {TRACE_HEADER, traceparent, NULL};
+    int rc = nats_bridge_request_as(rt->nats, procedure, buf->data, buf->len, headers, t->authid,
                                     t->authrole, timeout, call_reply_cb, c, &c->req);
     if (rc != NB_OK) {
         free(c);
@@ -251,7 +270,11 @@ static int core_publish(lua_State *L)
     runtime *rt = lua_api_runtime(L);
     const char *subject = luaL_checkstring(L, 1);
     codec_buf *buf = encode_envelope_arg(L, rt, 2, 3);
-    int rc = nats_bridge_publish(rt->nats, subject, NULL, buf->data, buf->len, NULL);
+    task *t = sched_current(L, NULL);
+    char traceparent[TRACEPARENT_LEN + 1];
+    const char *headers[] = {TRACE_HEADER, traceparent, NULL};
+    if (t) trace_format(traceparent, sched_trace_id(t));
+    int rc = nats_bridge_publish(rt->nats, subject, NULL, buf->data, buf->len, t ? headers : NULL);
     if (rc != NB_OK) {
         lua_api_push_error(L, URI_UNAVAILABLE, "the bus is unavailable", 503);
         return lua_error(L);
@@ -290,6 +313,55 @@ static int core_spawn(lua_State *L)
     return 0;
 }
 
+/* ---- timers ---- */
+
+/* timer_start(seconds, fn, repeat) -> id. Owned by the script loading now, else by the script
+ * that defines fn (so that a reload of that script cancels it). */
+static int core_timer_start(lua_State *L)
+{
+    runtime *rt = lua_api_runtime(L);
+    double seconds = luaL_checknumber(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    bool repeat = lua_toboolean(L, 3);
+    if (!(seconds >= (repeat ? 0.001 : 0)) || seconds > 1e9)
+        return luaL_argerror(
+            L, 1, repeat ? "seconds must be a number >= 0.001" : "seconds must be a number >= 0");
+    unsigned gen = 0;
+    const char *file = services_loading(rt->services, &gen);
+    lua_Debug ar;
+    if (!file) {
+        lua_pushvalue(L, 2);
+        if (lua_getinfo(L, ">S", &ar) && ar.source[0] == '@') {
+            file = ar.source + 1;
+            gen = 0; /* made by a running version: goes at the script's next load */
+        }
+    }
+    lua_pushvalue(L, 2);
+    char err[128];
+    int id = timers_start(rt->timers, L, seconds, repeat, file, gen, err, sizeof err);
+    if (id < 0) return luaL_error(L, "%s", err);
+    lua_pushinteger(L, id);
+    return 1;
+}
+
+static int core_timer_cancel(lua_State *L)
+{
+    runtime *rt = lua_api_runtime(L);
+    lua_pushboolean(L, timers_cancel(rt->timers, (int)luaL_checkinteger(L, 1)));
+    return 1;
+}
+
+/* timer_stats(id) -> runs, skipped | nil (no longer active) */
+static int core_timer_stats(lua_State *L)
+{
+    runtime *rt = lua_api_runtime(L);
+    uint64_t runs, skipped;
+    if (!timers_stats(rt->timers, (int)luaL_checkinteger(L, 1), &runs, &skipped)) return 0;
+    lua_pushnumber(L, (lua_Number)runs);
+    lua_pushnumber(L, (lua_Number)skipped);
+    return 2;
+}
+
 /* ---- log, json, context ---- */
 
 static int core_log(lua_State *L)
@@ -298,8 +370,11 @@ static int core_log(lua_State *L)
     const char *msg = luaL_checkstring(L, 2);
     if (level < 0) level = LOG_INFO;
     task *t = lua_getexdata(L);
-    const char *tag = (t && t->label) ? t->label : "lua";
-    if ((int)log_get_level() <= level) log_msg(level, tag, "%s", msg);
+    if ((int)log_get_level() > level) return 0;
+    if (t && t->on_done)
+        log_msg(level, sched_log_tag(t), "%s" SCHED_TRACE_FMT, msg, sched_trace_id(t));
+    else
+        log_msg(level, "lua", "%s", msg);
     return 0;
 }
 
@@ -338,6 +413,10 @@ static int core_context(lua_State *L)
     lua_setfield(L, -2, "in_task");
     lua_pushinteger(L, (lua_Integer)getpid());
     lua_setfield(L, -2, "pid");
+    if (t) {
+        lua_pushstring(L, sched_trace_id(t));
+        lua_setfield(L, -2, "trace_id");
+    }
     if (t && t->authid) {
         lua_pushstring(L, t->authid);
         lua_setfield(L, -2, "authid");
@@ -379,6 +458,20 @@ static int core_bind(lua_State *L)
     return n;
 }
 
+/* bus_connected() -> true when NATS is connected, or when there is no bus to wait for */
+static int core_bus_connected(lua_State *L)
+{
+    runtime *rt = lua_api_runtime(L);
+    lua_pushboolean(L, !rt->cfg.nats_url || nats_bridge_connected(rt->nats));
+    return 1;
+}
+
+static int core_services_starting(lua_State *L)
+{
+    lua_pushinteger(L, services_starting(lua_api_runtime(L)->services));
+    return 1;
+}
+
 static int core_now(lua_State *L)
 {
     runtime *rt = lua_api_runtime(L);
@@ -410,11 +503,16 @@ static int open_core(lua_State *L)
         {"subscribe", core_subscribe},
         {"unsubscribe", core_unsubscribe},
         {"spawn", core_spawn},
+        {"timer_start", core_timer_start},
+        {"timer_cancel", core_timer_cancel},
+        {"timer_stats", core_timer_stats},
         {"log", core_log},
         {"json_encode", core_json_encode},
         {"json_decode", core_json_decode},
         {"context", core_context},
         {"now", core_now},
+        {"bus_connected", core_bus_connected},
+        {"services_starting", core_services_starting},
         {"bind", core_bind},
         {NULL, NULL},
     };
@@ -432,6 +530,7 @@ static int open_core(lua_State *L)
     luaL_getmetatable(L, MS_RPC_MT);
     lua_setfield(L, -2, "rpc_mt");
     lua_postgres_register(L);
+    lua_http_register(L);
     return 1;
 }
 

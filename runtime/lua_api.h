@@ -17,6 +17,9 @@ lua_State *lua_api_new_state(runtime *rt);
 bool lua_api_is_app_error(lua_State *L, int idx);
 /* Pushes an application error value {uri=, args={message}, kwargs={}, code=}. */
 void lua_api_push_error(lua_State *L, const char *uri, const char *message, int code);
+/* The timeout of a waiting operation that was given none: --call-timeout, or the current call's
+ * time left (context().timeout_left) when that is less. */
+double lua_api_default_timeout(lua_State *L);
 /* The runtime that owns L (stored in the registry). */
 runtime *lua_api_runtime(lua_State *L);
 

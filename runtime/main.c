@@ -29,6 +29,7 @@ static void usage(FILE *out)
         "                    [--auth-signature-window S]\n"
         "                    [--max-callee-pending N] [--session-idle-timeout S]\n"
         "                    [--max-http-inflight N] [--max-call-timeout S]\n"
+        "                    [--http-client-max N] [--http-client-queue N]\n"
         "                    [--nats-user U --nats-password P] [--nats-token T] [--nats-nkey "
         "FILE]\n"
         "                    [--nats-creds FILE] [--nats-tls] [--nats-ca FILE]\n"
@@ -69,6 +70,10 @@ static void usage(FILE *out)
         "                     'out of memory' (default 1024; 0: no limit)\n"
         "  --max-call-memory MB  Lua memory the decoded arguments of one call may take; more:\n"
         "                     413 (default: a eighth of --max-lua-memory; 0: no bound)\n"
+        "  --http-client-max N  outbound HTTP requests (microservice.http) in progress at once\n"
+        "                     (default 64)\n"
+        "  --http-client-queue N  more outbound HTTP requests that wait for one of them, in order\n"
+        "                     (default 10000); beyond, a request fails at once (unavailable)\n"
         "  --max-session-calls N  calls in flight per WAMP session (default 1000)\n"
         "  --join-timeout S   seconds a WebSocket may take to HELLO and authenticate (default 10)\n"
         "  --max-callee-pending N  invocations waiting for one WAMP callee; more are refused\n"
@@ -215,6 +220,8 @@ enum {
     OPT_SESSION_IDLE_TIMEOUT,
     OPT_MAX_HTTP_INFLIGHT,
     OPT_MAX_CALL_TIMEOUT,
+    OPT_HTTP_CLIENT_MAX,
+    OPT_HTTP_CLIENT_QUEUE,
     OPT_NATS_AUTH, /* NATS_AUTH_NOPTS ids from here */
 };
 
@@ -253,6 +260,8 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         {"session-idle-timeout", required_argument, NULL, OPT_SESSION_IDLE_TIMEOUT},
         {"max-http-inflight", required_argument, NULL, OPT_MAX_HTTP_INFLIGHT},
         {"max-call-timeout", required_argument, NULL, OPT_MAX_CALL_TIMEOUT},
+        {"http-client-max", required_argument, NULL, OPT_HTTP_CLIENT_MAX},
+        {"http-client-queue", required_argument, NULL, OPT_HTTP_CLIENT_QUEUE},
         NATS_AUTH_LONG_OPTIONS(OPT_NATS_AUTH),
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -397,6 +406,14 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
             break;
         case OPT_AUTH_SIGNATURE_WINDOW:
             if (parse_number(optarg, 1, 86400, &cfg->auth_signature_window) != 0) goto bad_number;
+            break;
+        case OPT_HTTP_CLIENT_MAX:
+            if (parse_number(optarg, 1, 100000, &v) != 0) goto bad_number;
+            cfg->http_client_max = (int)v;
+            break;
+        case OPT_HTTP_CLIENT_QUEUE:
+            if (parse_number(optarg, 0, 1 << 20, &v) != 0) goto bad_number;
+            cfg->http_client_queue = (int)v;
             break;
         case 'h':
             usage(stdout);

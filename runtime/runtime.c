@@ -13,6 +13,7 @@
 
 #include "auth.h"
 #include "auth_limit.h"
+#include "http_client.h"
 #include "http_gateway.h"
 #include "log.h"
 #include "lua_api.h"
@@ -23,6 +24,7 @@
 #include "service_api.h"
 #include "service_watch.h"
 #include "services.h"
+#include "timers.h"
 #include "wamp_router.h"
 
 #define TAG "runtime"
@@ -62,6 +64,8 @@ void runtime_config_defaults(runtime_config *cfg)
     cfg->join_timeout = 10.0;
     cfg->max_callee_pending = 1000;
     cfg->session_idle_timeout = 300.0;
+    cfg->http_client_max = 64;
+    cfg->http_client_queue = 10000;
     const char *auth_file = getenv("MICROSERVICE_AUTH");
     cfg->auth_file = (auth_file && auth_file[0]) ? auth_file : NULL;
     cfg->auth_max_failures = 10;
@@ -120,7 +124,10 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
     rt->sched = rt->L ? sched_new(rt) : NULL;
     rt->nats = rt->sched ? nats_bridge_new(rt) : NULL;
     rt->services = rt->nats ? services_new(rt) : NULL;
-    if (!rt->services) {
+    rt->httpc =
+        rt->services ? http_client_new(rt, cfg->http_client_max, cfg->http_client_queue) : NULL;
+    rt->timers = rt->httpc ? timers_new(rt, 10000) : NULL;
+    if (!rt->timers) {
         log_error(TAG, "out of memory at start-up");
         return -1;
     }
@@ -175,6 +182,8 @@ static void http_closed(void *arg)
 {
     runtime *rt = arg;
     rt->finished = true;
+    http_client_close(rt->httpc); /* frees itself once its handles are closed */
+    rt->httpc = NULL;
     uv_close((uv_handle_t *)&rt->sigint, handle_closed);
     uv_close((uv_handle_t *)&rt->sigterm, handle_closed);
     uv_close((uv_handle_t *)&rt->drain_timer, handle_closed);
@@ -227,6 +236,7 @@ void runtime_shutdown(runtime *rt)
     service_api_stop(rt->srv_api);
     rt->srv_api = NULL;
     services_drain(rt->services);
+    timers_stop(rt->timers); /* runs in progress finish like calls */
     rt->drain_deadline = uv_now(&rt->loop) + (uint64_t)(rt->cfg.drain_timeout * 1000.0);
     uv_timer_start(&rt->drain_timer, drain_tick, 0, 10);
 }
@@ -238,6 +248,8 @@ int runtime_run(runtime *rt)
     int rc = rt->finished ? rt->exit_code : 1;
     sched_free(rt->sched);
     rt->sched = NULL;
+    timers_free(rt->timers); /* after the tasks of its runs */
+    rt->timers = NULL;
     services_free(rt->services);
     rt->services = NULL;
     http_gateway_free(rt->http);

@@ -38,21 +38,21 @@ typedef struct runtime_config {
     const char *frontend_dir;
     const char *services_dir;
     int workers;
-    size_t body_limit;     /* bytes, HTTP and NATS request bodies */
-    int max_depth;         /* JSON nesting */
-    double call_timeout;   /* seconds, default for HTTP and Lua calls */
-    double drain_timeout;  /* seconds, for SIGTERM */
-    int max_inflight;      /* concurrent RPC coroutines before NATS intake pauses */
-    int max_sessions;      /* WAMP sessions per process */
-    int max_session_subs;  /* subscriptions per WAMP session */
-    int max_session_regs;  /* registrations per WAMP session */
-    int max_session_calls; /* calls in flight per WAMP session */
-    double join_timeout;   /* seconds for a WAMP client to HELLO (and authenticate) */
+    size_t body_limit;           /* bytes, HTTP and NATS request bodies */
+    int max_depth;               /* JSON nesting */
+    double call_timeout;         /* seconds, default for HTTP and Lua calls */
+    double drain_timeout;        /* seconds, for SIGTERM */
+    int max_inflight;            /* concurrent RPC coroutines before NATS intake pauses */
+    int max_sessions;            /* WAMP sessions per process */
+    int max_session_subs;        /* subscriptions per WAMP session */
+    int max_session_regs;        /* registrations per WAMP session */
+    int max_session_calls;       /* calls in flight per WAMP session */
+    double join_timeout;         /* seconds for a WAMP client to HELLO (and authenticate) */
     int max_callee_pending;      /* invocations waiting for one WAMP callee's answer */
     double session_idle_timeout; /* seconds a WAMP session may send nothing; 0: no limit */
-    const char *auth_file; /* NULL: authentication off */
-    bool watch;            /* hot reload of the services folder */
-    bool reuse_port;       /* SO_REUSEPORT on the HTTP listeners (workers share them) */
+    const char *auth_file;       /* NULL: authentication off */
+    bool watch;                  /* hot reload of the services folder */
+    bool reuse_port;             /* SO_REUSEPORT on the HTTP listeners (workers share them) */
     /* failed sign-ins per client address or authid within the window (seconds); 0: no limit */
     int auth_max_failures;
     double auth_failure_window;
@@ -70,6 +70,9 @@ typedef struct runtime_config {
     /* Lua memory the decoded arguments of one call may take (413 beyond); 0: no bound;
      * SIZE_MAX: max_lua_memory / 8 */
     size_t max_call_memory;
+    int http_client_max;   /* outbound HTTP transfers at once */
+    int http_client_queue; /* more outbound HTTP requests waiting for one of them */
+    bool no_hooks;         /* the services' started / stopped are not run (`microservice list`) */
 } runtime_config;
 
 struct scheduler;
@@ -82,6 +85,8 @@ struct service_watch;
 struct service_api;
 struct auth;
 struct auth_limit;
+struct http_client;
+struct timers;
 
 typedef struct runtime {
     uv_loop_t loop;
@@ -99,6 +104,8 @@ typedef struct runtime {
     struct auth *auth;           /* NULL: authentication off */
     /* failed sign-ins (auth_limit.h); NULL when authentication is off */
     struct auth_limit *auth_limit;
+    struct http_client *httpc; /* outbound HTTP (microservice.http) */
+    struct timers *timers;     /* microservice.every / after */
     uv_signal_t sigint, sigterm;
     uv_timer_t drain_timer;
     uint64_t drain_deadline; /* uv_now() ms */

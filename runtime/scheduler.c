@@ -11,6 +11,7 @@
 #include "scheduler.h"
 
 #include <lauxlib.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,6 +85,7 @@ task *sched_task_new(struct scheduler *s, task_done_fn on_done, void *udata, con
     t->udata = udata;
     t->label = label;
     t->authid = t->authrole = NULL;
+    t->trace_id[0] = '\0';
     t->op = NULL;
     t->token++;
     link_task(s, t);
@@ -172,7 +174,7 @@ static void finish_with_error(task *t)
     if (!lua_isstring(co, -1)) lua_pushstring(co, "(error object has a bad __tostring)");
     luaL_traceback(L, co, lua_tostring(co, -1), 0);
     trim_traceback(L);
-    log_error(t->label ? t->label : "task", "%s", lua_tostring(L, -1));
+    log_error(sched_log_tag(t), "%s" SCHED_TRACE_FMT, lua_tostring(L, -1), sched_trace_id(t));
     lua_pop(L, 1);
     finish(t, TASK_ERROR, 1);
 }
@@ -370,7 +372,8 @@ static void deadline_cb(uv_timer_t *timer)
 {
     task *t = timer->data;
     if (!t->on_done) return;
-    log_info(t->label ? t->label : "task", "abandoned: its caller's timeout passed");
+    log_info(sched_log_tag(t), "abandoned: its caller's timeout passed" SCHED_TRACE_FMT,
+             sched_trace_id(t));
     cancel_task(t, TASK_EXPIRED);
 }
 
@@ -379,6 +382,22 @@ void sched_set_deadline(task *t, double seconds)
     uint64_t ms = seconds <= 0 ? 0 : (uint64_t)(seconds * 1000.0 + 0.5);
     t->deadline = uv_now(&t->sched->rt->loop) + ms;
     uv_timer_start(&t->deadline_timer, deadline_cb, ms, 0);
+}
+
+const char *sched_trace_id(task *t)
+{
+    if (!t->trace_id[0]) trace_new_id(t->trace_id);
+    return t->trace_id;
+}
+
+const char *sched_log_tag(const task *t)
+{
+    return t->label ? t->label : "task";
+}
+
+void sched_cancel(task *t)
+{
+    if (t->on_done && lua_status(t->co) == LUA_YIELD) cancel_task(t, TASK_CANCELLED);
 }
 
 void sched_cancel_all(struct scheduler *s)

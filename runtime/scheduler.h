@@ -9,6 +9,7 @@
 #include <lua.h>
 
 #include "runtime.h"
+#include "trace.h"
 
 typedef struct task task;
 typedef struct sched_op sched_op;
@@ -48,6 +49,7 @@ struct task {
     uint64_t deadline;         /* loop time (ms) when the caller stops waiting; 0: none */
     const char *authid;        /* the caller, when authenticated; owned with udata */
     const char *authrole;
+    char trace_id[TRACE_ID_LEN + 1]; /* W3C trace id of the call; "" until taken or made */
     struct scheduler *sched;
     task *prev, *next; /* in-flight list */
 };
@@ -91,6 +93,16 @@ void sched_set_finalizer(task *t, void (*fn)(void *arg), void *arg);
  * TASK_EXPIRED) if it is still running after seconds: for calls whose caller gave a timeout. */
 void sched_set_deadline(task *t, double seconds);
 
+/* The task's trace id: the one it was given (services.c takes it from the caller's
+ * traceparent), else a new one, kept for the task's life. */
+const char *sched_trace_id(task *t);
+/* The log lines about a task: tagged with its label, ending with its trace id. */
+#define SCHED_TRACE_FMT " (trace %s)"
+const char *sched_log_tag(const task *t);
+
+/* Abandons t: its pending operation is cancelled through its hook, on_done runs with
+ * TASK_CANCELLED. Not for the running task. */
+void sched_cancel(task *t);
 /* Cancels every in-flight task (shutdown deadline). */
 void sched_cancel_all(struct scheduler *s);
 int sched_inflight(const struct scheduler *s);

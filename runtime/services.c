@@ -25,6 +25,8 @@
 #include "rpc_binding.h"
 #include "rpc_error.h"
 #include "scheduler.h"
+#include "service_hooks.h"
+#include "timers.h"
 
 #define TAG "services"
 
@@ -85,7 +87,8 @@ struct services {
     struct service_meta *metas; /* one per loaded script */
     const char *loading_file;
     unsigned load_gen;
-    int load_errors; /* scripts that failed to load, since start */
+    struct pending_load *pending; /* versions whose started function runs */
+    int load_errors;              /* scripts that failed to load, since start */
     codec_buf scratch;
 };
 
@@ -96,8 +99,20 @@ typedef struct service_meta {
     char *file, *name, *version, *description, *metadata_json;
     char id[24]; /* this process's instance of the service */
     double started;
+    int svc_ref; /* the service table, for its stopped function; LUA_NOREF once used */
     struct service_meta *next;
 } service_meta;
+
+/* A version whose started function runs: it takes over when started returns. */
+typedef struct pending_load {
+    struct services *s;
+    char *path;
+    unsigned gen;
+    int svc_ref;
+    bool reload;
+    bool superseded; /* a newer version was saved, or the script removed, meanwhile */
+    struct pending_load *next;
+} pending_load;
 
 static void meta_free(service_meta *m)
 {
@@ -115,6 +130,7 @@ static void meta_remove(struct services *s, const char *file)
         if (strcmp((*p)->file, file) == 0) {
             service_meta *m = *p;
             *p = m->next;
+            luaL_unref(s->rt->L, LUA_REGISTRYINDEX, m->svc_ref);
             meta_free(m);
             return;
         }
@@ -130,14 +146,19 @@ static char *field_string(lua_State *L, int idx, const char *key, const char *fa
     return copy;
 }
 
-/* Records (or refreshes) the service table at svc declared by file. */
-static void meta_update(struct services *s, lua_State *L, int svc, const char *file)
+/* Records (or refreshes) the service table at svc declared by file. Returns the reference of
+ * the table it replaces (LUA_NOREF when none), for its stopped function. */
+static int meta_update(struct services *s, lua_State *L, int svc, const char *file)
 {
     service_meta *old = NULL;
     for (service_meta *m = s->metas; m; m = m->next)
         if (strcmp(m->file, file) == 0) old = m;
+    int old_ref = old ? old->svc_ref : LUA_NOREF;
+    if (old) old->svc_ref = LUA_NOREF;
     service_meta *m = calloc(1, sizeof *m);
-    if (!m) return;
+    if (!m) return old_ref;
+    lua_pushvalue(L, svc);
+    m->svc_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     m->file = strdup(file);
     m->name = field_string(L, svc, "name", "");
     m->version = field_string(L, svc, "version", "0.0.0");
@@ -168,6 +189,7 @@ static void meta_update(struct services *s, lua_State *L, int svc, const char *f
     }
     m->next = s->metas;
     s->metas = m;
+    return old_ref;
 }
 
 struct services *services_new(runtime *rt)
@@ -177,6 +199,20 @@ struct services *services_new(runtime *rt)
     s->rt = rt;
     codec_buf_init(&s->scratch);
     return s;
+}
+
+const char *services_loading(struct services *s, unsigned *gen)
+{
+    *gen = s->load_gen;
+    return s->loading_file;
+}
+
+int services_starting(struct services *s)
+{
+    int n = 0;
+    for (pending_load *p = s->pending; p; p = p->next)
+        n++;
+    return n;
 }
 
 codec_buf *services_scratch(struct services *s)
@@ -277,9 +313,10 @@ static void reply_result(struct services *s, const char *reply, lua_State *co, i
 
 static void lua_sub_release(lua_sub *ls);
 
-/* Logs an application error that has nobody to answer to. */
-static void log_app_error(const char *label, lua_State *co)
+/* Logs an application error of t that has nobody to answer to. */
+static void log_app_error(task *t, lua_State *co)
 {
+    const char *label = sched_log_tag(t);
     lua_getfield(co, -1, "uri");
     lua_getfield(co, -2, "args");
     const char *msg = "";
@@ -288,7 +325,8 @@ static void log_app_error(const char *label, lua_State *co)
         if (lua_type(co, -1) == LUA_TSTRING) msg = lua_tostring(co, -1);
         lua_pop(co, 1);
     }
-    log_warn(label, "error %s: %s", lua_isstring(co, -2) ? lua_tostring(co, -2) : "?", msg);
+    log_warn(label, "error %s: %s" SCHED_TRACE_FMT,
+             lua_isstring(co, -2) ? lua_tostring(co, -2) : "?", msg, sched_trace_id(t));
     lua_pop(co, 2);
 }
 
@@ -341,7 +379,7 @@ static void call_done(task *t, enum task_end how, lua_State *co, int nres)
     call_ctx *c = t->udata;
     struct services *s = c->svcs;
     if (c->rpc) record_call(c->rpc, how, co, uv_hrtime() - c->started);
-    if (how == TASK_APP_ERROR && !c->reply[0]) log_app_error(t->label, co);
+    if (how == TASK_APP_ERROR && !c->reply[0]) log_app_error(t, co);
     if (c->reply[0]) {
         switch (how) {
         case TASK_OK:
@@ -428,6 +466,15 @@ static void take_caller(struct services *s, call_ctx *c, task *t, natsMsg *msg)
     t->authrole = c->authrole;
 }
 
+/* The caller's trace id, when its message carries a valid traceparent (else one is made when
+ * first needed). */
+static void take_trace(task *t, natsMsg *msg)
+{
+    const char *v = NULL;
+    if (natsMsgHeader_Get(msg, TRACE_HEADER, &v) == NATS_OK && v)
+        trace_parse(v, strlen(v), t->trace_id);
+}
+
 static void on_rpc_msg(void *udata, natsMsg *msg)
 {
     rpc_entry *e = udata;
@@ -469,6 +516,7 @@ static void on_rpc_msg(void *udata, natsMsg *msg)
         deadline = strtod(timeout, NULL) / 1000.0;
     sched_set_deadline(t, deadline);
     take_caller(s, c, t, msg);
+    take_trace(t, msg);
     nats_bridge_release(s->rt->nats, msg);
     /* stack: args kwargs -> args kwargs fn bound... -> fn bound... */
     lua_rawgeti(co, LUA_REGISTRYINDEX, e->fn_ref);
@@ -669,15 +717,35 @@ static bool is_rpc_value(lua_State *L, int idx)
 
 static void unsubscribe_entry(struct services *s, lua_sub *ls);
 
-/* Removes the subscriptions file made while loading: those of the current load (same_gen) or
- * those of earlier loads. */
-static void drop_load_subs(struct services *s, const char *file, bool same_gen)
+/* Removes the subscriptions and timers file made while loading: those of load gen (same_gen)
+ * or those of every other load. */
+static void drop_load_subs(struct services *s, const char *file, unsigned gen, bool same_gen)
 {
     for (lua_sub *ls = s->subs, *next; ls; ls = next) {
         next = ls->next;
         if (ls->unsubscribed || !ls->file || strcmp(ls->file, file) != 0) continue;
-        if ((ls->load_gen == s->load_gen) == same_gen) unsubscribe_entry(s, ls);
+        if ((ls->load_gen == gen) == same_gen) unsubscribe_entry(s, ls);
     }
+    timers_drop_file(s->rt->timers, file, gen, same_gen);
+}
+
+/* Runs the stopped function of the service table ref (if it has one) and lets go of the ref. */
+static void run_stopped(struct services *s, int ref)
+{
+    lua_State *L = s->rt->L;
+    if (s->rt->cfg.no_hooks) luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    if (ref == LUA_NOREF || s->rt->cfg.no_hooks) return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    service_hook_run(s->rt, L, lua_gettop(L), "stopped", s->rt->cfg.drain_timeout, NULL, NULL);
+    lua_pop(L, 1);
+}
+
+/* A newer version of path is loading, or path is gone: what still waits on started is dropped. */
+static void supersede_pending(struct services *s, const char *path)
+{
+    for (pending_load *p = s->pending; p; p = p->next)
+        if (strcmp(p->path, path) == 0) p->superseded = true;
 }
 
 /* Runs the script; on success returns with its table on top of L (and 0). */
@@ -717,17 +785,12 @@ static int run_script(struct services *s, const char *path)
     return 0;
 }
 
-int services_load_file(struct services *s, const char *path, bool reload)
+/* The version at svc (loaded as gen) takes over: its RPCs are declared, the previous version's
+ * are retired and its stopped function runs. Returns the number of RPCs. */
+static int finish_load(struct services *s, int svc, const char *path, unsigned gen, bool reload)
 {
     lua_State *L = s->rt->L;
     int top = lua_gettop(L);
-    s->load_gen++;
-    if (run_script(s, path) != 0) {
-        s->load_errors++;
-        drop_load_subs(s, path, true); /* what the failed version subscribed */
-        return -1;
-    }
-    int svc = lua_gettop(L);
     lua_getfield(L, svc, "name");
     const char *service = lua_tostring(L, -1);
     /* the subjects this version declares, to retire the others afterwards */
@@ -761,13 +824,101 @@ int services_load_file(struct services *s, const char *path, bool reload)
             removed++;
         }
     }
-    drop_load_subs(s, path, false); /* the previous version's */
-    meta_update(s, L, svc, path);
+    drop_load_subs(s, path, gen, false); /* the previous version's */
+    run_stopped(s, meta_update(s, L, svc, path));
     if (reload)
         log_info(TAG, "reloaded %s: service %s with %d RPCs (%d new, %d removed)", path, service,
                  count, added, removed);
     else
         log_info(TAG, "%s: service %s with %d RPCs", path, service, count);
+    lua_settop(L, top);
+    return count;
+}
+
+static void pending_unlink(struct services *s, pending_load *p)
+{
+    for (pending_load **q = &s->pending; *q; q = &(*q)->next) {
+        if (*q == p) {
+            *q = p->next;
+            return;
+        }
+    }
+}
+
+/* The started function of a pending version ended. */
+static void started_done(void *udata, bool ok)
+{
+    pending_load *p = udata;
+    struct services *s = p->s;
+    lua_State *L = s->rt->L;
+    pending_unlink(s, p);
+    if (ok && !p->superseded && !s->rt->shutting_down) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, p->svc_ref);
+        finish_load(s, lua_gettop(L), p->path, p->gen, p->reload);
+        lua_pop(L, 1);
+        luaL_unref(L, LUA_REGISTRYINDEX, p->svc_ref);
+    } else {
+        if (!ok) {
+            s->load_errors++;
+            log_error(TAG, "%s: started failed: %s", p->path,
+                      p->reload ? "the previous version still serves" : "its RPCs are not served");
+        } else {
+            log_info(TAG, "%s: superseded while started ran: this version is dropped", p->path);
+        }
+        drop_load_subs(s, p->path, p->gen, true);
+        if (ok)
+            run_stopped(s, p->svc_ref); /* it started: it may have things to release */
+        else
+            luaL_unref(L, LUA_REGISTRYINDEX, p->svc_ref);
+    }
+    free(p->path);
+    free(p);
+}
+
+/* Runs the started function of the version at svc, if it has one (then the version takes over
+ * when it returns, and this returns 0), or takes over at once (returns its RPC count). */
+static int start_version(struct services *s, int svc, const char *path, unsigned gen, bool reload)
+{
+    lua_State *L = s->rt->L;
+    lua_getfield(L, svc, "started");
+    bool has = lua_isfunction(L, -1) && !s->rt->cfg.no_hooks;
+    lua_pop(L, 1);
+    if (!has) return finish_load(s, svc, path, gen, reload);
+    pending_load *p = calloc(1, sizeof *p);
+    if (!p || !(p->path = strdup(path))) {
+        free(p);
+        log_error(TAG, "%s: out of memory", path);
+        return -1;
+    }
+    p->s = s;
+    p->gen = gen;
+    p->reload = reload;
+    lua_pushvalue(L, svc);
+    p->svc_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    p->next = s->pending;
+    s->pending = p;
+    /* bounded like a call; started_done may run before this returns */
+    if (service_hook_run(s->rt, L, svc, "started", s->rt->cfg.call_timeout, started_done, p) != 1) {
+        pending_unlink(s, p);
+        luaL_unref(L, LUA_REGISTRYINDEX, p->svc_ref);
+        free(p->path);
+        free(p);
+        return -1;
+    }
+    return 0;
+}
+
+int services_load_file(struct services *s, const char *path, bool reload)
+{
+    lua_State *L = s->rt->L;
+    int top = lua_gettop(L);
+    unsigned gen = ++s->load_gen;
+    supersede_pending(s, path);
+    int count = run_script(s, path) == 0 ? start_version(s, lua_gettop(L), path, gen, reload) : -1;
+    if (count < 0) {
+        s->load_errors++;
+        drop_load_subs(s, path, gen, true); /* what the failed version subscribed */
+    }
     lua_settop(L, top);
     return count;
 }
@@ -783,7 +934,13 @@ void services_remove_file(struct services *s, const char *path)
         }
     }
     s->load_gen++;
-    drop_load_subs(s, path, false);
+    supersede_pending(s, path);
+    drop_load_subs(s, path, s->load_gen, false);
+    for (service_meta *m = s->metas; m; m = m->next) {
+        if (strcmp(m->file, path) != 0) continue;
+        run_stopped(s, m->svc_ref);
+        m->svc_ref = LUA_NOREF;
+    }
     meta_remove(s, path);
     log_info(TAG, "%s removed: %d RPCs retired", path, removed);
 }
@@ -878,6 +1035,7 @@ static void on_sub_msg(void *udata, natsMsg *msg)
         nats_bridge_release(s->rt->nats, msg);
         return;
     }
+    take_trace(t, msg);
     lua_pushstring(co, natsMsg_GetSubject(msg));
     nats_bridge_release(s->rt->nats, msg);
     c->sub = ls;
@@ -936,13 +1094,15 @@ int services_unsubscribe(struct services *s, int id)
 static void spawn_done(task *t, enum task_end how, lua_State *co, int nres)
 {
     (void)nres;
-    if (how == TASK_APP_ERROR) log_app_error(t->label, co);
+    if (how == TASK_APP_ERROR) log_app_error(t, co);
 }
 
 int services_spawn(struct services *s, lua_State *L, int fn_idx, int nargs)
 {
+    task *parent = sched_current(L, NULL);
     task *t = sched_task_new(s->rt->sched, spawn_done, NULL, "spawn");
     if (!t) return -1;
+    if (parent) memcpy(t->trace_id, sched_trace_id(parent), sizeof t->trace_id); /* same trace */
     for (int i = 0; i <= nargs; i++)
         lua_pushvalue(L, fn_idx + i);
     int saved = lua_memory_begin_unfailing(&s->rt->lua_mem); /* t->co is not the running one */
@@ -1085,6 +1245,10 @@ void services_drain(struct services *s)
     for (lua_sub *ls = s->subs; ls; ls = ls->next) {
         if (ls->sub) nb_sub_drain(ls->sub);
         ls->sub = NULL;
+    }
+    for (service_meta *m = s->metas; m; m = m->next) { /* the drain waits for them */
+        run_stopped(s, m->svc_ref);
+        m->svc_ref = LUA_NOREF;
     }
 }
 

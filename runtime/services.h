@@ -37,6 +37,10 @@ int services_unsubscribe(struct services *s, int id);
 /* Runs the function at fn_idx with the nargs values above it in a new task. 0 or -1. */
 int services_spawn(struct services *s, lua_State *L, int fn_idx, int nargs);
 
+/* The script being loaded (NULL when none) and the number of its load. */
+const char *services_loading(struct services *s, unsigned *gen);
+/* How many service versions wait for their started function to return. */
+int services_starting(struct services *s);
 /* A buffer for encoding on the loop thread; reset at each call. */
 codec_buf *services_scratch(struct services *s);
 int services_rpc_count(struct services *s);

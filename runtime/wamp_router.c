@@ -26,6 +26,7 @@
 #include "nats_bridge.h"
 #include "rpc_error.h"
 #include "services.h"
+#include "trace.h"
 #include "wamp_codec.h"
 
 #define TAG "wamp"
@@ -859,8 +860,15 @@ static void on_call(session *s, json_t *msg)
     if (json_is_number(t) && json_number_value(t) > 0) timeout = json_number_value(t) / 1000.0;
     if (timeout > s->r->rt->cfg.max_call_timeout) timeout = s->r->rt->cfg.max_call_timeout;
     bool progress = json_is_true(json_object_get(opts, "receive_progress"));
-    const char *headers[3];
+    const char *headers[5];
     int h = 0;
+    json_t *tp = json_object_get(opts, TRACE_HEADER); /* the caller's trace goes on */
+    char trace_id[TRACE_ID_LEN + 1];
+    if (json_is_string(tp) &&
+        trace_parse(json_string_value(tp), json_string_length(tp), trace_id)) {
+        headers[h++] = TRACE_HEADER;
+        headers[h++] = json_string_value(tp);
+    }
     if (progress) {
         headers[h++] = HDR_RECEIVE_PROGRESS;
         headers[h++] = "1";

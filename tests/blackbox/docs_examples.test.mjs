@@ -7,16 +7,18 @@
 // A block declares its tests by its `it(` lines (and top-level `function test_...`); the run
 // must pass exactly that many per block, none failed or skipped. A `-- stderr: TEXT` line in a
 // block means the run's standard error must contain TEXT. A block (lua or sql) whose first line
-// is `-- docs/examples/<path>` must be that file's content, verbatim.
+// is `-- docs/examples/<path>` must be that file's content, verbatim. The http page's examples
+// call a small Node HTTP server started here, whose URL they read from $EXAMPLE_API.
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import * as h from './lib/harness.mjs';
 import { startPostgres } from './lib/postgres.mjs';
 
-const PAGES = ['rpc', 'sleep', 'call', 'publish', 'subscribe', 'spawn', 'error', 'log', 'postgres', 'context'];
+const PAGES = ['rpc', 'sleep', 'call', 'publish', 'subscribe', 'spawn', 'error', 'log', 'postgres', 'context', 'http', 'timers', 'hooks'];
 const DOCS = path.join(h.SOURCE_DIR, 'docs', 'api');
 const EXAMPLES = path.join(h.SOURCE_DIR, 'docs', 'examples');
 const SERVICES = 'docs/examples/services'; // relative to the source dir, as the pages say
@@ -48,9 +50,9 @@ function declaredTests(body) {
   return (body.match(/^\s*it\(/gm) || []).length + (body.match(/^function test_\w+\s*\(/gm) || []).length;
 }
 
-function run(cmd, args, { cwd, timeout }) {
+function run(cmd, args, { cwd, timeout, env }) {
   return new Promise((resolve) => {
-    execFile(cmd, args, { cwd, timeout, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
+    execFile(cmd, args, { cwd, timeout, env, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
       resolve({ code: err ? (typeof err.code === 'number' ? err.code : null) : 0, signal: err?.signal ?? null, killed: !!err?.killed, stdout, stderr });
     });
   });
@@ -74,16 +76,47 @@ function parseReport(stdout, files) {
 }
 
 const pages = new Map(); // name -> markdown text
-let dir, nats, pg;
+let dir, nats, pg, api;
+
+// The external API of the http page's examples.
+function exampleApi(req, res) {
+  const url = new URL(req.url, 'http://x');
+  const chunks = [];
+  req.on('data', (c) => chunks.push(c));
+  req.on('end', () => {
+    const json = (status, value) => {
+      res.writeHead(status, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(value));
+    };
+    if (url.pathname === '/greeting') {
+      const name = url.searchParams.get('name') || '';
+      if (!name) return json(400, { error: 'name is empty' });
+      return json(200, { text: `Hello, ${name}` });
+    }
+    if (url.pathname === '/echo') {
+      return json(200, { method: req.method, content_type: req.headers['content-type'] || null, body: Buffer.concat(chunks).toString() });
+    }
+    if (url.pathname === '/old') {
+      res.writeHead(301, { location: '/greeting?name=old' });
+      return res.end();
+    }
+    if (url.pathname === '/slow') return; // never answers
+    json(404, { error: 'no such path' });
+  });
+}
 
 before(async () => {
   for (const p of PAGES) pages.set(p, fs.readFileSync(path.join(DOCS, `${p}.md`), 'utf8'));
   dir = h.workDir('docs_examples');
   [nats, pg] = await Promise.all([h.startNats({ dir }), startPostgres({ dir })]);
+  api = http.createServer(exampleApi);
+  await new Promise((resolve) => api.listen(0, '127.0.0.1', resolve));
 });
 
 after(async () => {
   await h.stopAll();
+  api?.closeAllConnections();
+  api?.close();
   if (pg) await pg.stop().catch(() => {});
 });
 
@@ -138,7 +171,8 @@ h.test('every example passes under microservice test, with --nats and --postgres
   assert.ok(files.length >= PAGES.length, `only ${files.length} examples`);
 
   const args = ['test', ...files, '--services', SERVICES, '--nats', nats.url, '--postgres', pg.url, '--timeout', '10'];
-  const r = await run(h.BIN, args, { cwd: h.SOURCE_DIR, timeout: 120000 });
+  const env = { ...process.env, EXAMPLE_API: `http://127.0.0.1:${api.address().port}` };
+  const r = await run(h.BIN, args, { cwd: h.SOURCE_DIR, timeout: 120000, env });
   fs.writeFileSync(path.join(dir, 'microservice-test.stdout.log'), r.stdout);
   fs.writeFileSync(path.join(dir, 'microservice-test.stderr.log'), r.stderr);
   const shown = `$ ${h.BIN} ${args.join(' ')}\n--- stdout ---\n${r.stdout}\n--- stderr (tail) ---\n${r.stderr.split('\n').slice(-40).join('\n')}`;

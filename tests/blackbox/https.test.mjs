@@ -4,7 +4,7 @@
 // the TLS port, and the drain closing idle TLS connections.
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http2 from 'node:http2';
@@ -13,24 +13,13 @@ import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import * as h from './lib/harness.mjs';
+import { makePki as makeTestPki } from './lib/pki.mjs';
 import * as w from './lib/wamp.mjs';
 
 let dir, nats, services, pki, rt, tlsPort;
 
-const openssl = (...args) => execFileSync('openssl', args, { cwd: pki, stdio: ['ignore', 'pipe', 'pipe'] });
-
 function makePki() {
-  pki = path.join(dir, 'pki');
-  fs.mkdirSync(pki);
-  openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem',
-    '-days', '2', '-subj', '/CN=microservice test CA');
-  openssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server.key', '-out', 'server.csr',
-    '-subj', '/CN=localhost');
-  fs.writeFileSync(path.join(pki, 'san.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
-  openssl('x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial',
-    '-out', 'server.pem', '-days', '2', '-extfile', 'san.cnf');
-  openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'other.key', '-out', 'other.pem',
-    '-days', '2', '-subj', '/CN=other');
+  pki = makeTestPki(dir);
 }
 const file = (f) => path.join(pki, f);
 const tlsArgs = (port) => ['--https', `127.0.0.1:${port}`, '--tls-cert', file('server.pem'), '--tls-key', file('server.key')];
