@@ -251,25 +251,31 @@ static bool valid_uri(const char *u, bool allow_empty_parts)
 
 /* ---- sending ---- */
 
-/* For a closing session: queue the close frame once the messages before it are out, then wait
- * for the peer's close frame. Either must happen by close_deadline: a peer that does not read, or
- * never answers the close, is dropped. Returns false when the session is dropped; *again: check
- * it again later. */
+/* Ends a session without a close handshake: the peer does not read, or does not answer. */
+static void drop_session(session *s)
+{
+    h2o_websocket_conn_t *ws = s->ws;
+    session_end(s);
+    h2o_websocket_close(ws);
+}
+
+/* For a closing session: queue the close frame once the messages before it are out. Returns
+ * false when the session is dropped (or must be checked again later: *again). A peer that reads
+ * but never answers the close frame is dropped by idle_sweep. */
 static bool close_step(session *s, bool *again)
 {
-    if (s->state != S_CLOSING) return true;
+    if (s->state != S_CLOSING || s->close_queued) return true;
     wslay_event_context_ptr ctx = s->ws->ws_ctx;
     bool drained = wslay_event_get_queued_msg_count(ctx) == 0 && s->ws->sock &&
                    !h2o_socket_is_writing(s->ws->sock) && s->out_pending.len == 0;
-    if (drained && !s->close_queued) {
+    if (drained) {
         wslay_event_queue_close(ctx, s->close_code, (const uint8_t *)s->close_reason,
                                 strlen(s->close_reason));
         s->close_queued = true;
+        return true;
     }
-    if (uv_now(&s->r->rt->loop) > s->close_deadline) {
-        h2o_websocket_conn_t *ws = s->ws;
-        session_end(s);
-        h2o_websocket_close(ws);
+    if (uv_now(&s->r->rt->loop) > s->close_deadline) { /* the peer does not read: drop it */
+        drop_session(s);
         return false;
     }
     *again = true;
@@ -1854,7 +1860,14 @@ static void idle_sweep(uv_timer_t *t)
     router *r = t->data;
     uint64_t now = uv_now(&r->rt->loop);
     uint64_t idle_ms = (uint64_t)(r->rt->cfg.session_idle_timeout * 1000.0);
-    for (session *s = r->sessions; s; s = s->next) {
+    for (session *s = r->sessions, *next; s; s = next) {
+        next = s->next;
+        if (s->state == S_CLOSING && s->close_queued && now > s->close_deadline) {
+            log_info(TAG, "session %llu dropped: no answer to the close frame",
+                     (unsigned long long)s->id);
+            drop_session(s);
+            continue;
+        }
         if (s->state != S_ESTABLISHED) continue;
         if (now - s->last_activity < idle_ms) {
             ping_quiet(s, now, idle_ms);
