@@ -596,7 +596,7 @@ static int declare_rpc(struct services *s, lua_State *L, int svc_idx, const char
         rpc_free(e);
         return -1;
     }
-    e->sub = nats_bridge_subscribe(s->rt->nats, subject, subject, on_rpc_msg, e);
+    e->sub = nats_bridge_subscribe_polled(s->rt->nats, subject, subject, on_rpc_msg, e);
     if (!e->sub) log_error(TAG, "%s: %s could not be subscribed", file, subject);
     e->next = s->rpcs;
     s->rpcs = e;
