@@ -419,6 +419,7 @@ static void on_rpc_msg(void *udata, natsMsg *msg)
 {
     rpc_entry *e = udata;
     struct services *s = e->svcs;
+    if (nats_bridge_misdirected(s->rt->nats, msg, true)) return; /* an event never runs an RPC */
     if (!lua_memory_admit(&s->rt->lua_mem)) {
         char msg_text[96];
         snprintf(msg_text, sizeof msg_text, "Lua memory limit reached (%zu MiB)",
@@ -805,6 +806,7 @@ static void on_sub_msg(void *udata, natsMsg *msg)
 {
     lua_sub *ls = udata;
     struct services *s = ls->svcs;
+    if (nats_bridge_misdirected(s->rt->nats, msg, false)) return; /* requests are for RPCs */
     if (!lua_memory_admit(&s->rt->lua_mem)) {
         log_warn(ls->subject, "message on %s dropped: Lua memory limit reached (%zu MiB)",
                  natsMsg_GetSubject(msg), s->rt->lua_mem.limit >> 20);
