@@ -129,6 +129,7 @@ struct nats_bridge {
     nb_sub *done;             /* subscriptions that may have become free-able */
     int live;                 /* nats.c async subscriptions not completed yet (inbox included) */
     uint64_t slow_consumer;   /* nats.c's own slow-consumer reports (async error handler) */
+    atomic_bool q_work;       /* any of the above changed: the loop takes the mutex only then */
     uv_async_t sub_async;
     bool finishing; /* closed: waiting for nats.c to complete the last subscriptions */
 
@@ -479,6 +480,7 @@ static void mark_done_locked(nb_sub *s)
     s->in_done = true;
     s->done_next = s->nb->done;
     s->nb->done = s;
+    atomic_store(&s->nb->q_work, true);
 }
 
 static void mark_done(nb_sub *s)
@@ -513,6 +515,7 @@ static void queued_msg_cb(natsConnection *nc, natsSubscription *sub, natsMsg *ms
         nb->q_bytes += bytes;
         s->queued++;
         queued = true;
+        atomic_store(&nb->q_work, true);
     } else {
         nb->q_dropped++;
         nb->q_dropped_total++;
@@ -553,6 +556,7 @@ static void async_error_cb(natsConnection *nc, natsSubscription *sub, natsStatus
     if (err != NATS_SLOW_CONSUMER) return;
     pthread_mutex_lock(&nb->q_mu);
     nb->slow_consumer++;
+    atomic_store(&nb->q_work, true);
     pthread_mutex_unlock(&nb->q_mu);
     uv_async_send(&nb->sub_async);
 }
@@ -719,18 +723,25 @@ static void check_cb(uv_check_t *h)
 {
     nats_bridge *nb = h->data;
     release_all(nb); /* what the callbacks of this turn freed, before taking more */
-    reap_subs(nb);
     if (nb->finishing) {
         maybe_finish_close(nb);
         return;
     }
+    /* an idle turn costs one atomic exchange here, whatever the number of subscriptions */
+    bool work = atomic_exchange(&nb->q_work, false);
+    if (work) reap_subs(nb);
     if (intake_paused(nb)) {
         /* resumed by nats_bridge_kick when a call ends */
+        if (work) atomic_store(&nb->q_work, true); /* the queue was not taken */
         uv_idle_stop(&nb->idle_handle);
         return;
     }
     bool backlog = false;
-    int budget = DRAIN_BUDGET - drain_queue(nb, DRAIN_BUDGET, &backlog);
+    int budget = DRAIN_BUDGET;
+    if (work) {
+        budget -= drain_queue(nb, DRAIN_BUDGET, &backlog);
+        if (backlog) atomic_store(&nb->q_work, true);
+    }
     for (nb_sub *s = nb->subs; s;) {
         nb_sub *next = s->next;
         if (intake_paused(nb)) {
