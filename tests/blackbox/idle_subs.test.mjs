@@ -9,12 +9,12 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import * as h from './lib/harness.mjs';
-import { RawWamp, MSG, wsUrl, closeAllWamp } from './lib/wamp.mjs';
+import { RawWamp, MSG, wsUrl, closeAllWamp, untilDelivered } from './lib/wamp.mjs';
 
 const SESSIONS = 10;
 const TOPICS = 1000;
 const CALLS = 200;
-let dir, nats, rt;
+let dir, nats, rt, nc;
 
 before(async () => {
   dir = h.workDir('idle_subs');
@@ -23,10 +23,12 @@ before(async () => {
     dir, natsUrl: nats.url, servicesDir: h.servicesDir(path.join(dir, 'services'), ['greeting.lua']),
     args: ['--max-subscriptions', String(TOPICS)], logLevel: 'info',
   });
+  nc = await h.natsClient(nats.url);
 });
 
 after(async () => {
   await closeAllWamp();
+  if (nc) await nc.close();
   await h.stopAll();
 });
 
@@ -59,4 +61,40 @@ h.test(`${CALLS} calls cost about the same CPU with ${SESSIONS * TOPICS} idle WA
   process.stderr.write(`# CPU ticks (1/100 s) for ${CALLS} calls: ${without} without, ${withSubs} with ${SESSIONS * TOPICS} idle subscriptions\n`);
   // before the fix: ~400 ticks with; after: about the same as without (a few ticks)
   assert.ok(withSubs <= 4 * without + 50, `${withSubs} ticks with the idle subscriptions vs ${without} without`);
+});
+
+// The end of a subscription while its messages are still queued or being delivered by nats.c
+// (the queue holds (subscription, message) pairs): sessions subscribe and unsubscribe one topic
+// over and over while a plain NATS client floods it, so the process's one NATS subscription for
+// it is opened and closed again and again with messages in flight. Under ASan a use after free
+// would be reported; the process must go on delivering.
+h.test('subscriptions opened and closed while their events flood in', { timeout: 120000 }, async () => {
+  const sessions = [];
+  for (let k = 0; k < 4; k++) sessions.push(await RawWamp.session(wsUrl(rt), 'json'));
+  let flooding = true;
+  const flood = (async () => {
+    const body = JSON.stringify([['x'.repeat(200)], {}]);
+    while (flooding) {
+      for (let i = 0; i < 200; i++) nc.publish('churn.x', body);
+      await nc.flush();
+    }
+  })();
+  await Promise.all(sessions.map(async (s) => {
+    for (let i = 0; i < 100; i++) {
+      const id = await s.subscribe('churn.x');
+      const m = await s.request([MSG.UNSUBSCRIBE, s.req(), id], MSG.UNSUBSCRIBED, 10000);
+      assert.equal(m[0], MSG.UNSUBSCRIBED);
+      s.all.length = 0; // the events received so far are of no interest
+      s.messages.length = 0;
+    }
+  }));
+  flooding = false;
+  await flood;
+  for (const s of sessions) s.terminate();
+  const probe = await RawWamp.session(wsUrl(rt), 'json');
+  await probe.subscribe('churn.after');
+  await untilDelivered(() => nc.publish('churn.after', JSON.stringify([['probe'], {}])),
+    () => probe.all.some((m) => m[0] === MSG.EVENT));
+  const r = await h.post(rt, 'greeting_service.hello', [['Bob'], { last_name: 'Ross' }]);
+  assert.equal(r.status, 200, r.text);
 });
