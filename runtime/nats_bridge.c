@@ -20,7 +20,8 @@
  *     it is done with every nats.c subscription made for it (natsSubscription_SetOnCompleteCB:
  *     "opened" == "completed", which also covers the subscriptions a lost connection closed
  *     while new ones were opened) and the queue holds nothing for it ("queued" == 0). A closed
- *     nb_sub never calls its handler again; a drained one delivers what is queued, then on_gone.
+ *     nb_sub never calls its handler again; a drained one (an unsubscribe, see nb_sub_drain)
+ *     delivers what is queued, then on_gone.
  *   - Polled subscriptions (nats_bridge_subscribe_polled: the RPC endpoints the operator's Lua
  *     services declare, a number bounded by the operator's code) stay synchronous: nats.c queues
  *     their messages (bounded by the subscription's pending limits; beyond them it drops and
@@ -531,11 +532,14 @@ static void sub_complete_cb(void *closure)
     nb_sub *s = closure;
     nats_bridge *nb = s->nb;
     pthread_mutex_lock(&nb->q_mu);
-    s->completed++;
-    nb->live--;
+    if (s->completed < s->opened) { /* defensive: see nb_sub_drain */
+        s->completed++;
+        nb->live--;
+    }
     mark_done_locked(s);
-    pthread_mutex_unlock(&nb->q_mu);
+    /* under the mutex: once the loop sees live == 0 it may close the handle and free nb */
     uv_async_send(&nb->sub_async);
+    pthread_mutex_unlock(&nb->q_mu);
 }
 
 static void inbox_complete_cb(void *closure)
@@ -543,8 +547,8 @@ static void inbox_complete_cb(void *closure)
     nats_bridge *nb = closure;
     pthread_mutex_lock(&nb->q_mu);
     nb->live--;
+    uv_async_send(&nb->sub_async); /* under the mutex, as in sub_complete_cb */
     pthread_mutex_unlock(&nb->q_mu);
-    uv_async_send(&nb->sub_async);
 }
 
 /* nats.c's own reports (its thread): only counted, logged by the loop. */
@@ -880,11 +884,19 @@ void nb_sub_drain(nb_sub *s)
         if (!s->polled) mark_done(s);
         return;
     }
+    if (!s->polled) {
+        /* An unsubscribe, not a nats.c drain: nats.c 3.4.1 calls the on-complete callback twice
+         * when a subscription it delivers through the pool is drained twice (ours, then the
+         * connection's drain at shutdown), and a second call could come after the free. What
+         * the queue already holds is still delivered. */
+        natsSubscription_Unsubscribe(s->sub);
+        mark_done(s);
+        return;
+    }
     natsStatus st = natsSubscription_Drain(s->sub);
     if (st != NATS_OK) { /* not connected: nothing more will come */
         natsSubscription_Unsubscribe(s->sub);
     }
-    if (!s->polled) mark_done(s);
     nats_bridge_kick(s->nb);
 }
 

@@ -60,7 +60,8 @@ nb_sub *nats_bridge_subscribe(nats_bridge *nb, const char *subject, const char *
  * reports a slow consumer). */
 nb_sub *nats_bridge_subscribe_polled(nats_bridge *nb, const char *subject, const char *queue,
                                      nb_msg_fn fn, void *udata);
-/* Removes interest but keeps delivering what the server already sent; frees itself when done. */
+/* Removes interest but keeps delivering what the server already sent (a queued subscription: what
+ * its queue already holds); frees itself when done. */
 void nb_sub_drain(nb_sub *s);
 /* Like nb_sub_drain; on_gone(udata) runs once nothing more will be delivered (the subscription
  * is freed), so that udata can outlive the last delivery. */
