@@ -66,6 +66,7 @@
 #define RETRY_MS 250      /* while no server is reachable */
 #define RETRY_MAX_MS 5000 /* the longest wait after a server refused us */
 #define RELEASE_BATCH 1024
+#define FINISH_TIMEOUT_MS 2000 /* at close, the longest wait for nats.c's on-complete callbacks */
 
 struct nb_sub {
     nats_bridge *nb;
@@ -133,6 +134,7 @@ struct nats_bridge {
     atomic_bool q_work;       /* any of the above changed: the loop takes the mutex only then */
     uv_async_t sub_async;
     bool finishing; /* closed: waiting for nats.c to complete the last subscriptions */
+    bool abandoned; /* it did not in time: nb is never freed (nats.c may still call it) */
 
     /* messages refused by the bus rule (see nats_bridge_misdirected) */
     uint64_t ignored_events, ignored_requests;
@@ -1046,6 +1048,7 @@ void nats_bridge_confirm(nats_bridge *nb)
 }
 
 static void finish_close(nats_bridge *nb);
+static void finish_timeout_cb(uv_timer_t *t);
 static int connect_now(nats_bridge *nb);
 static void connect_retry_later(nats_bridge *nb, int ms, bool unreachable);
 
@@ -1419,6 +1422,7 @@ static void finish_close(nats_bridge *nb)
     }
     destroy_connection(nb);
     nb->finishing = true;
+    uv_timer_start(&nb->retry_timer, finish_timeout_cb, FINISH_TIMEOUT_MS, 0);
     maybe_finish_close(nb);
 }
 
@@ -1435,6 +1439,20 @@ static void maybe_finish_close(nats_bridge *nb)
     nb->finishing = false;
     close_handles(nb);
     log_info(TAG, "connection closed");
+}
+
+static void finish_timeout_cb(uv_timer_t *t)
+{
+    nats_bridge *nb = t->data;
+    if (!nb->finishing) return;
+    pthread_mutex_lock(&nb->q_mu);
+    int live = nb->live;
+    pthread_mutex_unlock(&nb->q_mu);
+    log_warn(TAG, "nats.c did not complete %d subscriptions in %d ms; closing without them", live,
+             FINISH_TIMEOUT_MS);
+    nb->finishing = false;
+    nb->abandoned = true;
+    close_handles(nb);
 }
 
 void nats_bridge_close(nats_bridge *nb, void (*on_closed)(void *arg), void *arg)
@@ -1462,6 +1480,7 @@ void nats_bridge_free(nats_bridge *nb)
 {
     if (!nb) return;
     release_all(nb);
+    if (nb->abandoned) return; /* see finish_timeout_cb: a leak at exit, not a use after free */
     if (nb->opts) natsOptions_Destroy(nb->opts);
     pthread_mutex_destroy(&nb->ring_mu);
     pthread_mutex_destroy(&nb->q_mu);
