@@ -123,7 +123,8 @@ M.publish = core.publish
 
 --- Calls fn(args, kwargs, subject) for every message on subject (NATS wildcards allowed), each
 -- in its own coroutine. Returns a subscription with :unsubscribe(). With queue, the processes
--- subscribed with the same queue name share the messages.
+-- subscribed with the same queue name share the messages. Only events reach fn: a message with a
+-- reply subject is a request, for RPCs only.
 function M.subscribe(subject, fn, queue)
   local id = core.subscribe(subject, fn, queue)
   return {

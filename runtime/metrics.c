@@ -168,6 +168,18 @@ void metrics_render(runtime *rt, codec_buf *out)
     put(out, "microservice_nats_pending_requests %d\n", nats_bridge_pending_requests(rt->nats));
     header(out, "microservice_nats_subscriptions", "gauge", "NATS subscriptions of the process.");
     put(out, "microservice_nats_subscriptions %d\n", nats_bridge_sub_count(rt->nats));
+    uint64_t dropped = 0, ign_events = 0, ign_requests = 0;
+    nats_bridge_counters(rt->nats, &dropped, &ign_events, &ign_requests);
+    header(out, "microservice_nats_dropped_messages_total", "counter",
+           "Subscription messages dropped because the queue to the loop was full.");
+    put(out, "microservice_nats_dropped_messages_total %llu\n", (unsigned long long)dropped);
+    header(out, "microservice_nats_ignored_messages_total", "counter",
+           "Messages refused by the bus rule: events sent to an RPC, requests sent to a "
+           "subscriber.");
+    put(out, "microservice_nats_ignored_messages_total{kind=\"event_to_rpc\"} %llu\n",
+        (unsigned long long)ign_events);
+    put(out, "microservice_nats_ignored_messages_total{kind=\"request_to_subscriber\"} %llu\n",
+        (unsigned long long)ign_requests);
     header(out, "microservice_postgres_connections_up", "gauge",
            "PostgreSQL connections up (0 without a database).");
     put(out, "microservice_postgres_connections_up %d\n", pg_pool_connections_up(rt->pg));

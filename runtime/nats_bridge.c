@@ -1,21 +1,47 @@
 /* nats_bridge.c: owns the nats.c connection (on the libuv loop through nats.c's adapter), every
- * subscription, the request inbox and its table of pending replies.
+ * subscription, the queue that hands their messages to the loop, the request inbox and its table
+ * of pending replies.
  *
  * The thread boundary. nats.c reads and parses the socket on the loop thread, but it runs
  * asynchronous subscription callbacks and connection-state callbacks on threads of its own. Lua
- * and h2o must only be touched on the loop thread, so:
- *   - Service subscriptions are synchronous: nats.c queues their messages (bounded by the
- *     subscription's pending limits; beyond them it drops and reports a slow consumer) and a
- *     uv_check handle drains them right after each poll phase, on the loop thread, with no thread
- *     hop at all. A uv_idle handle keeps the loop turning while a backlog remains.
+ * and h2o must only be touched on the loop thread, and delivery must cost per message, never per
+ * subscription per loop turn (a process may hold tens of thousands of idle WAMP topics), so:
+ *   - Queued subscriptions (the default: WAMP topics and registrations, Lua
+ *     microservice.subscribe, $SRV): asynchronous nats.c subscriptions with global message
+ *     delivery (one nats.c delivery thread for all of them, not one thread per subscription).
+ *     The callback appends (subscription, message) to ONE bounded queue (EVENT_QUEUE messages and
+ *     EVENT_QUEUE_BYTES bytes over all subscriptions) under a mutex and wakes the loop with
+ *     uv_async_send; the loop's uv_check takes the queue in batches (DRAIN_BUDGET per turn; a
+ *     uv_idle handle keeps the loop turning while a backlog remains). An idle subscription costs
+ *     nothing per turn. When the queue is full the message is dropped, counted
+ *     (microservice_nats_dropped_messages_total) and logged once per burst, as the inbox does.
+ *     End of a subscription: nats.c may still call the callback after an unsubscribe, and the
+ *     queue may still hold its messages, so an nb_sub is freed on the loop only when nats.c said
+ *     it is done with every nats.c subscription made for it (natsSubscription_SetOnCompleteCB:
+ *     "opened" == "completed", which also covers the subscriptions a lost connection closed
+ *     while new ones were opened) and the queue holds nothing for it ("queued" == 0). A closed
+ *     nb_sub never calls its handler again; a drained one (an unsubscribe, see nb_sub_drain)
+ *     delivers what is queued, then on_gone.
+ *   - Polled subscriptions (nats_bridge_subscribe_polled: the RPC endpoints the operator's Lua
+ *     services declare, a number bounded by the operator's code) stay synchronous: nats.c queues
+ *     their messages (bounded by the subscription's pending limits; beyond them it drops and
+ *     reports a slow consumer) and the uv_check drains them right after each poll phase with no
+ *     thread hop at all, which keeps the HTTP -> Lua RPC path at one thread hop (the reply).
+ *     The cost per turn is per declared RPC, which the operator controls; nothing a client does
+ *     creates one.
  *   - The request inbox has to be asynchronous: nats.c turns a "no responders" status into an
  *     error without the message for synchronous subscriptions, so we would not know which request
  *     it answered. Its callback (nats.c thread) appends to a bounded ring under a mutex and wakes
  *     the loop with uv_async_send; the loop takes the whole ring in one batch. When the ring is
  *     full the reply is dropped (counted) and its request times out.
+ *   - The intake pause (--max-inflight) stops taking from both: nats.c's pending limits and the
+ *     queue's bound then decide what is dropped.
  *   - Connection-state callbacks only wake the loop (uv_async); the loop reads the state itself.
  * Nothing here blocks the loop: requests are a publish plus an entry in the pending table, with a
- * uv_timer for the timeout. */
+ * uv_timer for the timeout.
+ *
+ * The bus rule (nats_bridge_misdirected): a message with a reply subject is a request, one
+ * without is an event; RPC handlers take requests only and subscribers events only. */
 #include "nats_bridge.h"
 
 #include <nats/adapters/libuv.h>
@@ -34,10 +60,14 @@
 #define SUB_PENDING_BYTES (64 * 1024 * 1024)
 #define DRAIN_BUDGET 512 /* messages per loop iteration, over all subscriptions */
 #define INBOX_RING 65536
+#define EVENT_QUEUE 65536                    /* messages queued for the loop, all subscriptions */
+#define EVENT_QUEUE_BYTES (64 * 1024 * 1024) /* and their bytes */
+#define QUEUE_BATCH 64                       /* taken under the mutex at once */
 #define PROBE_TIMEOUT_S 2.0
 #define RETRY_MS 250      /* while no server is reachable */
 #define RETRY_MAX_MS 5000 /* the longest wait after a server refused us */
 #define RELEASE_BATCH 1024
+#define FINISH_TIMEOUT_MS 2000 /* at close, the longest wait for nats.c's on-complete callbacks */
 
 struct nb_sub {
     nats_bridge *nb;
@@ -46,11 +76,24 @@ struct nb_sub {
     void *udata;
     char *subject;
     char *queue;                  /* NULL: no queue group */
+    bool polled;                  /* synchronous, drained by check_cb (see the top comment) */
     bool drain_requested;         /* nb_sub_drain was called */
+    bool closed;                  /* nb_sub_close was called (queued): fn never runs again */
     void (*on_gone)(void *udata); /* after the last delivery, when the subscription is freed */
     bool dead;                    /* nats.c closed it: nothing more will come */
+    /* queued subscriptions, under nb->q_mu: */
+    int opened;    /* nats.c subscriptions made for it */
+    int completed; /* of them, those nats.c is done with (on-complete callback) */
+    int queued;    /* its messages in the queue */
+    bool in_done;  /* on nb->done: to be looked at by reap_subs */
+    nb_sub *done_next;
     nb_sub *prev, *next;
 };
+
+typedef struct {
+    nb_sub *s;
+    natsMsg *m;
+} queue_entry;
 
 struct nb_request {
     nats_bridge *nb;
@@ -75,9 +118,27 @@ struct nats_bridge {
     size_t nbuckets;
     int pending;
 
-    /* service subscriptions, drained from check_handle */
+    /* subscriptions: polled ones (drained one by one from check_handle) and queued ones */
     nb_sub *subs;
-    int nsubs;
+    nb_sub *qsubs;
+    int nsubs; /* both kinds, until freed */
+
+    /* the queue of queued subscriptions: written by nats.c's delivery thread, taken by the loop */
+    pthread_mutex_t q_mu;
+    queue_entry *q;
+    size_t q_head, q_len, q_bytes;
+    uint64_t q_dropped;       /* since the last log line */
+    uint64_t q_dropped_total; /* for /metrics */
+    nb_sub *done;             /* subscriptions that may have become free-able */
+    int live;                 /* nats.c async subscriptions not completed yet (inbox included) */
+    uint64_t slow_consumer;   /* nats.c's own slow-consumer reports (async error handler) */
+    atomic_bool q_work;       /* any of the above changed: the loop takes the mutex only then */
+    uv_async_t sub_async;
+    bool finishing; /* closed: waiting for nats.c to complete the last subscriptions */
+    bool abandoned; /* it did not in time: nb is never freed (nats.c may still call it) */
+
+    /* messages refused by the bus rule (see nats_bridge_misdirected) */
+    uint64_t ignored_events, ignored_requests;
     uv_check_t check_handle;
     uv_idle_t idle_handle;
 
@@ -403,7 +464,12 @@ static void inbox_async_cb(uv_async_t *a)
     }
 }
 
-/* ---- service subscriptions, drained on the loop thread ---- */
+/* ---- subscriptions ---- */
+
+static nb_sub **list_of(nats_bridge *nb, nb_sub *s)
+{
+    return s->polled ? &nb->subs : &nb->qsubs;
+}
 
 static void sub_free(nb_sub *s)
 {
@@ -411,7 +477,7 @@ static void sub_free(nb_sub *s)
     if (s->prev)
         s->prev->next = s->next;
     else
-        nb->subs = s->next;
+        *list_of(nb, s) = s->next;
     if (s->next) s->next->prev = s->prev;
     nb->nsubs--;
     natsSubscription_Destroy(s->sub);
@@ -420,6 +486,194 @@ static void sub_free(nb_sub *s)
     free(s->queue);
     free(s);
 }
+
+/* ---- queued subscriptions: nats.c's delivery thread -> queue -> loop ---- */
+
+/* Caller holds q_mu. s goes on the list reap_subs looks at. */
+static void mark_done_locked(nb_sub *s)
+{
+    if (s->in_done) return;
+    s->in_done = true;
+    s->done_next = s->nb->done;
+    s->nb->done = s;
+    atomic_store(&s->nb->q_work, true);
+}
+
+static void mark_done(nb_sub *s)
+{
+    nats_bridge *nb = s->nb;
+    pthread_mutex_lock(&nb->q_mu);
+    mark_done_locked(s);
+    pthread_mutex_unlock(&nb->q_mu);
+    uv_async_send(&nb->sub_async);
+}
+
+static size_t msg_bytes(natsMsg *m)
+{
+    const char *reply = natsMsg_GetReply(m);
+    return (size_t)natsMsg_GetDataLength(m) + strlen(natsMsg_GetSubject(m)) +
+           (reply ? strlen(reply) : 0) + 64;
+}
+
+/* nats.c's delivery thread. */
+static void queued_msg_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    nb_sub *s = closure;
+    nats_bridge *nb = s->nb;
+    size_t bytes = msg_bytes(msg);
+    bool queued = false;
+    pthread_mutex_lock(&nb->q_mu);
+    if (nb->q_len < EVENT_QUEUE && nb->q_bytes + bytes <= EVENT_QUEUE_BYTES) {
+        nb->q[(nb->q_head + nb->q_len) % EVENT_QUEUE] = (queue_entry){s, msg};
+        nb->q_len++;
+        nb->q_bytes += bytes;
+        s->queued++;
+        queued = true;
+        atomic_store(&nb->q_work, true);
+    } else {
+        nb->q_dropped++;
+        nb->q_dropped_total++;
+    }
+    pthread_mutex_unlock(&nb->q_mu);
+    if (!queued) natsMsg_Destroy(msg);
+    uv_async_send(&nb->sub_async);
+}
+
+/* nats.c's delivery thread, once per nats.c subscription: nothing more comes from it. */
+static void sub_complete_cb(void *closure)
+{
+    nb_sub *s = closure;
+    nats_bridge *nb = s->nb;
+    pthread_mutex_lock(&nb->q_mu);
+    if (s->completed < s->opened) { /* defensive: see nb_sub_drain */
+        s->completed++;
+        nb->live--;
+    }
+    mark_done_locked(s);
+    /* under the mutex: once the loop sees live == 0 it may close the handle and free nb */
+    uv_async_send(&nb->sub_async);
+    pthread_mutex_unlock(&nb->q_mu);
+}
+
+static void inbox_complete_cb(void *closure)
+{
+    nats_bridge *nb = closure;
+    pthread_mutex_lock(&nb->q_mu);
+    nb->live--;
+    uv_async_send(&nb->sub_async); /* under the mutex, as in sub_complete_cb */
+    pthread_mutex_unlock(&nb->q_mu);
+}
+
+/* nats.c's own reports (its thread): only counted, logged by the loop. */
+static void async_error_cb(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    nats_bridge *nb = closure;
+    if (err != NATS_SLOW_CONSUMER) return;
+    pthread_mutex_lock(&nb->q_mu);
+    nb->slow_consumer++;
+    atomic_store(&nb->q_work, true);
+    pthread_mutex_unlock(&nb->q_mu);
+    uv_async_send(&nb->sub_async);
+}
+
+static bool sub_freeable_locked(nb_sub *s)
+{
+    return (s->closed || s->drain_requested) && s->completed == s->opened && s->queued == 0;
+}
+
+/* Frees the queued subscriptions nats.c and the queue are done with. Loop thread. */
+static void reap_subs(nats_bridge *nb)
+{
+    pthread_mutex_lock(&nb->q_mu);
+    nb_sub *list = nb->done;
+    nb->done = NULL;
+    nb_sub *freeable = NULL;
+    while (list) {
+        nb_sub *s = list;
+        list = s->done_next;
+        s->in_done = false;
+        if (sub_freeable_locked(s)) {
+            s->done_next = freeable;
+            freeable = s;
+        }
+    }
+    uint64_t slow = nb->slow_consumer;
+    nb->slow_consumer = 0;
+    pthread_mutex_unlock(&nb->q_mu);
+    if (slow)
+        log_warn(TAG, "slow consumer: nats.c dropped messages of a subscription (%llu reports)",
+                 (unsigned long long)slow);
+    while (freeable) {
+        nb_sub *s = freeable;
+        freeable = s->done_next;
+        sub_free(s);
+    }
+}
+
+/* Takes up to max entries from the front of the queue; returns how many. */
+static size_t queue_take(nats_bridge *nb, queue_entry *out, size_t max, bool *more)
+{
+    pthread_mutex_lock(&nb->q_mu);
+    size_t n = nb->q_len < max ? nb->q_len : max;
+    for (size_t i = 0; i < n; i++) {
+        out[i] = nb->q[(nb->q_head + i) % EVENT_QUEUE];
+        nb->q_bytes -= msg_bytes(out[i].m);
+        if (--out[i].s->queued == 0 && (out[i].s->closed || out[i].s->drain_requested))
+            mark_done_locked(out[i].s);
+    }
+    nb->q_head = (nb->q_head + n) % EVENT_QUEUE;
+    nb->q_len -= n;
+    *more = nb->q_len > 0;
+    uint64_t dropped = nb->q_dropped;
+    nb->q_dropped = 0;
+    pthread_mutex_unlock(&nb->q_mu);
+    if (dropped)
+        log_warn(TAG, "subscription queue full (%d messages or %d MiB): %llu messages dropped",
+                 EVENT_QUEUE, EVENT_QUEUE_BYTES >> 20, (unsigned long long)dropped);
+    return n;
+}
+
+/* Delivers up to budget queued messages; returns how many it took. */
+static int drain_queue(nats_bridge *nb, int budget, bool *backlog)
+{
+    int n = 0;
+    queue_entry batch[QUEUE_BATCH];
+    while (n < budget) {
+        size_t max = (size_t)(budget - n) < QUEUE_BATCH ? (size_t)(budget - n) : QUEUE_BATCH;
+        bool more = false;
+        size_t got = queue_take(nb, batch, max, &more);
+        for (size_t i = 0; i < got; i++) {
+            /* a handler may close a subscription whose messages follow in this batch; it is
+             * freed by reap_subs only, at the next check */
+            if (batch[i].s->closed)
+                nats_bridge_release(nb, batch[i].m);
+            else
+                batch[i].s->fn(batch[i].s->udata, batch[i].m);
+        }
+        n += (int)got;
+        if (!more) return n;
+    }
+    *backlog = true;
+    return n;
+}
+
+/* Releases every queued message (the connection is closed: nobody will take them). */
+static void queue_discard(nats_bridge *nb)
+{
+    queue_entry batch[QUEUE_BATCH];
+    bool more = true;
+    while (more) {
+        size_t got = queue_take(nb, batch, QUEUE_BATCH, &more);
+        for (size_t i = 0; i < got; i++)
+            natsMsg_Destroy(batch[i].m);
+    }
+}
+
+/* ---- polled subscriptions, drained on the loop thread ---- */
 
 /* Delivers up to budget messages of one subscription; returns how many it delivered. */
 static int drain_one(nb_sub *s, int budget, bool *backlog)
@@ -482,16 +736,34 @@ void nats_bridge_release(nats_bridge *nb, natsMsg *msg)
     nb->released[nb->nreleased++] = msg;
 }
 
+static void maybe_finish_close(nats_bridge *nb);
+
 static void check_cb(uv_check_t *h)
 {
     nats_bridge *nb = h->data;
     release_all(nb); /* what the callbacks of this turn freed, before taking more */
+    if (nb->finishing) {
+        maybe_finish_close(nb);
+        return;
+    }
+    /* an idle turn costs one atomic exchange here, whatever the number of subscriptions */
+    bool work = atomic_exchange(&nb->q_work, false);
+    if (work) reap_subs(nb);
+    if (intake_paused(nb)) {
+        /* resumed by nats_bridge_kick when a call ends */
+        if (work) atomic_store(&nb->q_work, true); /* the queue was not taken */
+        uv_idle_stop(&nb->idle_handle);
+        return;
+    }
     bool backlog = false;
     int budget = DRAIN_BUDGET;
+    if (work) {
+        budget -= drain_queue(nb, DRAIN_BUDGET, &backlog);
+        if (backlog) atomic_store(&nb->q_work, true);
+    }
     for (nb_sub *s = nb->subs; s;) {
         nb_sub *next = s->next;
         if (intake_paused(nb)) {
-            /* resumed by nats_bridge_kick when a call ends */
             uv_idle_stop(&nb->idle_handle);
             return;
         }
@@ -511,13 +783,18 @@ static void check_cb(uv_check_t *h)
         uv_idle_stop(&nb->idle_handle);
 }
 
+/* The loop wakes up for the queue: check_cb, right after the poll phase, takes it. */
+static void sub_async_cb(uv_async_t *a)
+{
+    (void)a;
+}
+
 void nats_bridge_kick(nats_bridge *nb)
 {
     if (!nb->closing && nb->nsubs > 0) uv_idle_start(&nb->idle_handle, idle_cb);
 }
 
-/* Creates the nats.c subscription of s (once a connection exists). */
-static int sub_open(nb_sub *s)
+static natsStatus open_polled(nb_sub *s)
 {
     nats_bridge *nb = s->nb;
     natsStatus st = s->queue
@@ -525,8 +802,38 @@ static int sub_open(nb_sub *s)
                         : natsConnection_SubscribeSync(&s->sub, nb->nc, s->subject);
     if (st == NATS_OK)
         st = natsSubscription_SetPendingLimits(s->sub, SUB_PENDING_MSGS, SUB_PENDING_BYTES);
+    return st;
+}
+
+static natsStatus open_queued(nb_sub *s)
+{
+    nats_bridge *nb = s->nb;
+    natsStatus st =
+        s->queue
+            ? natsConnection_QueueSubscribe(&s->sub, nb->nc, s->subject, s->queue, queued_msg_cb, s)
+            : natsConnection_Subscribe(&s->sub, nb->nc, s->subject, queued_msg_cb, s);
+    if (st != NATS_OK) return st;
+    st = natsSubscription_SetOnCompleteCB(s->sub, sub_complete_cb, s);
+    if (st != NATS_OK) {
+        /* closed already (the connection went away at once): nats.c delivers nothing more */
+        natsSubscription_Destroy(s->sub);
+        s->sub = NULL;
+        return st;
+    }
+    pthread_mutex_lock(&nb->q_mu);
+    s->opened++;
+    nb->live++;
+    pthread_mutex_unlock(&nb->q_mu);
+    return natsSubscription_SetPendingLimits(s->sub, SUB_PENDING_MSGS, SUB_PENDING_BYTES);
+}
+
+/* Creates the nats.c subscription of s (once a connection exists). */
+static int sub_open(nb_sub *s)
+{
+    natsStatus st = s->polled ? open_polled(s) : open_queued(s);
     if (st != NATS_OK) {
         log_error(TAG, "cannot subscribe %s: %s", s->subject, natsStatus_GetText(st));
+        if (s->sub) natsSubscription_Unsubscribe(s->sub);
         natsSubscription_Destroy(s->sub);
         s->sub = NULL;
         s->dead = true;
@@ -536,34 +843,45 @@ static int sub_open(nb_sub *s)
     return 0;
 }
 
-nb_sub *nats_bridge_subscribe(nats_bridge *nb, const char *subject, const char *queue, nb_msg_fn fn,
-                              void *udata)
+static nb_sub *subscribe(nats_bridge *nb, const char *subject, const char *queue, nb_msg_fn fn,
+                         void *udata, bool polled)
 {
     if (nb->closing) return NULL;
     nb_sub *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     s->subject = strdup(subject);
     s->queue = queue ? strdup(queue) : NULL;
-    if (!s->subject || (queue && !s->queue)) {
-        free(s->subject);
-        free(s->queue);
-        free(s);
-        return NULL;
-    }
     s->nb = nb;
     s->fn = fn;
     s->udata = udata;
-    if (nb->nc && sub_open(s) != 0) {
-        free(s->subject);
-        free(s->queue);
-        free(s);
+    s->polled = polled;
+    nb_sub **list = list_of(nb, s);
+    s->next = *list;
+    if (*list) (*list)->prev = s;
+    *list = s;
+    nb->nsubs++;
+    if (!s->subject || (queue && !s->queue) || (nb->nc && sub_open(s) != 0)) {
+        /* a queued one may have messages queued already: freed once nats.c is done with it */
+        s->closed = true;
+        if (polled)
+            sub_free(s);
+        else
+            mark_done(s);
         return NULL;
     }
-    s->next = nb->subs;
-    if (nb->subs) nb->subs->prev = s;
-    nb->subs = s;
-    nb->nsubs++;
     return s;
+}
+
+nb_sub *nats_bridge_subscribe(nats_bridge *nb, const char *subject, const char *queue, nb_msg_fn fn,
+                              void *udata)
+{
+    return subscribe(nb, subject, queue, fn, udata, false);
+}
+
+nb_sub *nats_bridge_subscribe_polled(nats_bridge *nb, const char *subject, const char *queue,
+                                     nb_msg_fn fn, void *udata)
+{
+    return subscribe(nb, subject, queue, fn, udata, true);
 }
 
 void nb_sub_drain_notify(nb_sub *s, void (*on_gone)(void *udata))
@@ -578,6 +896,16 @@ void nb_sub_drain(nb_sub *s)
     s->drain_requested = true;
     if (!s->sub) { /* never opened: nothing to drain */
         s->dead = true;
+        if (!s->polled) mark_done(s);
+        return;
+    }
+    if (!s->polled) {
+        /* An unsubscribe, not a nats.c drain: nats.c 3.4.1 calls the on-complete callback twice
+         * when a subscription it delivers through the pool is drained twice (ours, then the
+         * connection's drain at shutdown), and a second call could come after the free. What
+         * the queue already holds is still delivered. */
+        natsSubscription_Unsubscribe(s->sub);
+        mark_done(s);
         return;
     }
     natsStatus st = natsSubscription_Drain(s->sub);
@@ -590,12 +918,43 @@ void nb_sub_drain(nb_sub *s)
 void nb_sub_close(nb_sub *s)
 {
     if (s->sub) natsSubscription_Unsubscribe(s->sub);
-    sub_free(s);
+    if (s->polled) {
+        sub_free(s);
+        return;
+    }
+    s->closed = true;
+    s->on_gone = NULL; /* the caller is done with udata */
+    mark_done(s);
 }
 
 int nats_bridge_sub_count(nats_bridge *nb)
 {
     return nb->nsubs;
+}
+
+bool nats_bridge_misdirected(nats_bridge *nb, natsMsg *msg, bool want_request)
+{
+    const char *reply = natsMsg_GetReply(msg);
+    bool request = reply && reply[0];
+    if (request == want_request) return false;
+    if (want_request)
+        nb->ignored_events++;
+    else
+        nb->ignored_requests++;
+    log_debug(TAG, "%s on %s ignored: %s", request ? "request" : "event", natsMsg_GetSubject(msg),
+              want_request ? "an RPC takes requests only" : "a subscriber takes events only");
+    nats_bridge_release(nb, msg);
+    return true;
+}
+
+void nats_bridge_counters(nats_bridge *nb, uint64_t *dropped, uint64_t *ignored_events,
+                          uint64_t *ignored_requests)
+{
+    pthread_mutex_lock(&nb->q_mu);
+    *dropped = nb->q_dropped_total;
+    pthread_mutex_unlock(&nb->q_mu);
+    *ignored_events = nb->ignored_events;
+    *ignored_requests = nb->ignored_requests;
 }
 
 /* ---- connection state ---- */
@@ -702,6 +1061,7 @@ void nats_bridge_confirm(nats_bridge *nb)
 }
 
 static void finish_close(nats_bridge *nb);
+static void finish_timeout_cb(uv_timer_t *t);
 static int connect_now(nats_bridge *nb);
 static void connect_retry_later(nats_bridge *nb, int ms, bool unreachable);
 
@@ -735,6 +1095,10 @@ static void connection_lost(nats_bridge *nb)
         natsSubscription_Destroy(s->sub);
         s->sub = NULL;
         s->dead = s->drain_requested; /* a drained one is freed by the next check */
+    }
+    for (nb_sub *s = nb->qsubs; s; s = s->next) { /* nats.c completes each (sub_complete_cb) */
+        natsSubscription_Destroy(s->sub);
+        s->sub = NULL;
     }
     destroy_connection(nb);
     nb->last_error[0] = '\0';
@@ -782,16 +1146,24 @@ nats_bridge *nats_bridge_new(runtime *rt)
         free(nb);
         return NULL;
     }
+    nb->q = calloc(EVENT_QUEUE, sizeof *nb->q);
+    if (!nb->q) {
+        free(nb->ring);
+        free(nb);
+        return NULL;
+    }
     pthread_mutex_init(&nb->ring_mu, NULL);
+    pthread_mutex_init(&nb->q_mu, NULL);
     uv_check_init(&rt->loop, &nb->check_handle);
     uv_idle_init(&rt->loop, &nb->idle_handle);
     uv_async_init(&rt->loop, &nb->inbox_async, inbox_async_cb);
     uv_async_init(&rt->loop, &nb->state_async, state_async_cb);
+    uv_async_init(&rt->loop, &nb->sub_async, sub_async_cb);
     uv_timer_init(&rt->loop, &nb->retry_timer);
     nb->check_handle.data = nb->idle_handle.data = nb;
-    nb->inbox_async.data = nb->state_async.data = nb;
+    nb->inbox_async.data = nb->state_async.data = nb->sub_async.data = nb;
     nb->retry_timer.data = nb;
-    nb->handles_open = 5;
+    nb->handles_open = 6;
     uv_check_start(&nb->check_handle, check_cb);
     return nb;
 }
@@ -808,6 +1180,9 @@ static natsStatus configure(nats_bridge *nb)
                                              natsLibuv_Write, natsLibuv_Detach);
     /* without SendAsap every flush waits about 1 ms in nats.c's flusher thread */
     if (st == NATS_OK) st = natsOptions_SetSendAsap(o, true);
+    /* one delivery thread for every asynchronous subscription, not one thread each */
+    if (st == NATS_OK) st = natsOptions_UseGlobalMessageDelivery(o, true);
+    if (st == NATS_OK) st = natsOptions_SetErrorHandler(o, async_error_cb, nb);
     if (st == NATS_OK) st = natsOptions_SetMaxReconnect(o, -1);
     if (st == NATS_OK) st = natsOptions_SetReconnectWait(o, 250);
     if (st == NATS_OK) st = natsOptions_SetTimeout(o, 2000);
@@ -953,6 +1328,12 @@ static int open_inbox(nats_bridge *nb)
     char wildcard[80];
     snprintf(wildcard, sizeof wildcard, "%s.*", nb->inbox);
     natsStatus st = natsConnection_Subscribe(&nb->inbox_sub, nb->nc, wildcard, inbox_msg_cb, nb);
+    if (st == NATS_OK) st = natsSubscription_SetOnCompleteCB(nb->inbox_sub, inbox_complete_cb, nb);
+    if (st == NATS_OK) {
+        pthread_mutex_lock(&nb->q_mu);
+        nb->live++;
+        pthread_mutex_unlock(&nb->q_mu);
+    }
     if (st == NATS_OK)
         st = natsSubscription_SetPendingLimits(nb->inbox_sub, SUB_PENDING_MSGS, SUB_PENDING_BYTES);
     if (st != NATS_OK) {
@@ -994,6 +1375,8 @@ static int connect_now(nats_bridge *nb)
     log_debug(TAG, "opening %d subscriptions", nb->nsubs);
     for (nb_sub *s = nb->subs; s; s = s->next)
         if (!s->sub && !s->dead) sub_open(s);
+    for (nb_sub *s = nb->qsubs; s; s = s->next)
+        if (!s->sub && !s->dead && !s->closed && !s->drain_requested) sub_open(s);
     uv_async_send(&nb->state_async); /* logs "connected" and confirms the subscriptions */
     return 0;
 }
@@ -1035,6 +1418,7 @@ static void close_handles(nats_bridge *nb)
     uv_close((uv_handle_t *)&nb->idle_handle, handle_closed_cb);
     uv_close((uv_handle_t *)&nb->inbox_async, handle_closed_cb);
     uv_close((uv_handle_t *)&nb->state_async, handle_closed_cb);
+    uv_close((uv_handle_t *)&nb->sub_async, handle_closed_cb);
     uv_close((uv_handle_t *)&nb->retry_timer, handle_closed_cb);
 }
 
@@ -1045,9 +1429,43 @@ static void finish_close(nats_bridge *nb)
     fail_all_pending(nb, NB_UNAVAILABLE);
     while (nb->subs)
         sub_free(nb->subs);
+    for (nb_sub *s = nb->qsubs; s; s = s->next) {
+        s->closed = true;
+        mark_done(s);
+    }
     destroy_connection(nb);
+    nb->finishing = true;
+    uv_timer_start(&nb->retry_timer, finish_timeout_cb, FINISH_TIMEOUT_MS, 0);
+    maybe_finish_close(nb);
+}
+
+/* The handles close once nats.c completed every asynchronous subscription: it calls nothing of
+ * ours after that. Runs again from check_cb (woken by sub_complete_cb) until then. */
+static void maybe_finish_close(nats_bridge *nb)
+{
+    queue_discard(nb);
+    reap_subs(nb);
+    pthread_mutex_lock(&nb->q_mu);
+    bool done = nb->qsubs == NULL && nb->live <= 0;
+    pthread_mutex_unlock(&nb->q_mu);
+    if (!done) return;
+    nb->finishing = false;
     close_handles(nb);
     log_info(TAG, "connection closed");
+}
+
+static void finish_timeout_cb(uv_timer_t *t)
+{
+    nats_bridge *nb = t->data;
+    if (!nb->finishing) return;
+    pthread_mutex_lock(&nb->q_mu);
+    int live = nb->live;
+    pthread_mutex_unlock(&nb->q_mu);
+    log_warn(TAG, "nats.c did not complete %d subscriptions in %d ms; closing without them", live,
+             FINISH_TIMEOUT_MS);
+    nb->finishing = false;
+    nb->abandoned = true;
+    close_handles(nb);
 }
 
 void nats_bridge_close(nats_bridge *nb, void (*on_closed)(void *arg), void *arg)
@@ -1060,6 +1478,8 @@ void nats_bridge_close(nats_bridge *nb, void (*on_closed)(void *arg), void *arg)
         if (nb->probe_busy) nb->handles_open++; /* the probe ends by itself (see probe_*) */
         while (nb->subs)
             sub_free(nb->subs);
+        while (nb->qsubs) /* never opened: nats.c never had them */
+            sub_free(nb->qsubs);
         close_handles(nb);
         return;
     }
@@ -1073,9 +1493,12 @@ void nats_bridge_free(nats_bridge *nb)
 {
     if (!nb) return;
     release_all(nb);
+    if (nb->abandoned) return; /* see finish_timeout_cb: a leak at exit, not a use after free */
     if (nb->opts) natsOptions_Destroy(nb->opts);
     pthread_mutex_destroy(&nb->ring_mu);
+    pthread_mutex_destroy(&nb->q_mu);
     free(nb->ring);
+    free(nb->q);
     free(nb->buckets);
     free(nb);
 }

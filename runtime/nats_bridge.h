@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <nats/nats.h>
 
 #include "runtime.h"
@@ -48,11 +49,19 @@ void nats_bridge_confirm(nats_bridge *nb);
 int nats_bridge_flush(nats_bridge *nb, double timeout_s, nb_reply_fn fn, void *udata,
                       nb_request **out);
 
-/* queue may be NULL. The subscription is read on the loop thread, at most the configured number of
- * messages pending in nats.c (beyond that nats.c drops them and reports a slow consumer). */
+/* queue may be NULL. fn runs on the loop thread. Costs nothing while idle: nats.c hands each
+ * message to one queue shared by every subscription (bounded; beyond it messages are dropped,
+ * counted and logged) that the loop takes in batches. */
 nb_sub *nats_bridge_subscribe(nats_bridge *nb, const char *subject, const char *queue, nb_msg_fn fn,
                               void *udata);
-/* Removes interest but keeps delivering what the server already sent; frees itself when done. */
+/* The same, read by polling nats.c on every loop turn (no thread hop, but a cost per turn): only
+ * for the RPC endpoints the operator's services declare, never for anything a client creates.
+ * At most the configured number of messages pend in nats.c (beyond that nats.c drops them and
+ * reports a slow consumer). */
+nb_sub *nats_bridge_subscribe_polled(nats_bridge *nb, const char *subject, const char *queue,
+                                     nb_msg_fn fn, void *udata);
+/* Removes interest but keeps delivering what the server already sent (a queued subscription: what
+ * its queue already holds); frees itself when done. */
 void nb_sub_drain(nb_sub *s);
 /* Like nb_sub_drain; on_gone(udata) runs once nothing more will be delivered (the subscription
  * is freed), so that udata can outlive the last delivery. */
@@ -61,6 +70,14 @@ void nb_sub_drain_notify(nb_sub *s, void (*on_gone)(void *udata));
 void nb_sub_close(nb_sub *s);
 /* Subscriptions still open or draining. */
 int nats_bridge_sub_count(nats_bridge *nb);
+/* The bus rule: a message with a reply subject is a request, one without is an event. RPC
+ * handlers pass want_request true, subscribers false. Returns true (the message is released and
+ * counted) when msg is not of that kind: the handler must ignore it. */
+bool nats_bridge_misdirected(nats_bridge *nb, natsMsg *msg, bool want_request);
+/* For /metrics: messages dropped because the subscription queue was full, events refused by RPC
+ * handlers, requests refused by subscribers. */
+void nats_bridge_counters(nats_bridge *nb, uint64_t *dropped, uint64_t *ignored_events,
+                          uint64_t *ignored_requests);
 /* The intake paused because too many calls are in flight; call when one ends. */
 void nats_bridge_kick(nats_bridge *nb);
 

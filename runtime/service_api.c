@@ -54,6 +54,8 @@ static void add_endpoint(void *u, const rpc_stats *st)
         json_object_set_new(ep, "processing_time", json_integer((json_int_t)st->time_ns));
         json_object_set_new(ep, "average_processing_time",
                             json_integer(st->calls ? (json_int_t)(st->time_ns / st->calls) : 0));
+        /* ADR-32's custom stats of the endpoint; nats.py's micro client requires the key */
+        json_object_set_new(ep, "data", json_null());
     }
     json_array_append_new(r->endpoints, ep);
 }

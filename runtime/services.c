@@ -479,6 +479,7 @@ static void on_rpc_msg(void *udata, natsMsg *msg)
 {
     rpc_entry *e = udata;
     struct services *s = e->svcs;
+    if (nats_bridge_misdirected(s->rt->nats, msg, true)) return; /* an event never runs an RPC */
     if (!lua_memory_admit(&s->rt->lua_mem)) {
         char msg_text[96];
         snprintf(msg_text, sizeof msg_text, "Lua memory limit reached (%zu MiB)",
@@ -695,7 +696,7 @@ static int declare_rpc(struct services *s, lua_State *L, int svc_idx, const char
         rpc_free(e);
         return -1;
     }
-    e->sub = nats_bridge_subscribe(s->rt->nats, subject, subject, on_rpc_msg, e);
+    e->sub = nats_bridge_subscribe_polled(s->rt->nats, subject, subject, on_rpc_msg, e);
     if (!e->sub) log_error(TAG, "%s: %s could not be subscribed", file, subject);
     rpc_probe_subscribe(s, e);
     e->next = s->rpcs;
@@ -1014,6 +1015,7 @@ static void on_sub_msg(void *udata, natsMsg *msg)
 {
     lua_sub *ls = udata;
     struct services *s = ls->svcs;
+    if (nats_bridge_misdirected(s->rt->nats, msg, false)) return; /* requests are for RPCs */
     if (!lua_memory_admit(&s->rt->lua_mem)) {
         log_warn(ls->subject, "message on %s dropped: Lua memory limit reached (%zu MiB)",
                  natsMsg_GetSubject(msg), s->rt->lua_mem.limit >> 20);

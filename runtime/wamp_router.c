@@ -494,6 +494,7 @@ static void on_event(void *udata, natsMsg *m)
 {
     topic *t = udata;
     json_t *args, *kwargs;
+    if (nats_bridge_misdirected(t->r->rt->nats, m, false)) return; /* requests are for RPCs */
     if (envelope_split(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &args, &kwargs) != 0) {
         log_debug(TAG, "event on %s dropped: not an [args, kwargs] envelope",
                   natsMsg_GetSubject(m));
@@ -999,6 +1000,7 @@ static void on_invocation_msg(void *udata, natsMsg *m)
 {
     registration *g = udata;
     router *r = g->r;
+    if (nats_bridge_misdirected(r->rt->nats, m, true)) return; /* an event never runs an RPC */
     const char *reply = natsMsg_GetReply(m);
     json_t *args, *kwargs;
     if (envelope_split(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &args, &kwargs) != 0) {

@@ -80,6 +80,33 @@ describe('$SRV service API', () => {
     assert.equal(ep(after, 'fail').num_errors - ep(before, 'fail').num_errors, 1);
     assert.match(ep(after, 'fail').last_error, /deliberate failure/);
   });
+
+  // Issue 12: a real micro client (npm nats' nc.services.client(), ADR-32) reads PING, INFO and
+  // STATS; every STATS endpoint carries `data` (null: no custom stats), which nats.py's micro
+  // module always writes and requires when it parses stats (KeyError: 'data' without it).
+  h.test('a micro client reads PING, INFO and STATS; every STATS endpoint has data: null', async () => {
+    const client = nc.services.client({ maxWait: 1000 });
+    const collect = async (it) => { const out = []; for await (const x of await it) out.push(x); return out; };
+    const pings = await collect(client.ping('greeting_service'));
+    assert.equal(pings.length, 1);
+    assert.equal(pings[0].name, 'greeting_service');
+    const [info] = await collect(client.info('greeting_service', pings[0].id));
+    assert.deepEqual(info.endpoints.map((e) => e.name).sort(), ['hello', 'hello_sleep']);
+    const stats = await collect(client.stats());
+    assert.deepEqual(stats.map((s) => s.name).sort(), ['greeting_service', 'test_service', 'websocket_test']);
+    for (const st of stats) {
+      assert.equal(st.type, 'io.nats.micro.v1.stats_response');
+      for (const e of st.endpoints) {
+        for (const k of ['name', 'subject', 'queue_group', 'num_requests', 'num_errors', 'last_error',
+          'processing_time', 'average_processing_time', 'data'])
+          assert.ok(Object.hasOwn(e, k), `${st.name}.${e.name} has ${k}: ${JSON.stringify(e)}`);
+        assert.equal(e.data, null);
+      }
+    }
+    // the raw JSON on the wire, as nats.py reads it
+    const raw = await nc.request('$SRV.STATS.greeting_service', '', { timeout: 2000 });
+    assert.match(h.sc.decode(raw.data), /"data":null/);
+  });
 });
 
 describe('/metrics', () => {
