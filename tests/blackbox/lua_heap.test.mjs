@@ -128,9 +128,11 @@ h.test('a reply that decodes past --max-call-memory fails the ms.call with a run
 
 h.test('a WAMP CALL whose arguments decode past --max-call-memory gets ERROR invalid_argument; the session goes on', async () => {
   // A message holds at most 100,000 values (docs/wamp.md), which bounds a CALL's arguments to a
-  // few MB of Lua memory by itself: a runtime with a per-call bound of 1 MB shows this one.
+  // few MB of Lua memory by itself: a runtime with a per-call bound of 1 MB shows this one. It
+  // has a bus of its own, so that the other runtime's memory_test never answers for it.
+  const ownNats = await h.startNats({ dir });
   const small = await h.startRuntime({
-    dir, natsUrl: nats.url, name: 'callmem',
+    dir, natsUrl: ownNats.url, name: 'callmem',
     servicesDir: h.servicesDir(path.join(dir, 'services-callmem'), ['memory_test.lua']),
     args: ['--max-lua-memory', String(LUA_MB), '--max-call-memory', '1'],
   });
