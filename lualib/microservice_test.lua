@@ -12,12 +12,15 @@
 --                                   ones first for before_each, last for after_each), in the
 --                                   test's coroutine; after_each runs even when the test failed
 --   function test_xxx() ... end     a top-level global function named test_* is a test too
---   skip(message)                   at top level: skips the file; in describe: that block; in a
---                                   test or hook: that test. Printed ("  skip name: message"),
---                                   counted neither passed nor failed
+--   skip(message)                   at top level: every test the file declares is skipped (each
+--                                   printed "  skip name: message"; the file's code after skip
+--                                   still runs, to declare them); in describe: that block; in a
+--                                   test or hook: that test. Counted as skipped
+--                                   (`--fail-on-skip`: a skip fails the run)
 --   call(procedure, args, kwargs)   the unit-level call: binds args/kwargs exactly as a real
 --                                   call would (core.bind) and runs the RPC in this coroutine,
---                                   without NATS; returns args, kwargs (nil ones as {}); errors
+--                                   without NATS, with context().procedure the called one;
+--                                   returns args, kwargs (nil ones as {}); errors
 --                                   (binding: wamp.error.invalid_argument or
 --                                   wamp.error.no_such_procedure; the RPC's own) propagate as is
 --   online                          true when the services are also served over NATS
@@ -43,11 +46,12 @@
 --     ok   greeting_service.hello › greets with a last name (0 ms)
 --     FAIL greeting_service.hello › refuses an unknown keyword
 --          tests/services/greeting_test.lua:21: expected "x", got "y"
---   3 passed, 1 failed
+--   3 passed, 1 failed, 0 skipped
 --
--- The last line is always exactly `N passed, N failed`; a file that fails to load (or whose
--- describe body raises) counts as one failure and none of its tests run. main returns passed,
--- failed (the process exits 1 when failed > 0). Without FILES: tests/services/*_test.lua, sorted.
+-- The last line is always exactly `N passed, N failed, N skipped`; a file that fails to load (or
+-- whose describe body raises) counts as one failure and none of its tests run. main returns
+-- passed, failed, skipped (the process exits 1 when failed > 0, or skipped > 0 with
+-- --fail-on-skip). Without FILES: tests/services/*_test.lua, sorted.
 local microservice = require "microservice"
 local core = require "microservice.core"
 
@@ -89,6 +93,13 @@ local function deep_eq(a, b, seen)
     if rawget(a, k) == nil then return false end
   end
   return true
+end
+
+-- The current task's label (what context().procedure shows), as a token for core.set_label.
+local function current_label()
+  local token = core.set_label(nil)
+  core.set_label(token)
+  return token
 end
 
 -- assertions -------------------------------------------------------------------------------------
@@ -135,7 +146,9 @@ local function error_text(e)
 end
 
 function A.assert_error(fn, expected, msg)
+  local label = current_label()
   local ok, e = pcall(fn)
+  core.set_label(label)
   if ok then
     fail(expected and ("expected an error %s, got none"):format(show(expected))
       or "expected an error, got none", msg)
@@ -154,7 +167,11 @@ end
 
 function A.call(procedure, args, kwargs)
   local bound = pack(core.bind(procedure, args, kwargs))
+  -- the RPC sees itself in context().procedure, as in a real call; on an error the label is put
+  -- back by whoever catches it (assert_error) or goes with the test's coroutine
+  local label = core.set_label(procedure)
   local r = pack(bound[1](unpack(bound, 2, bound.n)))
+  core.set_label(label)
   return r[1] == nil and microservice.json.array() or r[1], r[2] == nil and {} or r[2]
 end
 
@@ -237,13 +254,25 @@ local function collect(path, opts)
   env.microservice = microservice
   env.online = opts.online and true or false
 
+  local depth, collecting = 0, true
+  -- skip at the top level: the file's tests are still declared, each reported as skipped
+  function env.skip(message)
+    if collecting and depth == 0 then
+      file.skip_all = tostring(message or "skipped")
+      return
+    end
+    A.skip(message)
+  end
+
   function env.describe(name, fn)
     local outer = suite
     local names = { unpack(outer.names) }
     names[#names + 1] = tostring(name)
     suite = { names = names, before = { unpack(outer.before) }, after = { unpack(outer.after) } }
     local first = #file.tests + 1
+    depth = depth + 1
     local ok, failure = protected(chunkname, where(2), fn)
+    depth = depth - 1
     suite = outer
     if not ok then
       if failure.skip then
@@ -273,6 +302,8 @@ local function collect(path, opts)
 
   setfenv(chunk, env)
   local ok, failure = protected(chunkname, path .. ":0", chunk)
+  collecting = false
+  if not ok and file.skip_all then failure = { skip = true, message = file.skip_all } end
   if not ok then
     if failure.skip then
       file.tests = { { skip = failure.message } }
@@ -298,6 +329,10 @@ local function collect(path, opts)
   for _, t in ipairs(plain) do
     file.tests[#file.tests + 1] = { name = t.name, fn = t.fn, defined = t.defined,
                                     timeout = opts.timeout, before = {}, after = {} }
+  end
+  if file.skip_all then
+    for _, t in ipairs(file.tests) do t.skip = t.skip or file.skip_all end
+    if #file.tests == 0 then file.tests = { { skip = file.skip_all } } end
   end
   return file
 end
@@ -403,7 +438,7 @@ function M.main(files, opts)
   if opts.online and not wait_for_bus() then
     out("warning: the bus is not connected after 10 s")
   end
-  local passed, failed = 0, 0
+  local passed, failed, skipped = 0, 0, 0
   for _, path in ipairs(files) do
     out(path)
     local file = collect(path, opts)
@@ -419,6 +454,7 @@ function M.main(files, opts)
       else
         ok, failure, ms = run_one(file, t)
       end
+      if ok == "skip" then skipped = skipped + 1 end
       if ok == "skip" and not t.name then
         out("  skip " .. failure.message)
       elseif ok == "skip" then
@@ -433,8 +469,8 @@ function M.main(files, opts)
       end
     end
   end
-  out(("%d passed, %d failed"):format(passed, failed))
-  return passed, failed
+  out(("%d passed, %d failed, %d skipped"):format(passed, failed, skipped))
+  return passed, failed, skipped
 end
 
 M.assertions = A

@@ -32,7 +32,9 @@ static void call_usage(FILE *out)
     fprintf(out, "usage: microservice call <service>.<method> [ARGS...] [--kw name=value ...]\n"
                  "                         [--nats URL] [--timeout S] [--json] [NATS OPTIONS]\n"
                  "  ARGS and keyword values are JSON when they parse as JSON, else strings.\n"
-                 "  Prints the reply [args, kwargs]; exits 1 on an RPC error, 2 on a usage error.\n"
+                 "  Prints the reply [args, kwargs]; exits 1 on an RPC error (printed on stderr\n"
+                 "  as `error: URI: message (code)`, then `args: [...]` when there are more than\n"
+                 "  one and `kwargs: {...}` when there are any), 2 on a usage error.\n"
                  "NATS OPTIONS (as for the runtime):\n" NATS_AUTH_USAGE);
 }
 
@@ -54,6 +56,15 @@ static int print_error_reply(natsMsg *reply)
     const char *msg = json_string_value(json_array_get(json_object_get(body, "args"), 0));
     fprintf(stderr, "error: %s: %s (%s)\n", uri ? uri : URI_RUNTIME_ERROR,
             msg ? msg : (text ? text : "no message"), code ? code : "?");
+    /* the rest of the error (its kwargs, further args) says which parameter, which row... */
+    json_t *kwargs = json_object_get(body, "kwargs");
+    json_t *args = json_object_get(body, "args");
+    char *k = json_object_size(kwargs) ? json_dumps(kwargs, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    char *a = json_array_size(args) > 1 ? json_dumps(args, JSON_COMPACT) : NULL;
+    if (a) fprintf(stderr, "args: %s\n", a);
+    if (k) fprintf(stderr, "kwargs: %s\n", k);
+    free(a);
+    free(k);
     json_decref(body);
     return 1;
 }
@@ -252,26 +263,37 @@ int command_list(int argc, char **argv)
 
 static void test_usage(FILE *out)
 {
-    fprintf(out,
-            "usage: microservice test [FILES...] [--services DIR] [--nats URL] [--postgres URL]\n"
-            "                         [--timeout S] [NATS OPTIONS as for `call`]\n"
-            "  Runs Lua test files (default: tests/services/*_test.lua) inside the runtime, with\n"
-            "  the services of DIR (default ./services) loaded: in-process only, or also over\n"
-            "  NATS with --nats (or NATS_URL). Prints a report and `N passed, N failed`; exits 1\n"
-            "  if a test failed.\n");
+    fprintf(
+        out,
+        "usage: " COMMAND_TEST_SYNOPSIS
+        "  Runs Lua test files inside the runtime, with the services of DIR loaded: in-process\n"
+        "  only, or also over NATS with --nats (or NATS_URL). See docs/api/testing.md.\n"
+        "  FILES             test files; default: with --services DIR, DIR/../tests/*_test.lua\n"
+        "                    and DIR/*_test.lua; without it, tests/services/*_test.lua\n"
+        "  --services DIR    the services folder (default ./services); a script that fails\n"
+        "                    to load fails the run before any test\n"
+        "  --nats URL        also serve the services over NATS (online tests run)\n"
+        "  --postgres URL    PostgreSQL for microservice.postgres (migrations applied)\n"
+        "  --timeout S       default time a test may take (default 5)\n"
+        "  --fail-on-skip    a skipped test fails the run (exit 1)\n"
+        "  --log-level LEVEL runtime log level on stderr (default warn)\n"
+        "  Prints a report and `N passed, N failed, N skipped`; exits 1 if a test failed.\n"
+        "NATS OPTIONS (as for the runtime):\n" NATS_AUTH_USAGE);
 }
 
 typedef struct test_run {
     runtime *rt;
+    bool fail_on_skip;
     int exit_code;
 } test_run;
 
 static void tests_done(task *t, enum task_end how, lua_State *co, int nres)
 {
     test_run *tr = t->udata;
-    if (how == TASK_OK && nres >= 2) {
+    if (how == TASK_OK && nres >= 3) {
         int failed = (int)lua_tointeger(co, -nres + 1);
-        tr->exit_code = failed > 0 ? 1 : 0;
+        int skipped = (int)lua_tointeger(co, -nres + 2);
+        tr->exit_code = failed > 0 || (tr->fail_on_skip && skipped > 0) ? 1 : 0;
     } else {
         fprintf(stderr, "microservice test: the test runner failed: %s\n",
                 how == TASK_CANCELLED ? "cancelled" : lua_tostring(co, -1));
@@ -283,10 +305,15 @@ static void tests_done(task *t, enum task_end how, lua_State *co, int nres)
 int command_test(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"services", required_argument, NULL, 's'},  {"nats", required_argument, NULL, 'n'},
-        {"postgres", required_argument, NULL, 'p'},  {"timeout", required_argument, NULL, 't'},
-        {"log-level", required_argument, NULL, 'l'}, {"help", no_argument, NULL, 'h'},
-        NATS_AUTH_LONG_OPTIONS(CALL_OPT_NATS_AUTH),  {NULL, 0, NULL, 0},
+        {"services", required_argument, NULL, 's'},
+        {"nats", required_argument, NULL, 'n'},
+        {"postgres", required_argument, NULL, 'p'},
+        {"timeout", required_argument, NULL, 't'},
+        {"log-level", required_argument, NULL, 'l'},
+        {"help", no_argument, NULL, 'h'},
+        {"fail-on-skip", no_argument, NULL, 'S'},
+        NATS_AUTH_LONG_OPTIONS(CALL_OPT_NATS_AUTH),
+        {NULL, 0, NULL, 0},
     };
     runtime_config cfg;
     runtime_config_defaults(&cfg);
@@ -296,6 +323,7 @@ int command_test(int argc, char **argv)
     const char *env = getenv("NATS_URL");
     bool online = env && env[0];
     double timeout = 5;
+    bool fail_on_skip = false;
     log_set_level(LOG_WARN);
     int c;
     optind = 1;
@@ -313,6 +341,9 @@ int command_test(int argc, char **argv)
             break;
         case 't':
             timeout = atof(optarg);
+            break;
+        case 'S':
+            fail_on_skip = true;
             break;
         case 'l': {
             int level = log_level_parse(optarg);
@@ -339,7 +370,7 @@ int command_test(int argc, char **argv)
     static runtime rt;
     if (!online) cfg.nats_url = NULL; /* the unit level: no bus */
     if (runtime_init(&rt, &cfg) != 0) return 2;
-    test_run tr = {.rt = &rt, .exit_code = 2};
+    test_run tr = {.rt = &rt, .fail_on_skip = fail_on_skip, .exit_code = 2};
     task *t = sched_task_new(rt.sched, tests_done, &tr, "test");
     lua_State *co = t->co;
     lua_getglobal(co, "require");

@@ -4,6 +4,12 @@
 #ifndef MICROSERVICE_COMMANDS_H
 #define MICROSERVICE_COMMANDS_H
 
+/* The options of `microservice test`, shown by its --help and by the main --help. */
+#define COMMAND_TEST_SYNOPSIS                                                                      \
+    "microservice test [FILES...] [--services DIR] [--nats URL] [--postgres URL]\n"                \
+    "                         [--timeout S] [--fail-on-skip] [--log-level LEVEL]\n"                \
+    "                         [NATS OPTIONS as for `call`: --nats-user ... --nats-creds FILE]\n"
+
 int command_call(int argc, char **argv);
 int command_list(int argc, char **argv);
 int command_test(int argc, char **argv);

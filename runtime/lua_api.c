@@ -16,6 +16,7 @@
 #include "codec.h"
 #include "log.h"
 #include "lua_postgres.h"
+#include "lua_testing.h"
 #include "lualib_embedded.h"
 #include "nats_bridge.h"
 #include "rpc_error.h"
@@ -432,6 +433,7 @@ static int open_core(lua_State *L)
     luaL_getmetatable(L, MS_RPC_MT);
     lua_setfield(L, -2, "rpc_mt");
     lua_postgres_register(L);
+    lua_testing_register(L);
     return 1;
 }
 

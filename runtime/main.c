@@ -87,7 +87,7 @@ static void usage(FILE *out)
         "\n"
         "       microservice call <service>.<method> [ARGS...] [--kw name=value ...]\n"
         "       microservice list [SERVICES_DIR]\n"
-        "       microservice test [FILES...] [--services DIR] [--nats URL]\n"
+        "       " COMMAND_TEST_SYNOPSIS
         "       microservice auth-secret [--iterations N]   (reads a password on stdin)\n"
         "       microservice auth-token\n"
         "  (each with --help)\n");

@@ -987,6 +987,12 @@ int services_print(struct services *s, FILE *out)
     return n;
 }
 
+const char *services_procedure_name(struct services *s, const char *procedure)
+{
+    rpc_entry *e = rpc_find(s, procedure);
+    return e ? e->subject : NULL;
+}
+
 int services_bind(struct services *s, lua_State *L, const char *procedure, int args_idx,
                   int kwargs_idx, const char **uri, char *err, size_t errlen)
 {

@@ -63,7 +63,7 @@ function parseReport(stdout, files) {
   let closing = null;
   for (const line of stdout.split('\n')) {
     if (perFile.has(line)) { current = perFile.get(line); continue; }
-    const m = /^(\d+) passed, (\d+) failed$/.exec(line);
+    const m = /^(\d+) passed, (\d+) failed, (\d+) skipped$/.exec(line);
     if (m) { closing = { passed: Number(m[1]), failed: Number(m[2]) }; continue; }
     if (!current) continue;
     if (line.startsWith('  ok   ')) current.ok++;
@@ -153,7 +153,7 @@ h.test('every example passes under microservice test, with --nats and --postgres
   }
   const total = [...declared.values()].reduce((s, d) => s + d.count, 0);
   const lastLine = r.stdout.trimEnd().split('\n').pop();
-  assert.equal(lastLine, `${total} passed, 0 failed`, `closing line:\n${shown}`);
+  assert.equal(lastLine, `${total} passed, 0 failed, 0 skipped`, `closing line:\n${shown}`);
   assert.deepEqual(closing, { passed: total, failed: 0 });
   assert.equal(r.code, 0, `exit code ${r.code} (signal ${r.signal}${r.killed ? ', killed after the timeout' : ''}):\n${shown}`);
   for (const w of stderrWanted) {

@@ -1,0 +1,103 @@
+// The author's tools around `microservice test` (issue 15): what a service author sees when a test
+// needs a database that is not there, a service fails to load, a dependency is replaced by a mock,
+// and what `microservice call`, `list` and `--help` print. Everything runs the real binary (and a
+// real nats-server where a bus is involved); the fixtures are in tests/fixtures/lua_test.
+import { before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import * as h from './lib/harness.mjs';
+
+const FIX = 'tests/fixtures/lua_test';
+const PAIR = `${FIX}/services_pair`;
+const SANITIZER_RE = /ERROR: (AddressSanitizer|LeakSanitizer|ThreadSanitizer)|\.c:\d+:\d+: runtime error:/;
+
+let dir, nats;
+
+before(async () => {
+  dir = h.workDir('lua_test_authoring');
+  nats = await h.startNats({ dir });
+});
+
+after(async () => {
+  await h.stopAll();
+});
+
+// Runs the binary with args in the source dir (no NATS_URL / DATABASE_URL from the caller's
+// environment). Resolves {code, stdout, stderr, lines}.
+function cli(args, { cwd = h.SOURCE_DIR, timeout = 60000 } = {}) {
+  const env = { ...process.env };
+  delete env.NATS_URL;
+  delete env.DATABASE_URL;
+  return new Promise((resolve) => {
+    execFile(h.BIN, args, { cwd, env, timeout, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
+      const code = err ? (typeof err.code === 'number' ? err.code : null) : 0;
+      const lines = stdout.split('\n');
+      if (lines[lines.length - 1] === '') lines.pop();
+      assert.doesNotMatch(stderr, SANITIZER_RE, `sanitizer report:\n${stderr}`);
+      resolve({ code, stdout, stderr, lines, signal: err?.signal });
+    });
+  });
+}
+
+const show = (r) => `exit ${r.code}${r.signal ? ` (${r.signal})` : ''}\n--- stdout ---\n${r.stdout}--- stderr ---\n${r.stderr}`;
+const last = (r) => r.lines[r.lines.length - 1];
+
+// ---- item 6: small things ----
+
+h.test('call prints the kwargs (and further args) of an RPC error', async () => {
+  const rt = await h.startRuntime({ dir, natsUrl: nats.url, servicesDir: PAIR, http: false, ready: false, name: 'pair' });
+  try {
+    await h.waitFor(async () => {
+      const r = await cli(['call', 'notes.count', '--nats', nats.url, '--timeout', '2']);
+      if (r.code !== 0) throw new Error(show(r));
+      return true;
+    }, { what: 'notes.count answers' });
+    const r = await cli(['call', 'notes.get', '--kw', 'id=7', '--nats', nats.url]);
+    assert.equal(r.code, 1, show(r));
+    assert.match(r.stderr, /^error: notes\.not_found: no note 7 \(404\)\nkwargs: \{"id":7\}\n/, show(r));
+    const bad = await cli(['call', 'notes.add', '--kw', 'text=x', '--kw', 'tags=[1]', '--nats', nats.url]);
+    assert.equal(bad.code, 1, show(bad));
+    assert.match(bad.stderr, /^error: wamp\.error\.invalid_argument: tags\[0\]: expected a string, got integer \(400\)\nkwargs: \{"parameter":"tags","path":"tags\[0\]"\}\n/, show(bad));
+  } finally {
+    await rt.stop();
+  }
+});
+
+h.test('the main --help shows every option of `microservice test`', async () => {
+  const main = await cli(['--help']);
+  const test = await cli(['test', '--help']);
+  assert.equal(main.code, 0, show(main));
+  assert.equal(test.code, 0, show(test));
+  const options = new Set(test.stdout.match(/--[a-z][a-z-]+/g));
+  assert.ok(options.has('--fail-on-skip') && options.has('--postgres') && options.has('--timeout'), show(test));
+  for (const o of options) assert.ok(main.stdout.includes(o), `the main --help lacks ${o}:\n${main.stdout}`);
+});
+
+h.test('an in-process call() gives context().procedure the called procedure', async () => {
+  const r = await cli(['test', `${FIX}/authoring/context_test.lua`, '--services', PAIR]);
+  assert.equal(r.code, 0, show(r));
+  assert.ok(!r.stdout.includes('FAIL'), show(r));
+  assert.match(last(r), /^2 passed, 0 failed/, show(r));
+});
+
+// ---- item 3: skipped database tests ----
+
+h.test('a file whose tests all need PostgreSQL: each test skipped, counted, --fail-on-skip fails', async () => {
+  const file = `${FIX}/authoring/needs_pg_test.lua`;
+  const r = await cli(['test', file, '--services', PAIR]);
+  assert.equal(r.code, 0, show(r));
+  assert.deepEqual(r.lines, [
+    file,
+    '  skip with a database › selects one: no database',
+    '  skip with a database › selects two: no database',
+    '  skip test_plain_with_database: no database',
+    '0 passed, 0 failed, 3 skipped',
+  ], show(r));
+  const strict = await cli(['test', file, `${FIX}/passing_test.lua`, '--services', PAIR, '--fail-on-skip']);
+  assert.equal(strict.code, 1, show(strict));
+  assert.equal(last(strict), '6 passed, 0 failed, 3 skipped', show(strict));
+  // without skips, --fail-on-skip changes nothing
+  const clean = await cli(['test', `${FIX}/passing_test.lua`, '--services', PAIR, '--fail-on-skip']);
+  assert.equal(clean.code, 0, show(clean));
+  assert.equal(last(clean), '6 passed, 0 failed, 0 skipped', show(clean));
+});
