@@ -8,6 +8,13 @@
 --   describe(name, fn)              groups tests; fn runs at once, to declare them (nests)
 --   it(name, fn) / it(name, {timeout = s}, fn)
 --                                   one test, run in its own coroutine (microservice.spawn)
+--   it(name, {rollback = true}, fn)  the test, its hooks and its in-process calls run in one
+--                                   PostgreSQL transaction, rolled back at its end (what they
+--                                   wrote is gone; pg.transaction inside is a savepoint); without
+--                                   --postgres the test is skipped. Calls over the bus run in
+--                                   other coroutines, outside the transaction
+--   rollback_each()                 every test of the enclosing describe (or, at top level, of
+--                                   the file) is a rollback test; {rollback = false} opts out
 --   before_each(fn), after_each(fn) run around every test of the enclosing describe (outer
 --                                   ones first for before_each, last for after_each), in the
 --                                   test's coroutine; after_each runs even when the test failed
@@ -268,7 +275,8 @@ local function collect(path, opts)
     local outer = suite
     local names = { unpack(outer.names) }
     names[#names + 1] = tostring(name)
-    suite = { names = names, before = { unpack(outer.before) }, after = { unpack(outer.after) } }
+    suite = { names = names, before = { unpack(outer.before) }, after = { unpack(outer.after) },
+              rollback = outer.rollback }
     local first = #file.tests + 1
     depth = depth + 1
     local ok, failure = protected(chunkname, where(2), fn)
@@ -294,10 +302,12 @@ local function collect(path, opts)
       name = table.concat(names, " › "), fn = fn, defined = where(2),
       timeout = test_opts.timeout or opts.timeout,
       before = suite.before, after = suite.after,
+      rollback = test_opts.rollback == nil and suite.rollback or test_opts.rollback,
     }
   end
 
   function env.before_each(fn) suite.before[#suite.before + 1] = fn end
+  function env.rollback_each() suite.rollback = true end
   function env.after_each(fn) table.insert(suite.after, 1, fn) end
 
   setfenv(chunk, env)
@@ -328,7 +338,8 @@ local function collect(path, opts)
   table.sort(plain, function(a, b) return a.line < b.line end)
   for _, t in ipairs(plain) do
     file.tests[#file.tests + 1] = { name = t.name, fn = t.fn, defined = t.defined,
-                                    timeout = opts.timeout, before = {}, after = {} }
+                                    timeout = opts.timeout, before = {}, after = {},
+                                    rollback = suite.rollback }
   end
   if file.skip_all then
     for _, t in ipairs(file.tests) do t.skip = t.skip or file.skip_all end
@@ -350,17 +361,32 @@ local function report_failure(f)
   for _, line in ipairs(f.trace or {}) do out("       " .. line) end
 end
 
--- Body of a test's coroutine: before_each hooks, the test, after_each hooks.
+-- A rollback test's transaction (microservice.postgres.rollback_begin); without a database the
+-- test is skipped.
+local function begin_rollback()
+  local pg = require "microservice.postgres"
+  if pg.state() == "off" then A.skip("no database (a rollback test; run with --postgres)") end
+  pg.rollback_begin()
+end
+
+-- Body of a test's coroutine: before_each hooks, the test, after_each hooks (with rollback, all
+-- in one transaction rolled back at the end).
 local function run_test(chunkname, t, state)
   local ok, failure = true, nil
-  for _, hook in ipairs(t.before) do
+  if t.rollback then ok, failure = protected(chunkname, t.defined, begin_rollback) end
+  local started = ok
+  for _, hook in ipairs(started and t.before or {}) do
     ok, failure = protected(chunkname, t.defined, hook)
     if not ok then break end
   end
   if ok then ok, failure = protected(chunkname, t.defined, t.fn) end
-  for _, hook in ipairs(t.after) do
+  for _, hook in ipairs(started and t.after or {}) do
     local hok, hfailure = protected(chunkname, t.defined, hook)
     if ok and not hok then ok, failure = hok, hfailure end
+  end
+  if t.rollback then
+    local rok, rfailure = protected(chunkname, t.defined, require("microservice.postgres").rollback_end)
+    if ok and not rok then ok, failure = rok, rfailure end
   end
   state.failure = failure
   state.done = true

@@ -6,6 +6,7 @@ import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import * as h from './lib/harness.mjs';
+import { PG_BIN, startPostgres } from './lib/postgres.mjs';
 
 const FIX = 'tests/fixtures/lua_test';
 const PAIR = `${FIX}/services_pair`;
@@ -101,3 +102,26 @@ h.test('a file whose tests all need PostgreSQL: each test skipped, counted, --fa
   assert.equal(clean.code, 0, show(clean));
   assert.equal(last(clean), '6 passed, 0 failed, 0 skipped', show(clean));
 });
+
+h.test('rollback tests: migrations applied, what a test wrote is rolled back, opted-out writes stay',
+  { skip: PG_BIN ? false : 'PostgreSQL is not installed' }, async () => {
+    const file = `${FIX}/authoring/rollback_test.lua`;
+    const pg = await startPostgres({ dir });
+    try {
+      const r = await cli(['test', file, '--services', `${FIX}/services_memo`, '--postgres', pg.url]);
+      assert.equal(r.code, 0, show(r));
+      assert.equal(last(r), '3 passed, 0 failed, 0 skipped', show(r));
+      // the table exists (the services' migrations ran on the given database) and holds only the
+      // row of the test that opted out
+      assert.deepEqual(await pg.psql('SELECT text FROM memo ORDER BY id'), [['kept']]);
+      const again = await cli(['test', file, '--services', `${FIX}/services_memo`, '--postgres', pg.url]);
+      assert.equal(again.code, 0, show(again));
+      assert.deepEqual(await pg.psql('SELECT text FROM memo ORDER BY id'), [['kept'], ['kept']]);
+    } finally {
+      await pg.stop();
+    }
+    const off = await cli(['test', file, '--services', `${FIX}/services_memo`]);
+    assert.equal(off.code, 0, show(off));
+    assert.ok(off.lines.includes('  skip memo › sees nothing of the previous test: no database (a rollback test; run with --postgres)'), show(off));
+    assert.equal(last(off), '0 passed, 0 failed, 3 skipped', show(off));
+  });
