@@ -413,8 +413,8 @@ local function run_one(file, t)
   return state.failure == nil, state.failure, ms
 end
 
--- Every tests/services/*_test.lua, sorted.
-local function default_files()
+-- The paths matching a glob pattern, sorted.
+local function glob(pattern)
   local files = {}
   local ok = pcall(function()
     local ffi = require "ffi"
@@ -425,13 +425,13 @@ local function default_files()
       void globfree(microservice_test_glob_t *g);
     ]])
     local g = ffi.new("microservice_test_glob_t")
-    if ffi.C.glob("tests/services/*_test.lua", 0, nil, g) == 0 then
+    if ffi.C.glob(pattern, 0, nil, g) == 0 then
       for i = 0, tonumber(g.gl_pathc) - 1 do files[#files + 1] = ffi.string(g.gl_pathv[i]) end
       ffi.C.globfree(g)
     end
   end)
   if not ok then
-    local p = io.popen("ls -1 tests/services/*_test.lua 2>/dev/null")
+    local p = io.popen("ls -1 " .. pattern .. " 2>/dev/null")
     if p then
       for line in p:lines() do files[#files + 1] = line end
       p:close()
@@ -439,6 +439,23 @@ local function default_files()
   end
   table.sort(files)
   return files
+end
+
+-- The test files of a run without FILES, and the patterns searched: next to the services folder
+-- DIR given with --services (DIR/../tests/*_test.lua, then DIR/../tests/NAME/*_test.lua where
+-- NAME is DIR's last component); without --services, tests/services/*_test.lua.
+local function default_files(services)
+  local patterns = { "tests/services/*_test.lua" }
+  if services then
+    local dir = services:gsub("/+$", "")
+    local name = dir:match("([^/]+)$") or dir
+    patterns = { dir .. "/../tests/*_test.lua", dir .. "/../tests/" .. name .. "/*_test.lua" }
+  end
+  local files = {}
+  for _, pattern in ipairs(patterns) do
+    for _, f in ipairs(glob(pattern)) do files[#files + 1] = f end
+  end
+  return files, patterns
 end
 
 -- Waits (up to 10 s) until the bus takes messages, so that the first test does not race the
@@ -457,14 +474,18 @@ function M.main(files, opts)
   opts = opts or {}
   opts.timeout = tonumber(opts.timeout) or 5
   if opts.timeout <= 0 then opts.timeout = 5 end
+  local passed, failed, skipped = 0, 0, 0
   if not files or #files == 0 then
-    files = default_files()
-    if #files == 0 then out("no test files (tests/services/*_test.lua)") end
+    local patterns
+    files, patterns = default_files(opts.services)
+    if #files == 0 then -- a run that tests nothing is not a green run
+      out("no test files (" .. table.concat(patterns, ", ") .. ")")
+      failed = 1
+    end
   end
   if opts.online and not wait_for_bus() then
     out("warning: the bus is not connected after 10 s")
   end
-  local passed, failed, skipped = 0, 0, 0
   for _, path in ipairs(files) do
     out(path)
     local file = collect(path, opts)

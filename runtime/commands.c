@@ -240,8 +240,10 @@ int command_list(int argc, char **argv)
 {
     const char *dir = argc > 1 ? argv[1] : "./services";
     if (argc > 2 || (argc > 1 && argv[1][0] == '-')) {
-        fprintf(stderr, "usage: microservice list [SERVICES_DIR]\n"
-                        "  prints the RPCs the folder's scripts declare, with their parameters\n");
+        fprintf(stderr,
+                "usage: microservice list [SERVICES_DIR]\n"
+                "  prints the RPCs the folder's scripts declare, with their parameters and\n"
+                "  the types of their schemas; exits 1 when a script fails to load\n");
         return 2;
     }
     runtime_config cfg;
@@ -254,9 +256,13 @@ int command_list(int argc, char **argv)
     cfg.nats_url = NULL; /* offline: the scripts are only read */
     if (runtime_init(&rt, &cfg) != 0) return 1;
     int n = services_print(rt.services, stdout);
+    int load_errors = services_load_errors(rt.services);
     runtime_shutdown(&rt);
     runtime_run(&rt);
-    return n >= 0 ? 0 : 1;
+    if (load_errors > 0)
+        fprintf(stderr, "microservice list: %d service script(s) of %s failed to load (above)\n",
+                load_errors, dir);
+    return n >= 0 && load_errors == 0 ? 0 : 1;
 }
 
 /* ---- test ---- */
@@ -302,6 +308,22 @@ static void tests_done(task *t, enum task_end how, lua_State *co, int nres)
     runtime_shutdown(tr->rt);
 }
 
+/* A service script failed to load (logged on stderr with its file:line): the run fails at once,
+ * before any test, as one failure per script. */
+static int services_failed(runtime *rt)
+{
+    int n = services_load_errors(rt->services);
+    fprintf(stderr, "microservice test: %d service script(s) of %s failed to load (above)\n", n,
+            rt->cfg.services_dir);
+    printf("%s\n  FAIL (loading the services: %d script(s) failed, the errors are on stderr; no "
+           "test ran)\n0 passed, %d failed, 0 skipped\n",
+           rt->cfg.services_dir, n, n);
+    fflush(stdout);
+    runtime_shutdown(rt);
+    runtime_run(rt);
+    return 1;
+}
+
 int command_test(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -323,7 +345,7 @@ int command_test(int argc, char **argv)
     const char *env = getenv("NATS_URL");
     bool online = env && env[0];
     double timeout = 5;
-    bool fail_on_skip = false;
+    bool fail_on_skip = false, services_given = false;
     log_set_level(LOG_WARN);
     int c;
     optind = 1;
@@ -331,6 +353,7 @@ int command_test(int argc, char **argv)
         switch (c) {
         case 's':
             cfg.services_dir = optarg;
+            services_given = true;
             break;
         case 'n':
             cfg.nats_url = optarg;
@@ -370,6 +393,7 @@ int command_test(int argc, char **argv)
     static runtime rt;
     if (!online) cfg.nats_url = NULL; /* the unit level: no bus */
     if (runtime_init(&rt, &cfg) != 0) return 2;
+    if (services_load_errors(rt.services) > 0) return services_failed(&rt);
     test_run tr = {.rt = &rt, .fail_on_skip = fail_on_skip, .exit_code = 2};
     task *t = sched_task_new(rt.sched, tests_done, &tr, "test");
     lua_State *co = t->co;
@@ -387,19 +411,17 @@ int command_test(int argc, char **argv)
         lua_pushstring(co, argv[i]);
         lua_rawseti(co, -2, i - optind + 1);
     }
-    lua_createtable(co, 0, 2);
+    lua_createtable(co, 0, 3);
+    if (services_given) {
+        lua_pushstring(co, cfg.services_dir);
+        lua_setfield(co, -2, "services");
+    }
     lua_pushnumber(co, timeout);
     lua_setfield(co, -2, "timeout");
     lua_pushboolean(co, online);
     lua_setfield(co, -2, "online");
     sched_start_soon(t, 2);
-    int load_errors = services_load_errors(rt.services);
     runtime_run(&rt);
-    if (load_errors > 0 && tr.exit_code == 0) {
-        fprintf(stderr, "microservice test: %d service script(s) failed to load (see above)\n",
-                load_errors);
-        return 1;
-    }
     return tr.exit_code;
 }
 

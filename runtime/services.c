@@ -971,12 +971,33 @@ static rpc_entry **sorted_rpcs(struct services *s, int *n)
     return v;
 }
 
+/* "(name: T, ...)" from require("microservice.schema").signature(rpc) pushed on L, or NULL. */
+static const char *rpc_signature(lua_State *L, rpc_entry *e)
+{
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "microservice.schema");
+    if (lua_pcall(L, 1, 1, 0) != 0) return NULL;
+    lua_getfield(L, -1, "signature");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, e->rpc_ref);
+    if (lua_pcall(L, 1, 1, 0) != 0) return NULL;
+    return lua_tostring(L, -1);
+}
+
 int services_print(struct services *s, FILE *out)
 {
     int n;
     rpc_entry **v = sorted_rpcs(s, &n);
     if (!v) return -1;
+    lua_State *L = s->rt->L;
     for (int i = 0; i < n; i++) {
+        int top = lua_gettop(L);
+        const char *sig = rpc_signature(L, v[i]);
+        if (sig) {
+            fprintf(out, "%s%s\n", v[i]->subject, sig);
+            lua_settop(L, top);
+            continue;
+        }
+        lua_settop(L, top);
         fprintf(out, "%s(", v[i]->subject);
         for (int p = 0; p < v[i]->binding.nparams; p++)
             fprintf(out, "%s%s", p ? ", " : "", v[i]->binding.names[p]);

@@ -125,3 +125,39 @@ h.test('rollback tests: migrations applied, what a test wrote is rolled back, op
     assert.ok(off.lines.includes('  skip memo › sees nothing of the previous test: no database (a rollback test; run with --postgres)'), show(off));
     assert.equal(last(off), '0 passed, 0 failed, 3 skipped', show(off));
   });
+
+// ---- item 4: discovery, and failures that say why ----
+
+h.test('test files are found next to --services; the shipped tests never run against another folder', async () => {
+  const P = `${FIX}/project`;
+  const r = await cli(['test', '--services', `${P}/services`]);
+  assert.equal(r.code, 0, show(r));
+  assert.deepEqual(r.lines.filter((l) => !l.startsWith(' ')), [
+    `${P}/services/../tests/hello_test.lua`, `${P}/services/../tests/services/more_test.lua`,
+    '2 passed, 0 failed, 0 skipped',
+  ], show(r));
+  // a folder with no tests next to it: nothing else runs, and the run is not green
+  const none = await cli(['test', '--services', PAIR]);
+  assert.equal(none.code, 1, show(none));
+  assert.ok(!none.stdout.includes('tests/services/'), show(none));
+  assert.deepEqual(none.lines, [
+    `no test files (${PAIR}/../tests/*_test.lua, ${PAIR}/../tests/services_pair/*_test.lua)`,
+    '0 passed, 1 failed, 0 skipped',
+  ], show(none));
+});
+
+h.test('list: parameter types from schemas; a script that fails to load makes it exit 1', async () => {
+  const r = await cli(['list', PAIR]);
+  assert.equal(r.code, 0, show(r));
+  assert.deepEqual(r.lines, [
+    'notes.add(text: string, tags: {string})', 'notes.count()', 'notes.get(id: integer)',
+    'notes.whoami()', 'report.missing(id)', 'report.summary()', 'report.whoami()',
+  ], show(r));
+  const schema = await cli(['list', 'tests/blackbox/services_schema']);
+  assert.equal(schema.code, 0, show(schema));
+  assert.ok(schema.lines.some((l) => l.startsWith('schema_service.register(name: string, count: integer?, ratio: number?, active: boolean?, tags: {string}, address: {city: string, zip: string?}, level: integer?, color: string?, matrix: {{number}})')), show(schema));
+  const broken = await cli(['list', `${FIX}/services_broken`]);
+  assert.equal(broken.code, 1, show(broken));
+  assert.match(broken.stderr, /services_broken\/broken\.lua:4: attempt to index global 'nil_function_value'/, show(broken));
+  assert.match(broken.stderr, /microservice list: 2 service script\(s\) of tests\/fixtures\/lua_test\/services_broken failed to load/, show(broken));
+});
