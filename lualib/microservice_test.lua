@@ -172,7 +172,57 @@ end
 
 -- the unit-level call ------------------------------------------------------------------------------
 
+-- mocks ------------------------------------------------------------------------------------------
+
+-- The mocks of the running test (reset before and after each test) and the run's options.
+local mocks = { calls = {}, publish = {} }
+local run_opts = {}
+
+local array = microservice.json.array
+
+-- A value as the other side of the wire sees it (a copy through the JSON codec).
+local function wire(v)
+  if v == nil then return nil end
+  return microservice.json.decode(microservice.json.encode(v))
+end
+
+local mock = {}
+
+--- mock.call(procedure, fn): until the end of the test, calls of procedure (call() and
+-- microservice.call, whatever name a service bound it to) run fn(args, kwargs) instead, which
+-- returns args, kwargs or raises (microservice.error: the caller gets that error). Returns a
+-- record whose .calls lists { args = ..., kwargs = ... } of each call.
+function mock.call(procedure, fn)
+  if type(procedure) ~= "string" or type(fn) ~= "function" then
+    error("mock.call(procedure, fn) expects a procedure name and a function", 2)
+  end
+  local record = { calls = {} }
+  mocks.calls[procedure] = { fn = fn, record = record }
+  return record
+end
+
+--- mock.publish([subject]): until the end of the test, publications (on subject, or on any
+-- subject) are recorded instead of sent. Returns the list they are appended to, each
+-- { subject = ..., args = ..., kwargs = ... }.
+function mock.publish(subject)
+  if subject ~= nil and type(subject) ~= "string" then
+    error("mock.publish([subject]) expects a subject string", 2)
+  end
+  local list = {}
+  table.insert(mocks.publish, 1, { subject = subject, list = list })
+  return list
+end
+
+local function answer_mock(m, args, kwargs)
+  args, kwargs = wire(args or array()), wire(kwargs or {})
+  m.record.calls[#m.record.calls + 1] = { args = args, kwargs = kwargs }
+  local a, k = m.fn(args, kwargs)
+  return a == nil and array() or wire(a), k == nil and {} or wire(k)
+end
+
 function A.call(procedure, args, kwargs)
+  local m = mocks.calls[procedure]
+  if m then return answer_mock(m, args, kwargs) end
   local bound = pack(core.bind(procedure, args, kwargs))
   -- the RPC sees itself in context().procedure, as in a real call; on an error the label is put
   -- back by whoever catches it (assert_error) or goes with the test's coroutine
@@ -184,6 +234,37 @@ end
 
 function A.skip(message)
   error(setmetatable({ message = tostring(message or "skipped") }, skip_mt), 0)
+end
+
+-- microservice.call from a service or a test: a mock answers; without a bus, a loaded RPC runs
+-- in-process (values copied as over the wire, errors as a remote caller gets them).
+local function call_hook(procedure, args, kwargs)
+  local m = mocks.calls[procedure]
+  if m then return true, answer_mock(m, args, kwargs) end
+  if run_opts.online or not core.has_rpc(procedure) then return false end
+  local label = current_label()
+  local ok, a, k = pcall(A.call, procedure, wire(args), wire(kwargs))
+  core.set_label(label)
+  if not ok then
+    if microservice.is_error(a) then error(a, 0) end
+    microservice.error("wamp.error.runtime_error", { tostring(a) }, nil, 500)
+  end
+  return true, wire(a), wire(k)
+end
+
+local function publish_hook(subject, args, kwargs)
+  for _, p in ipairs(mocks.publish) do
+    if p.subject == nil or p.subject == subject then
+      p.list[#p.list + 1] = { subject = subject, args = wire(args or array()),
+                              kwargs = wire(kwargs or {}) }
+      return true
+    end
+  end
+  return false
+end
+
+local function reset_mocks()
+  mocks.calls, mocks.publish = {}, {}
 end
 
 -- collecting a file's tests ------------------------------------------------------------------------
@@ -259,6 +340,7 @@ local function collect(path, opts)
   local env = setmetatable({}, { __index = _G })
   for k, v in pairs(A) do env[k] = v end
   env.microservice = microservice
+  env.mock = mock
   env.online = opts.online and true or false
 
   local depth, collecting = 0, true
@@ -393,6 +475,7 @@ local function run_test(chunkname, t, state)
 end
 
 local function run_one(file, t)
+  reset_mocks()
   local state = { done = false }
   local started = microservice.now()
   local deadline = started + t.timeout
@@ -404,6 +487,7 @@ local function run_one(file, t)
     microservice.sleep(math.max(0.001, math.min(interval, deadline - microservice.now())))
     interval = math.min(interval * 2, 0.02)
   end
+  reset_mocks()
   local ms = math.floor((microservice.now() - started) * 1000 + 0.5)
   if not state.done then
     state.timed_out = true -- the coroutine goes on; what it does later is ignored
@@ -474,6 +558,8 @@ function M.main(files, opts)
   opts = opts or {}
   opts.timeout = tonumber(opts.timeout) or 5
   if opts.timeout <= 0 then opts.timeout = 5 end
+  run_opts = opts
+  microservice._test_hooks.call, microservice._test_hooks.publish = call_hook, publish_hook
   local passed, failed, skipped = 0, 0, 0
   if not files or #files == 0 then
     local patterns

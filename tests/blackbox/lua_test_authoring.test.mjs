@@ -161,3 +161,30 @@ h.test('list: parameter types from schemas; a script that fails to load makes it
   assert.match(broken.stderr, /services_broken\/broken\.lua:4: attempt to index global 'nil_function_value'/, show(broken));
   assert.match(broken.stderr, /microservice list: 2 service script\(s\) of tests\/fixtures\/lua_test\/services_broken failed to load/, show(broken));
 });
+
+// ---- item 1: replaceable dependencies ----
+
+h.test('mocks answer a service\'s calls whatever name it bound, record publications, and go after each test', async () => {
+  const file = `${FIX}/authoring/mock_test.lua`;
+  // unit level: no bus at all; report and notes talk in-process
+  const offline = await cli(['test', file, '--services', PAIR]);
+  assert.equal(offline.code, 0, show(offline));
+  assert.equal(last(offline), '7 passed, 0 failed, 0 skipped', show(offline));
+  // with a bus: the same, and the mocked publication never reaches it
+  const nc = await h.natsClient(nats.url);
+  try {
+    const seen = [];
+    const sub = nc.subscribe('notes.added', { callback: (_e, m) => seen.push(h.sc.decode(m.data)) });
+    await nc.flush(); // the server has the subscription
+    const online = await cli(['test', file, '--services', PAIR, '--nats', nats.url]);
+    assert.equal(online.code, 0, show(online));
+    assert.equal(last(online), '7 passed, 0 failed, 0 skipped', show(online));
+    // the run has exited (its connection flushed and closed); a round trip to the server
+    // delivers to this subscription whatever it routed before
+    await nc.flush();
+    assert.deepEqual(seen, [], 'a mocked publication went out on the bus');
+    sub.unsubscribe();
+  } finally {
+    await nc.close();
+  }
+});
