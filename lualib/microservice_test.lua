@@ -30,6 +30,13 @@
 --                                   returns args, kwargs (nil ones as {}); errors
 --                                   (binding: wamp.error.invalid_argument or
 --                                   wamp.error.no_such_procedure; the RPC's own) propagate as is
+--   mock.call(procedure, fn)        until the test ends, calls of procedure (call() and
+--                                   microservice.call from any service) run fn(args, kwargs);
+--                                   returns a record with .calls
+--   mock.publish([subject])         until the test ends, publications are recorded, not sent;
+--                                   returns the list of { subject, args, kwargs }
+--                                   Without a bus, microservice.call of a loaded RPC runs it
+--                                   in-process. The whole API: docs/api/testing.md
 --   online                          true when the services are also served over NATS
 --                                   (--nats or NATS_URL): microservice.call/publish/subscribe work
 --   microservice                    require "microservice" (require works as usual)

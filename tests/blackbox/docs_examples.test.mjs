@@ -16,7 +16,7 @@ import path from 'node:path';
 import * as h from './lib/harness.mjs';
 import { startPostgres } from './lib/postgres.mjs';
 
-const PAGES = ['rpc', 'sleep', 'call', 'publish', 'subscribe', 'spawn', 'error', 'log', 'postgres', 'context'];
+const PAGES = ['rpc', 'sleep', 'call', 'publish', 'subscribe', 'spawn', 'error', 'log', 'postgres', 'context', 'testing', 'schema'];
 const DOCS = path.join(h.SOURCE_DIR, 'docs', 'api');
 const EXAMPLES = path.join(h.SOURCE_DIR, 'docs', 'examples');
 const SERVICES = 'docs/examples/services'; // relative to the source dir, as the pages say
@@ -97,6 +97,10 @@ h.test('every API page has at least one example, and the index links every page'
   }
   const index = fs.readFileSync(path.join(DOCS, 'README.md'), 'utf8');
   for (const p of PAGES) assert.ok(index.includes(`](${p}.md)`), `docs/api/README.md does not link ${p}.md`);
+  // the README's "For service authors" points service authors to the test API and the schema language
+  const readme = fs.readFileSync(path.join(h.SOURCE_DIR, 'README.md'), 'utf8');
+  const authors = readme.slice(readme.indexOf('## For service authors'), readme.indexOf('\n## ', readme.indexOf('## For service authors') + 1));
+  for (const p of ['testing', 'schema']) assert.ok(authors.includes(`](docs/api/${p}.md)`), `README's "For service authors" does not link docs/api/${p}.md`);
 });
 
 h.test('the service listings on the pages are the files of docs/examples, verbatim', () => {
