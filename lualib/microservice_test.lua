@@ -37,7 +37,9 @@
 --                                   returns the list of { subject, args, kwargs }
 --                                   Without a bus, microservice.call of a loaded RPC runs it
 --                                   in-process. The whole API: docs/api/testing.md
---   online                          true when the services are also served over NATS
+--   online                          true when the services are also served over NATS (on
+--                                   subjects private to the run, opts.rpc_prefix: a
+--                                   microservice.call of a loaded procedure goes there)
 --                                   (--nats or NATS_URL): microservice.call/publish/subscribe work
 --   microservice                    require "microservice" (require works as usual)
 --
@@ -245,10 +247,16 @@ end
 
 -- microservice.call from a service or a test: a mock answers; without a bus, a loaded RPC runs
 -- in-process (values copied as over the wire, errors as a remote caller gets them).
-local function call_hook(procedure, args, kwargs)
+local function call_hook(procedure, args, kwargs, opts)
   local m = mocks.calls[procedure]
   if m then return true, answer_mock(m, args, kwargs) end
-  if run_opts.online or not core.has_rpc(procedure) then return false end
+  if not core.has_rpc(procedure) then return false end
+  if run_opts.online then -- the run's own subjects (--nats: isolated from a deployment)
+    local ok, a, k = core.call((run_opts.rpc_prefix or "") .. procedure, args, kwargs,
+                               opts and opts.timeout)
+    if ok then return true, a, k end
+    error(a, 0)
+  end
   local label = current_label()
   local ok, a, k = pcall(A.call, procedure, wire(args), wire(kwargs))
   core.set_label(label)

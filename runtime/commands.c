@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "auth.h"
 #include "codec.h"
@@ -24,6 +25,7 @@
 #include "rpc_error.h"
 #include "scheduler.h"
 #include "services.h"
+#include "test_watch.h"
 
 /* ---- call ---- */
 
@@ -283,6 +285,8 @@ static void test_usage(FILE *out)
         "  --timeout S       default time a test may take (default 5)\n"
         "  --fail-on-skip    a skipped test fails the run (exit 1)\n"
         "  --log-level LEVEL runtime log level on stderr (default warn)\n"
+        "  --watch           run again each time a .lua or .sql file is saved in the\n"
+        "                    services folder or the test files' folders (until Ctrl-C)\n"
         "  Prints a report and `N passed, N failed, N skipped`; exits 1 if a test failed.\n"
         "NATS OPTIONS (as for the runtime):\n" NATS_AUTH_USAGE);
 }
@@ -308,6 +312,25 @@ static void tests_done(task *t, enum task_end how, lua_State *co, int nres)
     runtime_shutdown(tr->rt);
 }
 
+/* --watch: the same command without --watch, run again on every saved file (test_watch.c).
+ * getopt has moved the options before the files (argv[optind..]). */
+static int watch_tests(int argc, char **argv, const runtime_config *cfg, bool services_given)
+{
+    char **rest = calloc((size_t)argc + 1, sizeof *rest);
+    if (!rest) return 2;
+    int n = 0, first_file = optind;
+    for (int i = 0; i < argc; i++) {
+        if (i < optind && strcmp(argv[i], "--watch") == 0) {
+            first_file--;
+            continue;
+        }
+        rest[n++] = argv[i];
+    }
+    int rc = test_watch(n, rest, cfg->services_dir, services_given, first_file);
+    free(rest);
+    return rc;
+}
+
 /* A service script failed to load (logged on stderr with its file:line): the run fails at once,
  * before any test, as one failure per script. */
 static int services_failed(runtime *rt)
@@ -327,15 +350,11 @@ static int services_failed(runtime *rt)
 int command_test(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"services", required_argument, NULL, 's'},
-        {"nats", required_argument, NULL, 'n'},
-        {"postgres", required_argument, NULL, 'p'},
-        {"timeout", required_argument, NULL, 't'},
-        {"log-level", required_argument, NULL, 'l'},
-        {"help", no_argument, NULL, 'h'},
-        {"fail-on-skip", no_argument, NULL, 'S'},
-        NATS_AUTH_LONG_OPTIONS(CALL_OPT_NATS_AUTH),
-        {NULL, 0, NULL, 0},
+        {"services", required_argument, NULL, 's'},  {"nats", required_argument, NULL, 'n'},
+        {"postgres", required_argument, NULL, 'p'},  {"timeout", required_argument, NULL, 't'},
+        {"log-level", required_argument, NULL, 'l'}, {"help", no_argument, NULL, 'h'},
+        {"fail-on-skip", no_argument, NULL, 'S'},    {"watch", no_argument, NULL, 'w'},
+        NATS_AUTH_LONG_OPTIONS(CALL_OPT_NATS_AUTH),  {NULL, 0, NULL, 0},
     };
     runtime_config cfg;
     runtime_config_defaults(&cfg);
@@ -345,7 +364,7 @@ int command_test(int argc, char **argv)
     const char *env = getenv("NATS_URL");
     bool online = env && env[0];
     double timeout = 5;
-    bool fail_on_skip = false, services_given = false;
+    bool fail_on_skip = false, services_given = false, watch = false;
     log_set_level(LOG_WARN);
     int c;
     optind = 1;
@@ -367,6 +386,9 @@ int command_test(int argc, char **argv)
             break;
         case 'S':
             fail_on_skip = true;
+            break;
+        case 'w':
+            watch = true;
             break;
         case 'l': {
             int level = log_level_parse(optarg);
@@ -390,8 +412,15 @@ int command_test(int argc, char **argv)
         fprintf(stderr, "microservice test: %s\n", err);
         return 2;
     }
+    if (watch) return watch_tests(argc, argv, &cfg, services_given);
     static runtime rt;
     if (!online) cfg.nats_url = NULL; /* the unit level: no bus */
+    /* the integration level: the services under test answer only this run, never a deployment
+     * serving the same procedures on the same bus (nor does a deployment get its calls) */
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "_MS_TEST.%ld%08lx.", (long)getpid(),
+             (unsigned long)(uv_hrtime() & 0xffffffffu));
+    if (online) cfg.rpc_subject_prefix = prefix;
     if (runtime_init(&rt, &cfg) != 0) return 2;
     if (services_load_errors(rt.services) > 0) return services_failed(&rt);
     test_run tr = {.rt = &rt, .fail_on_skip = fail_on_skip, .exit_code = 2};
@@ -418,6 +447,10 @@ int command_test(int argc, char **argv)
     }
     lua_pushnumber(co, timeout);
     lua_setfield(co, -2, "timeout");
+    if (online) {
+        lua_pushstring(co, prefix);
+        lua_setfield(co, -2, "rpc_prefix");
+    }
     lua_pushboolean(co, online);
     lua_setfield(co, -2, "online");
     sched_start_soon(t, 2);

@@ -7,7 +7,7 @@
 /* The options of `microservice test`, shown by its --help and by the main --help. */
 #define COMMAND_TEST_SYNOPSIS                                                                      \
     "microservice test [FILES...] [--services DIR] [--nats URL] [--postgres URL]\n"                \
-    "                         [--timeout S] [--fail-on-skip] [--log-level LEVEL]\n"                \
+    "                         [--timeout S] [--fail-on-skip] [--watch] [--log-level LEVEL]\n"      \
     "                         [NATS OPTIONS as for `call`: --nats-user ... --nats-creds FILE]\n"
 
 int command_call(int argc, char **argv);

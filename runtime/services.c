@@ -613,10 +613,10 @@ static void on_probe_msg(void *udata, natsMsg *msg)
     nats_bridge_release(e->svcs->rt->nats, msg);
 }
 
-static void rpc_probe_subscribe(struct services *s, rpc_entry *e)
+static void rpc_probe_subscribe(struct services *s, rpc_entry *e, const char *bus_subject)
 {
-    char probe[600];
-    snprintf(probe, sizeof probe, SERVICES_PROBE_PREFIX "%s", e->subject);
+    char probe[700];
+    snprintf(probe, sizeof probe, SERVICES_PROBE_PREFIX "%s", bus_subject);
     e->probe = nats_bridge_subscribe(s->rt->nats, probe, probe, on_probe_msg, e);
     if (!e->probe) log_error(TAG, "%s: %s could not be subscribed", e->file, probe);
 }
@@ -647,9 +647,12 @@ static int declare_rpc(struct services *s, lua_State *L, int svc_idx, const char
         rpc_free(e);
         return -1;
     }
-    e->sub = nats_bridge_subscribe(s->rt->nats, subject, subject, on_rpc_msg, e);
-    if (!e->sub) log_error(TAG, "%s: %s could not be subscribed", file, subject);
-    rpc_probe_subscribe(s, e);
+    const char *prefix = s->rt->cfg.rpc_subject_prefix;
+    char bus_subject[600];
+    snprintf(bus_subject, sizeof bus_subject, "%s%s", prefix ? prefix : "", subject);
+    e->sub = nats_bridge_subscribe(s->rt->nats, bus_subject, bus_subject, on_rpc_msg, e);
+    if (!e->sub) log_error(TAG, "%s: %s could not be subscribed", file, bus_subject);
+    rpc_probe_subscribe(s, e, bus_subject);
     e->next = s->rpcs;
     s->rpcs = e;
     s->nrpcs++;

@@ -4,7 +4,9 @@
 // real nats-server where a bus is involved); the fixtures are in tests/fixtures/lua_test.
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
 import * as h from './lib/harness.mjs';
 import { PG_BIN, startPostgres } from './lib/postgres.mjs';
 
@@ -186,5 +188,68 @@ h.test('mocks answer a service\'s calls whatever name it bound, record publicati
     sub.unsubscribe();
   } finally {
     await nc.close();
+  }
+});
+
+h.test('test --watch runs again when a test file or a service is saved', async () => {
+  const work = path.join(dir, 'watch');
+  fs.mkdirSync(path.join(work, 'services'), { recursive: true });
+  fs.mkdirSync(path.join(work, 'tests'), { recursive: true });
+  const service = (greeting) => `local microservice = require "microservice"
+local hello = { name = "hello" }
+hello.greet = microservice.rpc(function(name) return { "${greeting} " .. name } end)
+return hello
+`;
+  const test = (expected) => `it("greets", function() assert_eq(call("hello.greet", { "ann" }), { "${expected} ann" }) end)\n`;
+  fs.writeFileSync(path.join(work, 'services', 'hello.lua'), service('hello'));
+  fs.writeFileSync(path.join(work, 'tests', 'hello_test.lua'), test('hello'));
+  const env = { ...process.env };
+  delete env.NATS_URL;
+  delete env.DATABASE_URL;
+  const child = spawn(h.BIN, ['test', '--services', 'services', '--watch'], { cwd: work, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { err += d; });
+  const closings = () => out.split('\n').filter((l) => /^\d+ passed, \d+ failed/.test(l));
+  const waitClosings = (n) => h.waitFor(() => {
+    if (child.exitCode !== null) throw Object.assign(new Error(`exited ${child.exitCode}: ${out}${err}`), { fatal: true });
+    return closings().length >= n;
+  }, { what: `closing line ${n}`, timeout: 30000 });
+  try {
+    await waitClosings(1);
+    assert.equal(closings()[0], '1 passed, 0 failed, 0 skipped', out);
+    // the test file changes: it fails
+    fs.writeFileSync(path.join(work, 'tests', 'hello_test.lua'), test('hi'));
+    await waitClosings(2);
+    assert.equal(closings()[1], '0 passed, 1 failed, 0 skipped', out);
+    // the service changes to match: the new code is loaded and the test passes
+    fs.writeFileSync(path.join(work, 'services', 'hello.lua'), service('hi'));
+    await waitClosings(3);
+    assert.equal(closings()[2], '1 passed, 0 failed, 0 skipped', out);
+    assert.match(err, /watching for saved \.lua and \.sql files/);
+  } finally {
+    child.kill('SIGTERM');
+  }
+});
+
+// ---- item 2: isolated integration runs ----
+
+h.test('with --nats, a deployment serving the same procedures on the same bus answers none of the run\'s calls', async () => {
+  const deployed = await h.startRuntime({ dir, natsUrl: nats.url, servicesDir: `${FIX}/services_deployed`, http: false, ready: false, name: 'deployed' });
+  try {
+    const whoami = async () => {
+      const r = await cli(['call', 'notes.whoami', '--nats', nats.url, '--json', '--timeout', '2']);
+      if (r.code !== 0) throw new Error(show(r));
+      return r.stdout.trim();
+    };
+    await h.waitFor(whoami, { what: 'the deployed notes.whoami answers' });
+    const r = await cli(['test', `${FIX}/authoring/isolated_test.lua`, '--services', PAIR, '--nats', nats.url]);
+    assert.equal(r.code, 0, show(r));
+    assert.equal(last(r), '2 passed, 0 failed, 0 skipped', show(r));
+    // and the deployment still answers its own callers
+    assert.equal(await whoami(), '[["the deployed version"],{}]');
+  } finally {
+    await deployed.stop();
   }
 });
