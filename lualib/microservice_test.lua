@@ -621,6 +621,42 @@ function M.main(files, opts)
   return passed, failed, skipped
 end
 
+--- `microservice eval CODE`: runs CODE (an expression, else a chunk) in this coroutine with the
+-- test globals (call, mock, assert_*, microservice, online); prints each value it returns on a
+-- line of its own (JSON when it encodes, else tostring) and returns true; on an error prints it
+-- on stderr and returns false.
+function M.eval(code, opts)
+  run_opts = opts or {}
+  microservice._test_hooks.call, microservice._test_hooks.publish = call_hook, publish_hook
+  if run_opts.online and not wait_for_bus() then
+    io.stderr:write("microservice eval: the bus is not connected after 10 s\n")
+  end
+  local chunk, err = loadstring("return " .. code, "=eval")
+  if not chunk then chunk, err = loadstring(code, "=eval") end
+  if not chunk then
+    io.stderr:write("microservice eval: ", err, "\n")
+    return false
+  end
+  local env = setmetatable({}, { __index = _G })
+  for k, v in pairs(A) do env[k] = v end
+  env.microservice, env.mock, env.online = microservice, mock, run_opts.online and true or false
+  setfenv(chunk, env)
+  local r = pack(xpcall(chunk, function(e)
+    return type(e) == "string" and debug.traceback(e, 2) or e
+  end))
+  if not r[1] then
+    local e = r[2]
+    local text = error_text(e)
+    if microservice.is_error(e) and type(e.kwargs) == "table" and next(e.kwargs) then
+      text = text .. " " .. show(e.kwargs)
+    end
+    io.stderr:write("error: ", text, "\n")
+    return false
+  end
+  for i = 2, r.n do out(show(r[i])) end
+  return true
+end
+
 M.assertions = A
 
 return M

@@ -294,13 +294,16 @@ static void test_usage(FILE *out)
 typedef struct test_run {
     runtime *rt;
     bool fail_on_skip;
+    bool eval; /* `microservice eval`: M.eval returns whether the code ran */
     int exit_code;
 } test_run;
 
 static void tests_done(task *t, enum task_end how, lua_State *co, int nres)
 {
     test_run *tr = t->udata;
-    if (how == TASK_OK && nres >= 3) {
+    if (how == TASK_OK && tr->eval) {
+        tr->exit_code = nres >= 1 && lua_toboolean(co, -nres) ? 0 : 1;
+    } else if (how == TASK_OK && nres >= 3) {
         int failed = (int)lua_tointeger(co, -nres + 1);
         int skipped = (int)lua_tointeger(co, -nres + 2);
         tr->exit_code = failed > 0 || (tr->fail_on_skip && skipped > 0) ? 1 : 0;
@@ -347,6 +350,17 @@ static int services_failed(runtime *rt)
     return 1;
 }
 
+static void eval_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: " COMMAND_EVAL_SYNOPSIS
+            "  Runs CODE (a Lua expression, or else a chunk) inside the runtime with the services\n"
+            "  of DIR loaded (default ./services) and the globals of test files (call, mock,\n"
+            "  assert_*, microservice; see docs/api/testing.md); prints each value it returns\n"
+            "  (JSON when it encodes). Exits 1 on an error (printed on stderr).\n"
+            "  --nats URL, --postgres URL, --log-level LEVEL and the NATS OPTIONS: as for test.\n");
+}
+
 int command_test(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -365,6 +379,7 @@ int command_test(int argc, char **argv)
     bool online = env && env[0];
     double timeout = 5;
     bool fail_on_skip = false, services_given = false, watch = false;
+    bool eval = strcmp(argv[0], "eval") == 0;
     log_set_level(LOG_WARN);
     int c;
     optind = 1;
@@ -396,20 +411,24 @@ int command_test(int argc, char **argv)
             break;
         }
         case 'h':
-            test_usage(stdout);
+            eval ? eval_usage(stdout) : test_usage(stdout);
             return 0;
         default:
             if (c >= CALL_OPT_NATS_AUTH && c < CALL_OPT_NATS_AUTH + NATS_AUTH_NOPTS) {
                 nats_auth_set(&cfg.nats_auth, c - CALL_OPT_NATS_AUTH, optarg);
                 break;
             }
-            test_usage(stderr);
+            eval ? eval_usage(stderr) : test_usage(stderr);
             return 2;
         }
     }
     char err[512];
     if (nats_auth_check(&cfg.nats_auth, err, sizeof err) != 0) {
-        fprintf(stderr, "microservice test: %s\n", err);
+        fprintf(stderr, "microservice %s: %s\n", argv[0], err);
+        return 2;
+    }
+    if (eval && (optind != argc - 1 || watch || fail_on_skip)) {
+        eval_usage(stderr);
         return 2;
     }
     if (watch) return watch_tests(argc, argv, &cfg, services_given);
@@ -423,7 +442,7 @@ int command_test(int argc, char **argv)
     if (online) cfg.rpc_subject_prefix = prefix;
     if (runtime_init(&rt, &cfg) != 0) return 2;
     if (services_load_errors(rt.services) > 0) return services_failed(&rt);
-    test_run tr = {.rt = &rt, .fail_on_skip = fail_on_skip, .exit_code = 2};
+    test_run tr = {.rt = &rt, .fail_on_skip = fail_on_skip, .eval = eval, .exit_code = 2};
     task *t = sched_task_new(rt.sched, tests_done, &tr, "test");
     lua_State *co = t->co;
     lua_getglobal(co, "require");
@@ -433,12 +452,16 @@ int command_test(int argc, char **argv)
         sched_task_discard(t);
         return 2;
     }
-    lua_getfield(co, -1, "main");
+    lua_getfield(co, -1, eval ? "eval" : "main");
     lua_remove(co, -2);
-    lua_newtable(co);
-    for (int i = optind; i < argc; i++) {
-        lua_pushstring(co, argv[i]);
-        lua_rawseti(co, -2, i - optind + 1);
+    if (eval) {
+        lua_pushstring(co, argv[optind]);
+    } else {
+        lua_newtable(co);
+        for (int i = optind; i < argc; i++) {
+            lua_pushstring(co, argv[i]);
+            lua_rawseti(co, -2, i - optind + 1);
+        }
     }
     lua_createtable(co, 0, 3);
     if (services_given) {

@@ -87,7 +87,7 @@ static void usage(FILE *out)
         "\n"
         "       microservice call <service>.<method> [ARGS...] [--kw name=value ...]\n"
         "       microservice list [SERVICES_DIR]\n"
-        "       " COMMAND_TEST_SYNOPSIS
+        "       " COMMAND_TEST_SYNOPSIS "       " COMMAND_EVAL_SYNOPSIS
         "       microservice auth-secret [--iterations N]   (reads a password on stdin)\n"
         "       microservice auth-token\n"
         "  (each with --help)\n");
@@ -433,7 +433,8 @@ int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "call") == 0) return command_call(argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "list") == 0) return command_list(argc - 1, argv + 1);
-    if (argc > 1 && strcmp(argv[1], "test") == 0) return command_test(argc - 1, argv + 1);
+    if (argc > 1 && (strcmp(argv[1], "test") == 0 || strcmp(argv[1], "eval") == 0))
+        return command_test(argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "auth-secret") == 0)
         return command_auth_secret(argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "auth-token") == 0)

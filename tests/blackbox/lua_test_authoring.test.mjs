@@ -253,3 +253,28 @@ h.test('with --nats, a deployment serving the same procedures on the same bus an
     await deployed.stop();
   }
 });
+
+// ---- item 5: eval ----
+
+h.test('eval runs a chunk with the services loaded and prints what it returns', async () => {
+  const r = await cli(['eval', 'local p = mock.publish() call("notes.add", { "first", { "t" } }) return call("report.summary")[1], #p, nil, { k = 1 }', '--services', PAIR]);
+  assert.equal(r.code, 0, show(r));
+  assert.deepEqual(r.lines, ['"1 notes, the first: first"', '1', 'nil', '{"k":1}'], show(r));
+  const expr = await cli(['eval', '6 * 7']);
+  assert.equal(expr.code, 0, show(expr));
+  assert.equal(expr.stdout, '42\n', show(expr));
+  const failed = await cli(['eval', 'call("notes.get", {}, { id = 3 })', '--services', PAIR]);
+  assert.equal(failed.code, 1, show(failed));
+  assert.equal(failed.stdout, '', show(failed));
+  assert.match(failed.stderr, /^error: notes\.not_found: no note 3 \{"id":3\}$/m, show(failed));
+  const syntax = await cli(['eval', 'x(']);
+  assert.equal(syntax.code, 1, show(syntax));
+  assert.match(syntax.stderr, /eval:1: unexpected symbol near '<eof>'/, show(syntax));
+  const online = await cli(['eval', 'microservice.call("notes.whoami")', '--services', PAIR, '--nats', nats.url]);
+  assert.equal(online.code, 0, show(online));
+  assert.deepEqual(online.lines, ['["notes.whoami"]', '{}'], show(online));
+  const usage = await cli(['eval']);
+  assert.equal(usage.code, 2, show(usage));
+  const main = await cli(['--help']);
+  assert.match(main.stdout, /microservice eval CODE \[--services DIR\]/, show(main));
+});
