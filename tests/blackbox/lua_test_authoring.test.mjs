@@ -278,3 +278,34 @@ h.test('eval runs a chunk with the services loaded and prints what it returns', 
   const main = await cli(['--help']);
   assert.match(main.stdout, /microservice eval CODE \[--services DIR\]/, show(main));
 });
+
+// ---- item 7: code shared between services ----
+
+h.test('SERVICES_DIR/lib: helpers on package.path, never services; a changed helper reloads the services', async () => {
+  const LIB = `${FIX}/services_lib`;
+  const list = await cli(['list', LIB]);
+  assert.equal(list.code, 0, show(list));
+  assert.deepEqual(list.lines, ['price.show(cents)', 'tax.vat(cents)'], show(list));
+  const t = await cli(['test', `${FIX}/authoring/lib_test.lua`, '--services', LIB]);
+  assert.equal(t.code, 0, show(t));
+  assert.equal(last(t), '1 passed, 0 failed, 0 skipped', show(t));
+  // hot reload: a copy of the folder, served; the helper changes, both services take it
+  const sdir = path.join(dir, 'services_lib');
+  fs.cpSync(path.join(h.SOURCE_DIR, LIB), sdir, { recursive: true });
+  const rt = await h.startRuntime({ dir, natsUrl: nats.url, servicesDir: sdir, http: false, ready: false, name: 'lib' });
+  try {
+    const answer = async (proc, n) => {
+      const r = await cli(['call', proc, String(n), '--nats', nats.url, '--json', '--timeout', '2']);
+      if (r.code !== 0) throw new Error(show(r));
+      return r.stdout.trim();
+    };
+    await h.waitFor(async () => (await answer('price.show', 1234)) === '[["EUR 12.34"],{}]', { what: 'price.show answers' });
+    const helper = path.join(sdir, 'lib', 'money.lua');
+    fs.writeFileSync(helper, fs.readFileSync(helper, 'utf8').replace('"EUR %d.%02d"', '"%d,%02d EUR"'));
+    await h.waitFor(async () => (await answer('price.show', 1234)) === '[["12,34 EUR"],{}]', { what: 'price.show takes the new helper' });
+    assert.equal(await answer('tax.vat', 1000), '[["2,00 EUR"],{}]');
+    assert.match(rt.log(), /services_lib\/lib changed: reloading every script/);
+  } finally {
+    await rt.stop();
+  }
+});
