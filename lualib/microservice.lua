@@ -45,6 +45,11 @@ local function make_rpc(fn, spec)
     error("rpc expects a function, got " .. type(fn), 3)
   end
   local params, vararg = parameter_names(fn)
+  for uri, code in pairs(spec and spec.errors or {}) do -- errors = { [uri] = HTTP status }
+    if type(uri) ~= "string" or type(code) ~= "number" or code < 400 or code > 599 then
+      error("rpc spec: errors must map error URIs to HTTP statuses (400 .. 599)", 3)
+    end
+  end
   local rpc = { fn = fn, params = params, vararg = vararg, spec = spec }
   if spec and (spec.kwargs ~= nil or spec.args ~= nil or spec.returns ~= nil) then
     local S = require "microservice.schema"

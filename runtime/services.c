@@ -1037,6 +1037,23 @@ int services_bind(struct services *s, lua_State *L, const char *procedure, int a
     return n + 1;
 }
 
+/* {{name=, version=, description=}, ...}: the loaded services, for the document's info. */
+static void push_service_infos(struct services *s, lua_State *L)
+{
+    lua_newtable(L);
+    int i = 0;
+    for (service_meta *m = s->metas; m; m = m->next) {
+        lua_createtable(L, 0, 3);
+        lua_pushstring(L, m->name);
+        lua_setfield(L, -2, "name");
+        lua_pushstring(L, m->version);
+        lua_setfield(L, -2, "version");
+        lua_pushstring(L, m->description);
+        lua_setfield(L, -2, "description");
+        lua_rawseti(L, -2, ++i);
+    }
+}
+
 /* The API description: require("microservice.openapi").document(rpcs, opts) with rpcs an array
  * of { procedure = "svc.method", rpc = <rpc value> } sorted by procedure and opts saying whether
  * bearer tokens are checked; it returns JSON text. */
@@ -1061,7 +1078,9 @@ int services_openapi(struct services *s, codec_buf *out, char *err, size_t errle
             lua_setfield(L, -2, "rpc");
             lua_rawseti(L, -2, i + 1);
         }
-        lua_createtable(L, 0, 2);
+        lua_createtable(L, 0, 3);
+        push_service_infos(s, L);
+        lua_setfield(L, -2, "services");
         lua_pushboolean(L, s->rt->auth != NULL);
         lua_setfield(L, -2, "bearer");
         lua_pushboolean(L, auth_anonymous_role(s->rt->auth) != NULL);

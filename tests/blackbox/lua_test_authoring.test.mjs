@@ -309,3 +309,22 @@ h.test('SERVICES_DIR/lib: helpers on package.path, never services; a changed hel
     await rt.stop();
   }
 });
+
+// ---- item 6: the API description ----
+
+h.test('/openapi.json: declared application errors, info from the services, paths sorted', async () => {
+  const rt = await h.startRuntime({ dir, natsUrl: nats.url, servicesDir: PAIR, name: 'openapi' });
+  try {
+    const doc = await (await fetch(rt.url('/openapi.json'))).json();
+    const paths = Object.keys(doc.paths);
+    assert.deepEqual(paths, [...paths].sort(), 'paths in sorted order');
+    assert.equal(paths.length, 7);
+    assert.match(doc.paths['/notes.get'].post.responses['404'].description, /notes\.not_found/);
+    assert.deepEqual(doc.info, {
+      title: 'microservice RPCs', version: 'notes 1.2.0, report 0.0.0',
+      description: 'notes 1.2.0: notes kept in memory\nreport 0.0.0',
+    });
+  } finally {
+    await rt.stop();
+  }
+});
