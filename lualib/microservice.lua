@@ -45,6 +45,11 @@ local function make_rpc(fn, spec)
     error("rpc expects a function, got " .. type(fn), 3)
   end
   local params, vararg = parameter_names(fn)
+  for uri, code in pairs(spec and spec.errors or {}) do -- errors = { [uri] = HTTP status }
+    if type(uri) ~= "string" or type(code) ~= "number" or code < 400 or code > 599 then
+      error("rpc spec: errors must map error URIs to HTTP statuses (400 .. 599)", 3)
+    end
+  end
   local rpc = { fn = fn, params = params, vararg = vararg, spec = spec }
   if spec and (spec.kwargs ~= nil or spec.args ~= nil or spec.returns ~= nil) then
     local S = require "microservice.schema"
@@ -109,9 +114,20 @@ function M.is_error(e) return getmetatable(e) == error_mt end
 --- Suspends the current call for the given number of seconds; other calls go on.
 M.sleep = core.sleep
 
+-- Set by the test runner only (lualib/microservice_test.lua): test_hooks.call(procedure, args,
+-- kwargs, opts) answers a call (returns true, args, kwargs) or lets it go on the bus (false);
+-- test_hooks.publish(subject, args, kwargs) returns true when it took the publication. Here, in
+-- the functions themselves, so that they apply whatever local name a service bound them to.
+local test_hooks = {}
+M._test_hooks = test_hooks
+
 --- Calls an RPC over NATS: returns its args and kwargs, or raises the remote error (an error
 -- value with uri, args, kwargs and code; catch it with pcall). opts.timeout in seconds.
 function M.call(procedure, args, kwargs, opts)
+  if test_hooks.call then
+    local answered, a, k = test_hooks.call(procedure, args, kwargs, opts)
+    if answered then return a, k end
+  end
   local timeout = opts and opts.timeout
   local ok, a, k = core.call(procedure, args, kwargs, timeout)
   if ok then return a, k end
@@ -119,7 +135,10 @@ function M.call(procedure, args, kwargs, opts)
 end
 
 --- Publishes [args, kwargs] on a NATS subject (the original example's send_message).
-M.publish = core.publish
+function M.publish(subject, args, kwargs)
+  if test_hooks.publish and test_hooks.publish(subject, args, kwargs) then return end
+  return core.publish(subject, args, kwargs)
+end
 
 --- Calls fn(args, kwargs, subject) for every message on subject (NATS wildcards allowed), each
 -- in its own coroutine. Returns a subscription with :unsubscribe(). With queue, the processes

@@ -74,13 +74,57 @@ local function operation(entry, opts)
   }
 end
 
+-- The application errors an rpc spec declares (errors = { [uri] = status }), added to the
+-- responses of their status, in the order of their URIs.
+local function add_errors(op, errors)
+  local uris = {}
+  for uri in pairs(errors or {}) do uris[#uris + 1] = uri end
+  table.sort(uris)
+  for _, uri in ipairs(uris) do
+    local code = tostring(errors[uri])
+    local r = op.responses[code]
+    op.responses[code] = error_response(r and (r.description .. "; " .. uri) or uri)
+  end
+end
+
+-- info from the services' name, version and description (sorted by name): one service gives its
+-- own; several are listed in the description.
+local function info(services)
+  services = services or {}
+  table.sort(services, function(a, b) return a.name < b.name end)
+  if #services == 1 then
+    local s = services[1]
+    return { title = s.name, version = s.version,
+             description = s.description ~= "" and s.description or nil }
+  end
+  local lines, versions = {}, {}
+  for i, s in ipairs(services) do
+    lines[i] = ("%s %s%s"):format(s.name, s.version,
+      s.description ~= "" and (": " .. s.description) or "")
+    versions[i] = s.name .. " " .. s.version
+  end
+  return { title = "microservice RPCs", version = #versions > 0 and table.concat(versions, ", ")
+           or "1.0.0", description = #lines > 0 and table.concat(lines, "\n") or nil }
+end
+
+-- A JSON object with its keys in sorted order (the codec keeps no order).
+local function sorted_object(t)
+  local keys, parts = {}, {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for i, k in ipairs(keys) do parts[i] = core.json_encode(k) .. ":" .. core.json_encode(t[k]) end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
 -- opts.bearer: authentication is on (docs/auth.md); opts.anonymous: callers without a token
 -- are let in with the anonymous role.
 function M.document(rpcs, opts)
   opts = opts or {}
   local paths = {}
   for _, entry in ipairs(rpcs) do
-    paths["/" .. entry.procedure] = { post = operation(entry, opts) }
+    local op = operation(entry, opts)
+    add_errors(op, entry.rpc.spec and entry.rpc.spec.errors)
+    paths["/" .. entry.procedure] = { post = op }
   end
   local security, schemes
   if opts.bearer then
@@ -88,10 +132,11 @@ function M.document(rpcs, opts)
     security = array({ { bearer = array() } })
     if opts.anonymous then security[2] = {} end
   end
-  return core.json_encode({
+  local PATHS = "\0paths\0" -- replaced by the sorted object
+  local text = core.json_encode({
     openapi = "3.1.0",
-    info = { title = "microservice RPCs", version = "1.0.0" },
-    paths = paths,
+    info = info(opts.services),
+    paths = PATHS,
     security = security,
     components = { securitySchemes = schemes, schemas = {
       Envelope = { type = "array", minItems = 2, maxItems = 2,
@@ -101,6 +146,8 @@ function M.document(rpcs, opts)
                                kwargs = { type = "object" } } },
     } },
   })
+  local at, stop = text:find(core.json_encode(PATHS), 1, true)
+  return text:sub(1, at - 1) .. sorted_object(paths) .. text:sub(stop + 1)
 end
 
 return M

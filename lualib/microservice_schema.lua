@@ -150,6 +150,41 @@ function M.compile_spec(spec, params, vararg)
   return out
 end
 
+-- describe ---------------------------------------------------------------------------------------
+
+--- A compiled node as text in the schema language: string, integer?, {string},
+-- {city: string, zip: string?} (constraints left out).
+function M.describe(node)
+  local text = node.kind
+  if node.kind == "array" and node.items then
+    text = "{" .. M.describe(node.items) .. "}"
+  elseif node.kind == "object" and node.fields then
+    local keys, parts = {}, {}
+    for k in pairs(node.fields) do keys[#keys + 1] = k end
+    table.sort(keys)
+    for i, k in ipairs(keys) do parts[i] = k .. ": " .. M.describe(node.fields[k]) end
+    text = "{" .. table.concat(parts, ", ") .. "}"
+  end
+  return node.optional and text .. "?" or text
+end
+
+--- "(name: T, other, ...: T)": an rpc value's parameters with the types of its spec (for
+-- `microservice list`).
+function M.signature(rpc)
+  local schema, parts = rpc.schema or { params = {} }, {}
+  for i, p in ipairs(rpc.params) do
+    local node = schema.params[p]
+    if p == "kwargs" and i == #rpc.params and schema.extra_kwargs then
+      node = { kind = "object", fields = schema.extra_kwargs }
+    end
+    parts[i] = node and (p .. ": " .. M.describe(node)) or p
+  end
+  if rpc.vararg then
+    parts[#parts + 1] = schema.varargs and ("...: " .. M.describe(schema.varargs.items)) or "..."
+  end
+  return "(" .. table.concat(parts, ", ") .. ")"
+end
+
 -- check ------------------------------------------------------------------------------------------
 
 local function is_array(v)

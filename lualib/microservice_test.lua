@@ -8,19 +8,38 @@
 --   describe(name, fn)              groups tests; fn runs at once, to declare them (nests)
 --   it(name, fn) / it(name, {timeout = s}, fn)
 --                                   one test, run in its own coroutine (microservice.spawn)
+--   it(name, {rollback = true}, fn)  the test, its hooks and its in-process calls run in one
+--                                   PostgreSQL transaction, rolled back at its end (what they
+--                                   wrote is gone; pg.transaction inside is a savepoint); without
+--                                   --postgres the test is skipped. Calls over the bus run in
+--                                   other coroutines, outside the transaction
+--   rollback_each()                 every test of the enclosing describe (or, at top level, of
+--                                   the file) is a rollback test; {rollback = false} opts out
 --   before_each(fn), after_each(fn) run around every test of the enclosing describe (outer
 --                                   ones first for before_each, last for after_each), in the
 --                                   test's coroutine; after_each runs even when the test failed
 --   function test_xxx() ... end     a top-level global function named test_* is a test too
---   skip(message)                   at top level: skips the file; in describe: that block; in a
---                                   test or hook: that test. Printed ("  skip name: message"),
---                                   counted neither passed nor failed
+--   skip(message)                   at top level: every test the file declares is skipped (each
+--                                   printed "  skip name: message"; the file's code after skip
+--                                   still runs, to declare them); in describe: that block; in a
+--                                   test or hook: that test. Counted as skipped
+--                                   (`--fail-on-skip`: a skip fails the run)
 --   call(procedure, args, kwargs)   the unit-level call: binds args/kwargs exactly as a real
 --                                   call would (core.bind) and runs the RPC in this coroutine,
---                                   without NATS; returns args, kwargs (nil ones as {}); errors
+--                                   without NATS, with context().procedure the called one;
+--                                   returns args, kwargs (nil ones as {}); errors
 --                                   (binding: wamp.error.invalid_argument or
 --                                   wamp.error.no_such_procedure; the RPC's own) propagate as is
---   online                          true when the services are also served over NATS
+--   mock.call(procedure, fn)        until the test ends, calls of procedure (call() and
+--                                   microservice.call from any service) run fn(args, kwargs);
+--                                   returns a record with .calls
+--   mock.publish([subject])         until the test ends, publications are recorded, not sent;
+--                                   returns the list of { subject, args, kwargs }
+--                                   Without a bus, microservice.call of a loaded RPC runs it
+--                                   in-process. The whole API: docs/api/testing.md
+--   online                          true when the services are also served over NATS (on
+--                                   subjects private to the run, opts.rpc_prefix: a
+--                                   microservice.call of a loaded procedure goes there)
 --                                   (--nats or NATS_URL): microservice.call/publish/subscribe work
 --   microservice                    require "microservice" (require works as usual)
 --
@@ -43,11 +62,12 @@
 --     ok   greeting_service.hello › greets with a last name (0 ms)
 --     FAIL greeting_service.hello › refuses an unknown keyword
 --          tests/services/greeting_test.lua:21: expected "x", got "y"
---   3 passed, 1 failed
+--   3 passed, 1 failed, 0 skipped
 --
--- The last line is always exactly `N passed, N failed`; a file that fails to load (or whose
--- describe body raises) counts as one failure and none of its tests run. main returns passed,
--- failed (the process exits 1 when failed > 0). Without FILES: tests/services/*_test.lua, sorted.
+-- The last line is always exactly `N passed, N failed, N skipped`; a file that fails to load (or
+-- whose describe body raises) counts as one failure and none of its tests run. main returns
+-- passed, failed, skipped (the process exits 1 when failed > 0, or skipped > 0 with
+-- --fail-on-skip). Without FILES: tests/services/*_test.lua, sorted.
 local microservice = require "microservice"
 local core = require "microservice.core"
 
@@ -89,6 +109,13 @@ local function deep_eq(a, b, seen)
     if rawget(a, k) == nil then return false end
   end
   return true
+end
+
+-- The current task's label (what context().procedure shows), as a token for core.set_label.
+local function current_label()
+  local token = core.set_label(nil)
+  core.set_label(token)
+  return token
 end
 
 -- assertions -------------------------------------------------------------------------------------
@@ -135,7 +162,9 @@ local function error_text(e)
 end
 
 function A.assert_error(fn, expected, msg)
+  local label = current_label()
   local ok, e = pcall(fn)
+  core.set_label(label)
   if ok then
     fail(expected and ("expected an error %s, got none"):format(show(expected))
       or "expected an error, got none", msg)
@@ -152,14 +181,105 @@ end
 
 -- the unit-level call ------------------------------------------------------------------------------
 
+-- mocks ------------------------------------------------------------------------------------------
+
+-- The mocks of the running test (reset before and after each test) and the run's options.
+local mocks = { calls = {}, publish = {} }
+local run_opts = {}
+
+local array = microservice.json.array
+
+-- A value as the other side of the wire sees it (a copy through the JSON codec).
+local function wire(v)
+  if v == nil then return nil end
+  return microservice.json.decode(microservice.json.encode(v))
+end
+
+local mock = {}
+
+--- mock.call(procedure, fn): until the end of the test, calls of procedure (call() and
+-- microservice.call, whatever name a service bound it to) run fn(args, kwargs) instead, which
+-- returns args, kwargs or raises (microservice.error: the caller gets that error). Returns a
+-- record whose .calls lists { args = ..., kwargs = ... } of each call.
+function mock.call(procedure, fn)
+  if type(procedure) ~= "string" or type(fn) ~= "function" then
+    error("mock.call(procedure, fn) expects a procedure name and a function", 2)
+  end
+  local record = { calls = {} }
+  mocks.calls[procedure] = { fn = fn, record = record }
+  return record
+end
+
+--- mock.publish([subject]): until the end of the test, publications (on subject, or on any
+-- subject) are recorded instead of sent. Returns the list they are appended to, each
+-- { subject = ..., args = ..., kwargs = ... }.
+function mock.publish(subject)
+  if subject ~= nil and type(subject) ~= "string" then
+    error("mock.publish([subject]) expects a subject string", 2)
+  end
+  local list = {}
+  table.insert(mocks.publish, 1, { subject = subject, list = list })
+  return list
+end
+
+local function answer_mock(m, args, kwargs)
+  args, kwargs = wire(args or array()), wire(kwargs or {})
+  m.record.calls[#m.record.calls + 1] = { args = args, kwargs = kwargs }
+  local a, k = m.fn(args, kwargs)
+  return a == nil and array() or wire(a), k == nil and {} or wire(k)
+end
+
 function A.call(procedure, args, kwargs)
+  local m = mocks.calls[procedure]
+  if m then return answer_mock(m, args, kwargs) end
   local bound = pack(core.bind(procedure, args, kwargs))
+  -- the RPC sees itself in context().procedure, as in a real call; on an error the label is put
+  -- back by whoever catches it (assert_error) or goes with the test's coroutine
+  local label = core.set_label(procedure)
   local r = pack(bound[1](unpack(bound, 2, bound.n)))
+  core.set_label(label)
   return r[1] == nil and microservice.json.array() or r[1], r[2] == nil and {} or r[2]
 end
 
 function A.skip(message)
   error(setmetatable({ message = tostring(message or "skipped") }, skip_mt), 0)
+end
+
+-- microservice.call from a service or a test: a mock answers; without a bus, a loaded RPC runs
+-- in-process (values copied as over the wire, errors as a remote caller gets them).
+local function call_hook(procedure, args, kwargs, opts)
+  local m = mocks.calls[procedure]
+  if m then return true, answer_mock(m, args, kwargs) end
+  if not core.has_rpc(procedure) then return false end
+  if run_opts.online then -- the run's own subjects (--nats: isolated from a deployment)
+    local ok, a, k = core.call((run_opts.rpc_prefix or "") .. procedure, args, kwargs,
+                               opts and opts.timeout)
+    if ok then return true, a, k end
+    error(a, 0)
+  end
+  local label = current_label()
+  local ok, a, k = pcall(A.call, procedure, wire(args), wire(kwargs))
+  core.set_label(label)
+  if not ok then
+    if microservice.is_error(a) then error(a, 0) end
+    microservice.error("wamp.error.runtime_error", { tostring(a) }, nil, 500)
+  end
+  return true, wire(a), wire(k)
+end
+
+local function publish_hook(subject, args, kwargs)
+  for _, p in ipairs(mocks.publish) do
+    if p.subject == nil or p.subject == subject then
+      p.list[#p.list + 1] = { subject = subject, args = wire(args or array()),
+                              kwargs = wire(kwargs or {}) }
+      return true
+    end
+  end
+  return false
+end
+
+local function reset_mocks()
+  mocks.calls, mocks.publish = {}, {}
 end
 
 -- collecting a file's tests ------------------------------------------------------------------------
@@ -235,15 +355,29 @@ local function collect(path, opts)
   local env = setmetatable({}, { __index = _G })
   for k, v in pairs(A) do env[k] = v end
   env.microservice = microservice
+  env.mock = mock
   env.online = opts.online and true or false
+
+  local depth, collecting = 0, true
+  -- skip at the top level: the file's tests are still declared, each reported as skipped
+  function env.skip(message)
+    if collecting and depth == 0 then
+      file.skip_all = tostring(message or "skipped")
+      return
+    end
+    A.skip(message)
+  end
 
   function env.describe(name, fn)
     local outer = suite
     local names = { unpack(outer.names) }
     names[#names + 1] = tostring(name)
-    suite = { names = names, before = { unpack(outer.before) }, after = { unpack(outer.after) } }
+    suite = { names = names, before = { unpack(outer.before) }, after = { unpack(outer.after) },
+              rollback = outer.rollback }
     local first = #file.tests + 1
+    depth = depth + 1
     local ok, failure = protected(chunkname, where(2), fn)
+    depth = depth - 1
     suite = outer
     if not ok then
       if failure.skip then
@@ -265,14 +399,18 @@ local function collect(path, opts)
       name = table.concat(names, " › "), fn = fn, defined = where(2),
       timeout = test_opts.timeout or opts.timeout,
       before = suite.before, after = suite.after,
+      rollback = test_opts.rollback == nil and suite.rollback or test_opts.rollback,
     }
   end
 
   function env.before_each(fn) suite.before[#suite.before + 1] = fn end
+  function env.rollback_each() suite.rollback = true end
   function env.after_each(fn) table.insert(suite.after, 1, fn) end
 
   setfenv(chunk, env)
   local ok, failure = protected(chunkname, path .. ":0", chunk)
+  collecting = false
+  if not ok and file.skip_all then failure = { skip = true, message = file.skip_all } end
   if not ok then
     if failure.skip then
       file.tests = { { skip = failure.message } }
@@ -297,7 +435,12 @@ local function collect(path, opts)
   table.sort(plain, function(a, b) return a.line < b.line end)
   for _, t in ipairs(plain) do
     file.tests[#file.tests + 1] = { name = t.name, fn = t.fn, defined = t.defined,
-                                    timeout = opts.timeout, before = {}, after = {} }
+                                    timeout = opts.timeout, before = {}, after = {},
+                                    rollback = suite.rollback }
+  end
+  if file.skip_all then
+    for _, t in ipairs(file.tests) do t.skip = t.skip or file.skip_all end
+    if #file.tests == 0 then file.tests = { { skip = file.skip_all } } end
   end
   return file
 end
@@ -315,23 +458,39 @@ local function report_failure(f)
   for _, line in ipairs(f.trace or {}) do out("       " .. line) end
 end
 
--- Body of a test's coroutine: before_each hooks, the test, after_each hooks.
+-- A rollback test's transaction (microservice.postgres.rollback_begin); without a database the
+-- test is skipped.
+local function begin_rollback()
+  local pg = require "microservice.postgres"
+  if pg.state() == "off" then A.skip("no database (a rollback test; run with --postgres)") end
+  pg.rollback_begin()
+end
+
+-- Body of a test's coroutine: before_each hooks, the test, after_each hooks (with rollback, all
+-- in one transaction rolled back at the end).
 local function run_test(chunkname, t, state)
   local ok, failure = true, nil
-  for _, hook in ipairs(t.before) do
+  if t.rollback then ok, failure = protected(chunkname, t.defined, begin_rollback) end
+  local started = ok
+  for _, hook in ipairs(started and t.before or {}) do
     ok, failure = protected(chunkname, t.defined, hook)
     if not ok then break end
   end
   if ok then ok, failure = protected(chunkname, t.defined, t.fn) end
-  for _, hook in ipairs(t.after) do
+  for _, hook in ipairs(started and t.after or {}) do
     local hok, hfailure = protected(chunkname, t.defined, hook)
     if ok and not hok then ok, failure = hok, hfailure end
+  end
+  if t.rollback then
+    local rok, rfailure = protected(chunkname, t.defined, require("microservice.postgres").rollback_end)
+    if ok and not rok then ok, failure = rok, rfailure end
   end
   state.failure = failure
   state.done = true
 end
 
 local function run_one(file, t)
+  reset_mocks()
   local state = { done = false }
   local started = microservice.now()
   local deadline = started + t.timeout
@@ -343,6 +502,7 @@ local function run_one(file, t)
     microservice.sleep(math.max(0.001, math.min(interval, deadline - microservice.now())))
     interval = math.min(interval * 2, 0.02)
   end
+  reset_mocks()
   local ms = math.floor((microservice.now() - started) * 1000 + 0.5)
   if not state.done then
     state.timed_out = true -- the coroutine goes on; what it does later is ignored
@@ -352,8 +512,8 @@ local function run_one(file, t)
   return state.failure == nil, state.failure, ms
 end
 
--- Every tests/services/*_test.lua, sorted.
-local function default_files()
+-- The paths matching a glob pattern, sorted.
+local function glob(pattern)
   local files = {}
   local ok = pcall(function()
     local ffi = require "ffi"
@@ -364,13 +524,13 @@ local function default_files()
       void globfree(microservice_test_glob_t *g);
     ]])
     local g = ffi.new("microservice_test_glob_t")
-    if ffi.C.glob("tests/services/*_test.lua", 0, nil, g) == 0 then
+    if ffi.C.glob(pattern, 0, nil, g) == 0 then
       for i = 0, tonumber(g.gl_pathc) - 1 do files[#files + 1] = ffi.string(g.gl_pathv[i]) end
       ffi.C.globfree(g)
     end
   end)
   if not ok then
-    local p = io.popen("ls -1 tests/services/*_test.lua 2>/dev/null")
+    local p = io.popen("ls -1 " .. pattern .. " 2>/dev/null")
     if p then
       for line in p:lines() do files[#files + 1] = line end
       p:close()
@@ -378,6 +538,23 @@ local function default_files()
   end
   table.sort(files)
   return files
+end
+
+-- The test files of a run without FILES, and the patterns searched: next to the services folder
+-- DIR given with --services (DIR/../tests/*_test.lua, then DIR/../tests/NAME/*_test.lua where
+-- NAME is DIR's last component); without --services, tests/services/*_test.lua.
+local function default_files(services)
+  local patterns = { "tests/services/*_test.lua" }
+  if services then
+    local dir = services:gsub("/+$", "")
+    local name = dir:match("([^/]+)$") or dir
+    patterns = { dir .. "/../tests/*_test.lua", dir .. "/../tests/" .. name .. "/*_test.lua" }
+  end
+  local files = {}
+  for _, pattern in ipairs(patterns) do
+    for _, f in ipairs(glob(pattern)) do files[#files + 1] = f end
+  end
+  return files, patterns
 end
 
 -- Waits (up to 10 s) until the bus takes messages, so that the first test does not race the
@@ -396,9 +573,16 @@ function M.main(files, opts)
   opts = opts or {}
   opts.timeout = tonumber(opts.timeout) or 5
   if opts.timeout <= 0 then opts.timeout = 5 end
+  run_opts = opts
+  microservice._test_hooks.call, microservice._test_hooks.publish = call_hook, publish_hook
+  local passed, failed, skipped = 0, 0, 0
   if not files or #files == 0 then
-    files = default_files()
-    if #files == 0 then out("no test files (tests/services/*_test.lua)") end
+    local patterns
+    files, patterns = default_files(opts.services)
+    if #files == 0 then -- a run that tests nothing is not a green run
+      out("no test files (" .. table.concat(patterns, ", ") .. ")")
+      failed = 1
+    end
   end
   if opts.online and not wait_for_bus() then
     out("warning: the bus is not connected after 10 s")
@@ -406,7 +590,6 @@ function M.main(files, opts)
   -- the services whose started function runs are served once it returns
   local deadline = microservice.now() + 60
   while core.services_starting() > 0 and microservice.now() < deadline do microservice.sleep(0.01) end
-  local passed, failed = 0, 0
   for _, path in ipairs(files) do
     out(path)
     local file = collect(path, opts)
@@ -422,6 +605,7 @@ function M.main(files, opts)
       else
         ok, failure, ms = run_one(file, t)
       end
+      if ok == "skip" then skipped = skipped + 1 end
       if ok == "skip" and not t.name then
         out("  skip " .. failure.message)
       elseif ok == "skip" then
@@ -436,8 +620,44 @@ function M.main(files, opts)
       end
     end
   end
-  out(("%d passed, %d failed"):format(passed, failed))
-  return passed, failed
+  out(("%d passed, %d failed, %d skipped"):format(passed, failed, skipped))
+  return passed, failed, skipped
+end
+
+--- `microservice eval CODE`: runs CODE (an expression, else a chunk) in this coroutine with the
+-- test globals (call, mock, assert_*, microservice, online); prints each value it returns on a
+-- line of its own (JSON when it encodes, else tostring) and returns true; on an error prints it
+-- on stderr and returns false.
+function M.eval(code, opts)
+  run_opts = opts or {}
+  microservice._test_hooks.call, microservice._test_hooks.publish = call_hook, publish_hook
+  if run_opts.online and not wait_for_bus() then
+    io.stderr:write("microservice eval: the bus is not connected after 10 s\n")
+  end
+  local chunk, err = loadstring("return " .. code, "=eval")
+  if not chunk then chunk, err = loadstring(code, "=eval") end
+  if not chunk then
+    io.stderr:write("microservice eval: ", err, "\n")
+    return false
+  end
+  local env = setmetatable({}, { __index = _G })
+  for k, v in pairs(A) do env[k] = v end
+  env.microservice, env.mock, env.online = microservice, mock, run_opts.online and true or false
+  setfenv(chunk, env)
+  local r = pack(xpcall(chunk, function(e)
+    return type(e) == "string" and debug.traceback(e, 2) or e
+  end))
+  if not r[1] then
+    local e = r[2]
+    local text = error_text(e)
+    if microservice.is_error(e) and type(e.kwargs) == "table" and next(e.kwargs) then
+      text = text .. " " .. show(e.kwargs)
+    end
+    io.stderr:write("error: ", text, "\n")
+    return false
+  end
+  for i = 2, r.n do out(show(r[i])) end
+  return true
 end
 
 M.assertions = A

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "auth.h"
 #include "codec.h"
@@ -24,6 +25,7 @@
 #include "rpc_error.h"
 #include "scheduler.h"
 #include "services.h"
+#include "test_watch.h"
 
 /* ---- call ---- */
 
@@ -32,7 +34,9 @@ static void call_usage(FILE *out)
     fprintf(out, "usage: microservice call <service>.<method> [ARGS...] [--kw name=value ...]\n"
                  "                         [--nats URL] [--timeout S] [--json] [NATS OPTIONS]\n"
                  "  ARGS and keyword values are JSON when they parse as JSON, else strings.\n"
-                 "  Prints the reply [args, kwargs]; exits 1 on an RPC error, 2 on a usage error.\n"
+                 "  Prints the reply [args, kwargs]; exits 1 on an RPC error (printed on stderr\n"
+                 "  as `error: URI: message (code)`, then `args: [...]` when there are more than\n"
+                 "  one and `kwargs: {...}` when there are any), 2 on a usage error.\n"
                  "NATS OPTIONS (as for the runtime):\n" NATS_AUTH_USAGE);
 }
 
@@ -54,6 +58,15 @@ static int print_error_reply(natsMsg *reply)
     const char *msg = json_string_value(json_array_get(json_object_get(body, "args"), 0));
     fprintf(stderr, "error: %s: %s (%s)\n", uri ? uri : URI_RUNTIME_ERROR,
             msg ? msg : (text ? text : "no message"), code ? code : "?");
+    /* the rest of the error (its kwargs, further args) says which parameter, which row... */
+    json_t *kwargs = json_object_get(body, "kwargs");
+    json_t *args = json_object_get(body, "args");
+    char *k = json_object_size(kwargs) ? json_dumps(kwargs, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    char *a = json_array_size(args) > 1 ? json_dumps(args, JSON_COMPACT) : NULL;
+    if (a) fprintf(stderr, "args: %s\n", a);
+    if (k) fprintf(stderr, "kwargs: %s\n", k);
+    free(a);
+    free(k);
     json_decref(body);
     return 1;
 }
@@ -229,8 +242,10 @@ int command_list(int argc, char **argv)
 {
     const char *dir = argc > 1 ? argv[1] : "./services";
     if (argc > 2 || (argc > 1 && argv[1][0] == '-')) {
-        fprintf(stderr, "usage: microservice list [SERVICES_DIR]\n"
-                        "  prints the RPCs the folder's scripts declare, with their parameters\n");
+        fprintf(stderr,
+                "usage: microservice list [SERVICES_DIR]\n"
+                "  prints the RPCs the folder's scripts declare, with their parameters and\n"
+                "  the types of their schemas; exits 1 when a script fails to load\n");
         return 2;
     }
     runtime_config cfg;
@@ -244,35 +259,55 @@ int command_list(int argc, char **argv)
     cfg.no_hooks = true;
     if (runtime_init(&rt, &cfg) != 0) return 1;
     int n = services_print(rt.services, stdout);
+    int load_errors = services_load_errors(rt.services);
     runtime_shutdown(&rt);
     runtime_run(&rt);
-    return n >= 0 ? 0 : 1;
+    if (load_errors > 0)
+        fprintf(stderr, "microservice list: %d service script(s) of %s failed to load (above)\n",
+                load_errors, dir);
+    return n >= 0 && load_errors == 0 ? 0 : 1;
 }
 
 /* ---- test ---- */
 
 static void test_usage(FILE *out)
 {
-    fprintf(out,
-            "usage: microservice test [FILES...] [--services DIR] [--nats URL] [--postgres URL]\n"
-            "                         [--timeout S] [NATS OPTIONS as for `call`]\n"
-            "  Runs Lua test files (default: tests/services/*_test.lua) inside the runtime, with\n"
-            "  the services of DIR (default ./services) loaded: in-process only, or also over\n"
-            "  NATS with --nats (or NATS_URL). Prints a report and `N passed, N failed`; exits 1\n"
-            "  if a test failed.\n");
+    fprintf(
+        out,
+        "usage: " COMMAND_TEST_SYNOPSIS
+        "  Runs Lua test files inside the runtime, with the services of DIR loaded: in-process\n"
+        "  only, or also over NATS with --nats (or NATS_URL). See docs/api/testing.md.\n"
+        "  FILES             test files; default: with --services DIR, DIR/../tests/*_test.lua\n"
+        "                    and DIR/*_test.lua; without it, tests/services/*_test.lua\n"
+        "  --services DIR    the services folder (default ./services); a script that fails\n"
+        "                    to load fails the run before any test\n"
+        "  --nats URL        also serve the services over NATS (online tests run)\n"
+        "  --postgres URL    PostgreSQL for microservice.postgres (migrations applied)\n"
+        "  --timeout S       default time a test may take (default 5)\n"
+        "  --fail-on-skip    a skipped test fails the run (exit 1)\n"
+        "  --log-level LEVEL runtime log level on stderr (default warn)\n"
+        "  --watch           run again each time a .lua or .sql file is saved in the\n"
+        "                    services folder or the test files' folders (until Ctrl-C)\n"
+        "  Prints a report and `N passed, N failed, N skipped`; exits 1 if a test failed.\n"
+        "NATS OPTIONS (as for the runtime):\n" NATS_AUTH_USAGE);
 }
 
 typedef struct test_run {
     runtime *rt;
+    bool fail_on_skip;
+    bool eval; /* `microservice eval`: M.eval returns whether the code ran */
     int exit_code;
 } test_run;
 
 static void tests_done(task *t, enum task_end how, lua_State *co, int nres)
 {
     test_run *tr = t->udata;
-    if (how == TASK_OK && nres >= 2) {
+    if (how == TASK_OK && tr->eval) {
+        tr->exit_code = nres >= 1 && lua_toboolean(co, -nres) ? 0 : 1;
+    } else if (how == TASK_OK && nres >= 3) {
         int failed = (int)lua_tointeger(co, -nres + 1);
-        tr->exit_code = failed > 0 ? 1 : 0;
+        int skipped = (int)lua_tointeger(co, -nres + 2);
+        tr->exit_code = failed > 0 || (tr->fail_on_skip && skipped > 0) ? 1 : 0;
     } else {
         fprintf(stderr, "microservice test: the test runner failed: %s\n",
                 how == TASK_CANCELLED ? "cancelled" : lua_tostring(co, -1));
@@ -281,12 +316,59 @@ static void tests_done(task *t, enum task_end how, lua_State *co, int nres)
     runtime_shutdown(tr->rt);
 }
 
+/* --watch: the same command without --watch, run again on every saved file (test_watch.c).
+ * getopt has moved the options before the files (argv[optind..]). */
+static int watch_tests(int argc, char **argv, const runtime_config *cfg, bool services_given)
+{
+    char **rest = calloc((size_t)argc + 1, sizeof *rest);
+    if (!rest) return 2;
+    int n = 0, first_file = optind;
+    for (int i = 0; i < argc; i++) {
+        if (i < optind && strcmp(argv[i], "--watch") == 0) {
+            first_file--;
+            continue;
+        }
+        rest[n++] = argv[i];
+    }
+    int rc = test_watch(n, rest, cfg->services_dir, services_given, first_file);
+    free(rest);
+    return rc;
+}
+
+/* A service script failed to load (logged on stderr with its file:line): the run fails at once,
+ * before any test, as one failure per script. */
+static int services_failed(runtime *rt)
+{
+    int n = services_load_errors(rt->services);
+    fprintf(stderr, "microservice test: %d service script(s) of %s failed to load (above)\n", n,
+            rt->cfg.services_dir);
+    printf("%s\n  FAIL (loading the services: %d script(s) failed, the errors are on stderr; no "
+           "test ran)\n0 passed, %d failed, 0 skipped\n",
+           rt->cfg.services_dir, n, n);
+    fflush(stdout);
+    runtime_shutdown(rt);
+    runtime_run(rt);
+    return 1;
+}
+
+static void eval_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: " COMMAND_EVAL_SYNOPSIS
+            "  Runs CODE (a Lua expression, or else a chunk) inside the runtime with the services\n"
+            "  of DIR loaded (default ./services) and the globals of test files (call, mock,\n"
+            "  assert_*, microservice; see docs/api/testing.md); prints each value it returns\n"
+            "  (JSON when it encodes). Exits 1 on an error (printed on stderr).\n"
+            "  --nats URL, --postgres URL, --log-level LEVEL and the NATS OPTIONS: as for test.\n");
+}
+
 int command_test(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"services", required_argument, NULL, 's'},  {"nats", required_argument, NULL, 'n'},
         {"postgres", required_argument, NULL, 'p'},  {"timeout", required_argument, NULL, 't'},
         {"log-level", required_argument, NULL, 'l'}, {"help", no_argument, NULL, 'h'},
+        {"fail-on-skip", no_argument, NULL, 'S'},    {"watch", no_argument, NULL, 'w'},
         NATS_AUTH_LONG_OPTIONS(CALL_OPT_NATS_AUTH),  {NULL, 0, NULL, 0},
     };
     runtime_config cfg;
@@ -297,6 +379,8 @@ int command_test(int argc, char **argv)
     const char *env = getenv("NATS_URL");
     bool online = env && env[0];
     double timeout = 5;
+    bool fail_on_skip = false, services_given = false, watch = false;
+    bool eval = strcmp(argv[0], "eval") == 0;
     log_set_level(LOG_WARN);
     int c;
     optind = 1;
@@ -304,6 +388,7 @@ int command_test(int argc, char **argv)
         switch (c) {
         case 's':
             cfg.services_dir = optarg;
+            services_given = true;
             break;
         case 'n':
             cfg.nats_url = optarg;
@@ -315,32 +400,50 @@ int command_test(int argc, char **argv)
         case 't':
             timeout = atof(optarg);
             break;
+        case 'S':
+            fail_on_skip = true;
+            break;
+        case 'w':
+            watch = true;
+            break;
         case 'l': {
             int level = log_level_parse(optarg);
             if (level >= 0) log_set_level(level);
             break;
         }
         case 'h':
-            test_usage(stdout);
+            eval ? eval_usage(stdout) : test_usage(stdout);
             return 0;
         default:
             if (c >= CALL_OPT_NATS_AUTH && c < CALL_OPT_NATS_AUTH + NATS_AUTH_NOPTS) {
                 nats_auth_set(&cfg.nats_auth, c - CALL_OPT_NATS_AUTH, optarg);
                 break;
             }
-            test_usage(stderr);
+            eval ? eval_usage(stderr) : test_usage(stderr);
             return 2;
         }
     }
     char err[512];
     if (nats_auth_check(&cfg.nats_auth, err, sizeof err) != 0) {
-        fprintf(stderr, "microservice test: %s\n", err);
+        fprintf(stderr, "microservice %s: %s\n", argv[0], err);
         return 2;
     }
+    if (eval && (optind != argc - 1 || watch || fail_on_skip)) {
+        eval_usage(stderr);
+        return 2;
+    }
+    if (watch) return watch_tests(argc, argv, &cfg, services_given);
     static runtime rt;
     if (!online) cfg.nats_url = NULL; /* the unit level: no bus */
+    /* the integration level: the services under test answer only this run, never a deployment
+     * serving the same procedures on the same bus (nor does a deployment get its calls) */
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "_MS_TEST.%ld%08lx.", (long)getpid(),
+             (unsigned long)(uv_hrtime() & 0xffffffffu));
+    if (online) cfg.rpc_subject_prefix = prefix;
     if (runtime_init(&rt, &cfg) != 0) return 2;
-    test_run tr = {.rt = &rt, .exit_code = 2};
+    if (services_load_errors(rt.services) > 0) return services_failed(&rt);
+    test_run tr = {.rt = &rt, .fail_on_skip = fail_on_skip, .eval = eval, .exit_code = 2};
     task *t = sched_task_new(rt.sched, tests_done, &tr, "test");
     lua_State *co = t->co;
     lua_getglobal(co, "require");
@@ -350,26 +453,32 @@ int command_test(int argc, char **argv)
         sched_task_discard(t);
         return 2;
     }
-    lua_getfield(co, -1, "main");
+    lua_getfield(co, -1, eval ? "eval" : "main");
     lua_remove(co, -2);
-    lua_newtable(co);
-    for (int i = optind; i < argc; i++) {
-        lua_pushstring(co, argv[i]);
-        lua_rawseti(co, -2, i - optind + 1);
+    if (eval) {
+        lua_pushstring(co, argv[optind]);
+    } else {
+        lua_newtable(co);
+        for (int i = optind; i < argc; i++) {
+            lua_pushstring(co, argv[i]);
+            lua_rawseti(co, -2, i - optind + 1);
+        }
     }
-    lua_createtable(co, 0, 2);
+    lua_createtable(co, 0, 3);
+    if (services_given) {
+        lua_pushstring(co, cfg.services_dir);
+        lua_setfield(co, -2, "services");
+    }
     lua_pushnumber(co, timeout);
     lua_setfield(co, -2, "timeout");
+    if (online) {
+        lua_pushstring(co, prefix);
+        lua_setfield(co, -2, "rpc_prefix");
+    }
     lua_pushboolean(co, online);
     lua_setfield(co, -2, "online");
     sched_start_soon(t, 2);
-    int load_errors = services_load_errors(rt.services);
     runtime_run(&rt);
-    if (load_errors > 0 && tr.exit_code == 0) {
-        fprintf(stderr, "microservice test: %d service script(s) failed to load (see above)\n",
-                load_errors);
-        return 1;
-    }
     return tr.exit_code;
 }
 

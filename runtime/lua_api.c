@@ -17,6 +17,7 @@
 #include "log.h"
 #include "lua_http.h"
 #include "lua_postgres.h"
+#include "lua_testing.h"
 #include "lualib_embedded.h"
 #include "nats_bridge.h"
 #include "rpc_error.h"
@@ -531,6 +532,7 @@ static int open_core(lua_State *L)
     lua_setfield(L, -2, "rpc_mt");
     lua_postgres_register(L);
     lua_http_register(L);
+    lua_testing_register(L);
     return 1;
 }
 

@@ -96,6 +96,18 @@ static void listen_when_ready(void *arg)
     }
 }
 
+/* Helpers shared by services live in DIR/lib (never loaded as services): first on package.path,
+ * so require "name" finds DIR/lib/name.lua or DIR/lib/name/init.lua. */
+static void add_lib_path(lua_State *L, const char *dir)
+{
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path");
+    lua_pushfstring(L, "%s/lib/?.lua;%s/lib/?/init.lua;%s", dir, dir,
+                    lua_isstring(L, -1) ? lua_tostring(L, -1) : "");
+    lua_setfield(L, -3, "path");
+    lua_pop(L, 2);
+}
+
 int runtime_init(runtime *rt, const runtime_config *cfg)
 {
     memset(rt, 0, sizeof *rt);
@@ -141,6 +153,7 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
         pg_pool_start(rt->pg);
     }
     if (cfg->nats_url && nats_bridge_connect(rt->nats) != 0) return -1;
+    add_lib_path(rt->L, cfg->services_dir);
     if (services_load_dir(rt->services, cfg->services_dir) < 0) return -1;
     if (cfg->watch) rt->watch = service_watch_start(rt);
     if (cfg->nats_url) rt->srv_api = service_api_start(rt);

@@ -37,6 +37,8 @@ typedef struct runtime_config {
     double postgres_wait; /* seconds to wait for the database at start-up (migrations) */
     const char *frontend_dir;
     const char *services_dir;
+    /* `microservice test --nats`: RPCs served on PREFIX<procedure> only (NULL: as named) */
+    const char *rpc_subject_prefix;
     int workers;
     size_t body_limit;           /* bytes, HTTP and NATS request bodies */
     int max_depth;               /* JSON nesting */

@@ -3,10 +3,12 @@
  * several steps: truncate, write, rename), and the table of scripts as last seen (mtime, size,
  * inode). When the folder settles, every *.lua that is new or changed is (re)loaded through
  * services_load_file and every one that disappeared is removed; a new migration is only logged,
- * since migrations are applied at start-up. */
+ * since migrations are applied at start-up. A change in DIR/lib (helpers shared by the scripts,
+ * on package.path) reloads every script. */
 #include "service_watch.h"
 
 #include <dirent.h>
+#include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -28,8 +30,8 @@ typedef struct seen_file {
 
 struct service_watch {
     runtime *rt;
-    uv_fs_event_t dir_event, mig_event;
-    bool mig_watched;
+    uv_fs_event_t dir_event, mig_event, lib_event;
+    bool mig_watched, lib_changed;
     uv_timer_t debounce;
     seen_file *files;
     int nfiles, cap;
@@ -157,9 +159,39 @@ static void scan_migrations(struct service_watch *w, bool report)
     closedir(d);
 }
 
+/* A helper of DIR/lib changed: the modules required from there are forgotten and every script is
+ * loaded again (each takes the new helper; which script required what is not tracked). */
+static void reload_for_lib(struct service_watch *w)
+{
+    lua_State *L = w->rt->L;
+    static const char forget[] =
+        "local lib = ... .. '/lib/?.lua;' .. ... .. '/lib/?/init.lua'\n"
+        "for name in pairs(package.loaded) do\n"
+        "  if type(name) == 'string' and package.searchpath(name, lib) then\n"
+        "    package.loaded[name] = nil\n"
+        "  end\n"
+        "end\n";
+    if (luaL_loadbuffer(L, forget, sizeof forget - 1, "=lib reload") != 0 ||
+        (lua_pushstring(L, w->rt->cfg.services_dir), lua_pcall(L, 1, 0, 0)) != 0) {
+        log_warn(TAG, "reloading the helpers of lib/: %s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    log_info(TAG, "%s/lib changed: reloading every script", w->rt->cfg.services_dir);
+    for (int i = 0; i < w->nfiles; i++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", w->rt->cfg.services_dir, w->files[i].name);
+        services_load_file(w->rt->services, path, true);
+    }
+    nats_bridge_confirm(w->rt->nats);
+}
+
 static void debounce_cb(uv_timer_t *t)
 {
     struct service_watch *w = t->data;
+    if (w->lib_changed) {
+        w->lib_changed = false;
+        reload_for_lib(w);
+    }
     scan_scripts(w, true);
     scan_migrations(w, true);
 }
@@ -176,6 +208,13 @@ static void on_change(uv_fs_event_t *h, const char *filename, int events, int st
     uv_timer_start(&w->debounce, debounce_cb, DEBOUNCE_MS, 0); /* restarts the wait */
 }
 
+static void on_lib_change(uv_fs_event_t *h, const char *filename, int events, int status)
+{
+    struct service_watch *w = h->data;
+    if (status == 0) w->lib_changed = true;
+    on_change(h, filename, events, status);
+}
+
 struct service_watch *service_watch_start(runtime *rt)
 {
     struct service_watch *w = calloc(1, sizeof *w);
@@ -184,8 +223,9 @@ struct service_watch *service_watch_start(runtime *rt)
     uv_timer_init(&rt->loop, &w->debounce);
     uv_fs_event_init(&rt->loop, &w->dir_event);
     uv_fs_event_init(&rt->loop, &w->mig_event);
-    w->debounce.data = w->dir_event.data = w->mig_event.data = w;
-    w->open_handles = 3;
+    uv_fs_event_init(&rt->loop, &w->lib_event);
+    w->debounce.data = w->dir_event.data = w->mig_event.data = w->lib_event.data = w;
+    w->open_handles = 4;
     int rc = uv_fs_event_start(&w->dir_event, on_change, rt->cfg.services_dir, 0);
     if (rc != 0)
         log_warn(TAG, "cannot watch %s (%s): no hot reload", rt->cfg.services_dir, uv_strerror(rc));
@@ -194,6 +234,10 @@ struct service_watch *service_watch_start(runtime *rt)
     struct stat st;
     if (stat(mig, &st) == 0 && S_ISDIR(st.st_mode))
         w->mig_watched = uv_fs_event_start(&w->mig_event, on_change, mig, 0) == 0;
+    char lib[4096];
+    snprintf(lib, sizeof lib, "%s/lib", rt->cfg.services_dir);
+    if (stat(lib, &st) == 0 && S_ISDIR(st.st_mode))
+        uv_fs_event_start(&w->lib_event, on_lib_change, lib, 0);
     scan_scripts(w, false);
     scan_migrations(w, false);
     return w;
@@ -218,4 +262,5 @@ void service_watch_stop(struct service_watch *w)
     uv_close((uv_handle_t *)&w->debounce, handle_closed);
     uv_close((uv_handle_t *)&w->dir_event, handle_closed);
     uv_close((uv_handle_t *)&w->mig_event, handle_closed);
+    uv_close((uv_handle_t *)&w->lib_event, handle_closed);
 }

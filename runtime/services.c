@@ -662,10 +662,10 @@ static void on_probe_msg(void *udata, natsMsg *msg)
     nats_bridge_release(e->svcs->rt->nats, msg);
 }
 
-static void rpc_probe_subscribe(struct services *s, rpc_entry *e)
+static void rpc_probe_subscribe(struct services *s, rpc_entry *e, const char *bus_subject)
 {
-    char probe[600];
-    snprintf(probe, sizeof probe, SERVICES_PROBE_PREFIX "%s", e->subject);
+    char probe[700];
+    snprintf(probe, sizeof probe, SERVICES_PROBE_PREFIX "%s", bus_subject);
     e->probe = nats_bridge_subscribe(s->rt->nats, probe, probe, on_probe_msg, e);
     if (!e->probe) log_error(TAG, "%s: %s could not be subscribed", e->file, probe);
 }
@@ -696,9 +696,13 @@ static int declare_rpc(struct services *s, lua_State *L, int svc_idx, const char
         rpc_free(e);
         return -1;
     }
-    e->sub = nats_bridge_subscribe_polled(s->rt->nats, subject, subject, on_rpc_msg, e);
-    if (!e->sub) log_error(TAG, "%s: %s could not be subscribed", file, subject);
-    rpc_probe_subscribe(s, e);
+    const char *prefix = s->rt->cfg.rpc_subject_prefix;
+    char bus_subject[600];
+    snprintf(bus_subject, sizeof bus_subject, "%s%s", prefix ? prefix : "", subject);
+    e->sub = nats_bridge_subscribe_polled(s->rt->nats, bus_subject, bus_subject, on_rpc_msg,
+                                          e);
+    if (!e->sub) log_error(TAG, "%s: %s could not be subscribed", file, bus_subject);
+    rpc_probe_subscribe(s, e, bus_subject);
     e->next = s->rpcs;
     s->rpcs = e;
     s->nrpcs++;
@@ -1133,12 +1137,33 @@ static rpc_entry **sorted_rpcs(struct services *s, int *n)
     return v;
 }
 
+/* "(name: T, ...)" from require("microservice.schema").signature(rpc) pushed on L, or NULL. */
+static const char *rpc_signature(lua_State *L, rpc_entry *e)
+{
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "microservice.schema");
+    if (lua_pcall(L, 1, 1, 0) != 0) return NULL;
+    lua_getfield(L, -1, "signature");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, e->rpc_ref);
+    if (lua_pcall(L, 1, 1, 0) != 0) return NULL;
+    return lua_tostring(L, -1);
+}
+
 int services_print(struct services *s, FILE *out)
 {
     int n;
     rpc_entry **v = sorted_rpcs(s, &n);
     if (!v) return -1;
+    lua_State *L = s->rt->L;
     for (int i = 0; i < n; i++) {
+        int top = lua_gettop(L);
+        const char *sig = rpc_signature(L, v[i]);
+        if (sig) {
+            fprintf(out, "%s%s\n", v[i]->subject, sig);
+            lua_settop(L, top);
+            continue;
+        }
+        lua_settop(L, top);
         fprintf(out, "%s(", v[i]->subject);
         for (int p = 0; p < v[i]->binding.nparams; p++)
             fprintf(out, "%s%s", p ? ", " : "", v[i]->binding.names[p]);
@@ -1147,6 +1172,12 @@ int services_print(struct services *s, FILE *out)
     }
     free(v);
     return n;
+}
+
+const char *services_procedure_name(struct services *s, const char *procedure)
+{
+    rpc_entry *e = rpc_find(s, procedure);
+    return e ? e->subject : NULL;
 }
 
 int services_bind(struct services *s, lua_State *L, const char *procedure, int args_idx,
@@ -1167,6 +1198,23 @@ int services_bind(struct services *s, lua_State *L, const char *procedure, int a
         return -1;
     }
     return n + 1;
+}
+
+/* {{name=, version=, description=}, ...}: the loaded services, for the document's info. */
+static void push_service_infos(struct services *s, lua_State *L)
+{
+    lua_newtable(L);
+    int i = 0;
+    for (service_meta *m = s->metas; m; m = m->next) {
+        lua_createtable(L, 0, 3);
+        lua_pushstring(L, m->name);
+        lua_setfield(L, -2, "name");
+        lua_pushstring(L, m->version);
+        lua_setfield(L, -2, "version");
+        lua_pushstring(L, m->description);
+        lua_setfield(L, -2, "description");
+        lua_rawseti(L, -2, ++i);
+    }
 }
 
 /* The API description: require("microservice.openapi").document(rpcs, opts) with rpcs an array
@@ -1193,7 +1241,9 @@ int services_openapi(struct services *s, codec_buf *out, char *err, size_t errle
             lua_setfield(L, -2, "rpc");
             lua_rawseti(L, -2, i + 1);
         }
-        lua_createtable(L, 0, 2);
+        lua_createtable(L, 0, 3);
+        push_service_infos(s, L);
+        lua_setfield(L, -2, "services");
         lua_pushboolean(L, s->rt->auth != NULL);
         lua_setfield(L, -2, "bearer");
         lua_pushboolean(L, auth_anonymous_role(s->rt->auth) != NULL);

@@ -72,11 +72,15 @@ void services_each_rpc(struct services *s, const char *file,
                        void (*fn)(void *u, const rpc_stats *st), void *u);
 /* How many times a script failed to load since start. */
 int services_load_errors(struct services *s);
-/* Prints "procedure(param, ...)" for every RPC, sorted; returns how many. */
+/* Prints "procedure(param: type, ...)" for every RPC, sorted (types from the rpc spec's schemas);
+ * returns how many. */
 int services_print(struct services *s, FILE *out);
 /* For in-process calls (tests): pushes the RPC's function and its arguments bound from the tables
  * at args_idx and kwargs_idx (absolute; 0 for none). Returns how many values it pushed, or -1
  * with a message in err and the URI in *uri. */
+/* The name of the loaded RPC procedure as the registry owns it (valid while the RPC is loaded), or
+ * NULL when no loaded service declares it. */
+const char *services_procedure_name(struct services *s, const char *procedure);
 int services_bind(struct services *s, lua_State *L, const char *procedure, int args_idx,
                   int kwargs_idx, const char **uri, char *err, size_t errlen);
 

@@ -18,7 +18,7 @@ import path from 'node:path';
 import * as h from './lib/harness.mjs';
 import { startPostgres } from './lib/postgres.mjs';
 
-const PAGES = ['rpc', 'sleep', 'call', 'publish', 'subscribe', 'spawn', 'error', 'log', 'postgres', 'context', 'http', 'timers', 'hooks'];
+const PAGES = ['rpc', 'sleep', 'call', 'publish', 'subscribe', 'spawn', 'error', 'log', 'postgres', 'context', 'http', 'timers', 'hooks', 'testing', 'schema'];
 const DOCS = path.join(h.SOURCE_DIR, 'docs', 'api');
 const EXAMPLES = path.join(h.SOURCE_DIR, 'docs', 'examples');
 const SERVICES = 'docs/examples/services'; // relative to the source dir, as the pages say
@@ -65,7 +65,7 @@ function parseReport(stdout, files) {
   let closing = null;
   for (const line of stdout.split('\n')) {
     if (perFile.has(line)) { current = perFile.get(line); continue; }
-    const m = /^(\d+) passed, (\d+) failed$/.exec(line);
+    const m = /^(\d+) passed, (\d+) failed, (\d+) skipped$/.exec(line);
     if (m) { closing = { passed: Number(m[1]), failed: Number(m[2]) }; continue; }
     if (!current) continue;
     if (line.startsWith('  ok   ')) current.ok++;
@@ -130,6 +130,10 @@ h.test('every API page has at least one example, and the index links every page'
   }
   const index = fs.readFileSync(path.join(DOCS, 'README.md'), 'utf8');
   for (const p of PAGES) assert.ok(index.includes(`](${p}.md)`), `docs/api/README.md does not link ${p}.md`);
+  // the README's "For service authors" points service authors to the test API and the schema language
+  const readme = fs.readFileSync(path.join(h.SOURCE_DIR, 'README.md'), 'utf8');
+  const authors = readme.slice(readme.indexOf('## For service authors'), readme.indexOf('\n## ', readme.indexOf('## For service authors') + 1));
+  for (const p of ['testing', 'schema']) assert.ok(authors.includes(`](docs/api/${p}.md)`), `README's "For service authors" does not link docs/api/${p}.md`);
 });
 
 h.test('the service listings on the pages are the files of docs/examples, verbatim', () => {
@@ -187,7 +191,7 @@ h.test('every example passes under microservice test, with --nats and --postgres
   }
   const total = [...declared.values()].reduce((s, d) => s + d.count, 0);
   const lastLine = r.stdout.trimEnd().split('\n').pop();
-  assert.equal(lastLine, `${total} passed, 0 failed`, `closing line:\n${shown}`);
+  assert.equal(lastLine, `${total} passed, 0 failed, 0 skipped`, `closing line:\n${shown}`);
   assert.deepEqual(closing, { passed: total, failed: 0 });
   assert.equal(r.code, 0, `exit code ${r.code} (signal ${r.signal}${r.killed ? ', killed after the timeout' : ''}):\n${shown}`);
   for (const w of stderrWanted) {

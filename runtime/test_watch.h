@@ -1,0 +1,13 @@
+/* test_watch.h: `microservice test --watch` (see test_watch.c). */
+#ifndef MICROSERVICE_TEST_WATCH_H
+#define MICROSERVICE_TEST_WATCH_H
+
+#include <stdbool.h>
+
+/* Runs `microservice test` with argv (argv[0] is "test", --watch left out) in a child process,
+ * then again each time a .lua or .sql file changes in the services folder or in the folders of
+ * the test files; returns only on an error (exit code 2). */
+int test_watch(int argc, char **argv, const char *services_dir, bool services_given,
+               int first_file);
+
+#endif
