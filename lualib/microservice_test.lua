@@ -35,6 +35,9 @@
 --                                   returns a record with .calls
 --   mock.publish([subject])         until the test ends, publications are recorded, not sent;
 --                                   returns the list of { subject, args, kwargs }
+--   mock.http(pattern, fn)          until the test ends, microservice.http requests whose URL
+--                                   contains the Lua pattern are answered by fn(req) (no network);
+--                                   others go out as usual; returns a record with .requests
 --                                   Without a bus, microservice.call of a loaded RPC runs it
 --                                   in-process. The whole API: docs/api/testing.md
 --   online                          true when the services are also served over NATS (on
@@ -184,7 +187,7 @@ end
 -- mocks ------------------------------------------------------------------------------------------
 
 -- The mocks of the running test (reset before and after each test) and the run's options.
-local mocks = { calls = {}, publish = {} }
+local mocks = { calls = {}, publish = {}, http = {} }
 local run_opts = {}
 
 local array = microservice.json.array
@@ -220,6 +223,65 @@ function mock.publish(subject)
   local list = {}
   table.insert(mocks.publish, 1, { subject = subject, list = list })
   return list
+end
+
+--- mock.http(pattern, fn): until the end of the test, outbound requests of microservice.http
+-- (request, get, post) whose URL contains the Lua pattern (string.find; anchor with "^", escape
+-- "%-", "%.", "%?") are answered by fn(req), req = { method, url, headers (lower-case names),
+-- body, json (the table given as json) }, which returns { status =, headers =, body = or json = }
+-- (or raises: the caller gets the error). The latest mock whose pattern matches answers;
+-- requests no mock matches go out as usual. Returns a record whose .requests lists each req.
+function mock.http(pattern, fn)
+  if type(pattern) ~= "string" or type(fn) ~= "function" then
+    error("mock.http(pattern, fn) expects a URL pattern and a function", 2)
+  end
+  local ok, err = pcall(string.find, "", pattern)
+  if not ok then error("mock.http: bad pattern " .. pattern .. ": " .. tostring(err), 2) end
+  local record = { requests = {} }
+  table.insert(mocks.http, 1, { pattern = pattern, fn = fn, record = record })
+  return record
+end
+
+local function lower_keys(t)
+  local r = {}
+  for k, v in pairs(t or {}) do r[string.lower(tostring(k))] = tostring(v) end
+  return r
+end
+
+-- A mock's answer as microservice.http returns a real one: status a number, lower-case header
+-- names, body a string (json encoded, with content-type application/json unless given).
+local function http_response(res)
+  if type(res) ~= "table" then
+    error("mock.http: the mock must return a response table { status =, headers =, body = }", 0)
+  end
+  local headers = lower_keys(res.headers)
+  local body = res.body
+  if res.json ~= nil then
+    body = microservice.json.encode(res.json)
+    headers["content-type"] = headers["content-type"] or "application/json"
+  end
+  return { status = tonumber(res.status) or 200, headers = headers,
+           body = body == nil and "" or tostring(body) }
+end
+
+-- microservice.http's request from a service or a test: the latest matching mock answers.
+local function http_hook(opts)
+  local url = opts.url
+  if type(url) ~= "string" then return false end
+  for _, m in ipairs(mocks.http) do
+    if string.find(url, m.pattern) then
+      local req = { method = opts.method or ((opts.body or opts.json) and "POST" or "GET"),
+                    url = url, headers = lower_keys(opts.headers), body = opts.body,
+                    json = wire(opts.json) }
+      if opts.json ~= nil then
+        req.body = microservice.json.encode(opts.json)
+        req.headers["content-type"] = req.headers["content-type"] or "application/json"
+      end
+      m.record.requests[#m.record.requests + 1] = req
+      return true, http_response(m.fn(req))
+    end
+  end
+  return false
 end
 
 local function answer_mock(m, args, kwargs)
@@ -279,7 +341,7 @@ local function publish_hook(subject, args, kwargs)
 end
 
 local function reset_mocks()
-  mocks.calls, mocks.publish = {}, {}
+  mocks.calls, mocks.publish, mocks.http = {}, {}, {}
 end
 
 -- collecting a file's tests ------------------------------------------------------------------------
@@ -575,6 +637,7 @@ function M.main(files, opts)
   if opts.timeout <= 0 then opts.timeout = 5 end
   run_opts = opts
   microservice._test_hooks.call, microservice._test_hooks.publish = call_hook, publish_hook
+  microservice._test_hooks.http = http_hook
   local passed, failed, skipped = 0, 0, 0
   if not files or #files == 0 then
     local patterns
@@ -631,6 +694,7 @@ end
 function M.eval(code, opts)
   run_opts = opts or {}
   microservice._test_hooks.call, microservice._test_hooks.publish = call_hook, publish_hook
+  microservice._test_hooks.http = http_hook
   if run_opts.online and not wait_for_bus() then
     io.stderr:write("microservice eval: the bus is not connected after 10 s\n")
   end

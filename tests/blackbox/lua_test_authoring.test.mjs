@@ -6,6 +6,7 @@ import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import * as h from './lib/harness.mjs';
 import { PG_BIN, startPostgres } from './lib/postgres.mjs';
@@ -27,8 +28,8 @@ after(async () => {
 
 // Runs the binary with args in the source dir (no NATS_URL / DATABASE_URL from the caller's
 // environment). Resolves {code, stdout, stderr, lines}.
-function cli(args, { cwd = h.SOURCE_DIR, timeout = 60000 } = {}) {
-  const env = { ...process.env };
+function cli(args, { cwd = h.SOURCE_DIR, timeout = 60000, extraEnv = {} } = {}) {
+  const env = { ...process.env, ...extraEnv };
   delete env.NATS_URL;
   delete env.DATABASE_URL;
   return new Promise((resolve) => {
@@ -188,6 +189,32 @@ h.test('mocks answer a service\'s calls whatever name it bound, record publicati
     sub.unsubscribe();
   } finally {
     await nc.close();
+  }
+});
+
+h.test('mock.http answers a service\'s outbound requests whatever name it bound; others reach the network', async () => {
+  // a real HTTP server: what no mock answers must reach it, and only that
+  const seen = [];
+  const api = http.createServer((req, res) => {
+    const u = new URL(req.url, 'http://x');
+    seen.push(`${req.method} ${u.pathname}`);
+    res.setHeader('content-type', 'application/json');
+    if (u.pathname === '/today') return res.end(JSON.stringify({ sky: `real ${u.searchParams.get('city')}` }));
+    if (u.pathname === '/readings' && req.method === 'POST') { res.statusCode = 202; res.setHeader('content-type', 'text/plain'); return res.end('noted'); }
+    res.statusCode = 404;
+    res.end('{}');
+  });
+  await new Promise((resolve) => api.listen(0, '127.0.0.1', resolve));
+  try {
+    const r = await cli(['test', `${FIX}/authoring/mock_http_test.lua`, '--services', `${FIX}/services_http`],
+      { extraEnv: { WEATHER_API: `http://127.0.0.1:${api.address().port}` } });
+    assert.equal(r.code, 0, show(r));
+    assert.equal(last(r), '6 passed, 0 failed, 0 skipped', show(r));
+    // the unmocked requests only: test 4's GET, test 5's GET and POST
+    assert.deepEqual(seen, ['GET /today', 'GET /today', 'POST /readings'], show(r));
+  } finally {
+    api.closeAllConnections();
+    api.close();
   }
 });
 
