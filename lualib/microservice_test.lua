@@ -687,26 +687,23 @@ function M.main(files, opts)
   return passed, failed, skipped
 end
 
---- `microservice eval CODE`: runs CODE (an expression, else a chunk) in this coroutine with the
--- test globals (call, mock, assert_*, microservice, online); prints each value it returns on a
--- line of its own (JSON when it encodes, else tostring) and returns true; on an error prints it
--- on stderr and returns false.
-function M.eval(code, opts)
+-- The run's hooks and options for eval and repl; waits for the bus when online.
+local function eval_setup(opts, name)
   run_opts = opts or {}
   microservice._test_hooks.call, microservice._test_hooks.publish = call_hook, publish_hook
   microservice._test_hooks.http = http_hook
   if run_opts.online and not wait_for_bus() then
-    io.stderr:write("microservice eval: the bus is not connected after 10 s\n")
-  end
-  local chunk, err = loadstring("return " .. code, "=eval")
-  if not chunk then chunk, err = loadstring(code, "=eval") end
-  if not chunk then
-    io.stderr:write("microservice eval: ", err, "\n")
-    return false
+    io.stderr:write("microservice ", name, ": the bus is not connected after 10 s\n")
   end
   local env = setmetatable({}, { __index = _G })
   for k, v in pairs(A) do env[k] = v end
   env.microservice, env.mock, env.online = microservice, mock, run_opts.online and true or false
+  return env
+end
+
+-- Runs chunk in env; prints each value it returns (JSON when it encodes) or, on an error, the
+-- error on stderr. Returns whether it ran.
+local function eval_run(chunk, env)
   setfenv(chunk, env)
   local r = pack(xpcall(chunk, function(e)
     return type(e) == "string" and debug.traceback(e, 2) or e
@@ -721,6 +718,63 @@ function M.eval(code, opts)
     return false
   end
   for i = 2, r.n do out(show(r[i])) end
+  return true
+end
+
+--- `microservice eval CODE`: runs CODE (an expression, else a chunk) in this coroutine with the
+-- test globals (call, mock, assert_*, microservice, online); prints each value it returns on a
+-- line of its own (JSON when it encodes, else tostring) and returns true; on an error prints it
+-- on stderr and returns false.
+function M.eval(code, opts)
+  local env = eval_setup(opts, "eval")
+  local chunk, err = loadstring("return " .. code, "=eval")
+  if not chunk then chunk, err = loadstring(code, "=eval") end
+  if not chunk then
+    io.stderr:write("microservice eval: ", err, "\n")
+    return false
+  end
+  return eval_run(chunk, env)
+end
+
+-- A line of the repl as a chunk: `local x = ...` / `local function f` become assignments to the
+-- shared environment, so that later lines see them. Returns chunk, or nil, err, incomplete.
+local function repl_compile(code)
+  local chunk = loadstring("return " .. code, "=repl")
+  if chunk then return chunk end
+  local global = code:gsub("^%s*local%s+function%s", "function "):gsub("^%s*local%s+", "")
+  local err
+  chunk, err = loadstring(global, "=repl")
+  if chunk then return chunk end
+  return nil, err, err:find("<eof>", 1, true) ~= nil
+end
+
+--- `microservice repl`: reads lines from stdin (plain reads, no line editing) and runs each as
+-- eval does, in one environment shared by all lines (a `local` at the start of a line is kept
+-- as a variable of that environment); a line that is not complete yet (an open function, a
+-- string) continues on the next. Errors are printed and the repl goes on; it ends at the end of
+-- stdin or on `.exit`. The prompt goes to stderr. Returns true.
+function M.repl(_, opts)
+  local env = eval_setup(opts, "repl")
+  local pending
+  while true do
+    io.stderr:write(pending and ">> " or "> ")
+    io.stderr:flush()
+    local line = io.read("*l")
+    if line == nil or (not pending and line:match("^%s*%.exit%s*$")) then break end
+    local code = pending and (pending .. "\n" .. line) or line
+    pending = nil
+    if code:find("%S") then
+      local chunk, err, incomplete = repl_compile(code)
+      if chunk then
+        eval_run(chunk, env)
+      elseif incomplete then
+        pending = code
+      else
+        io.stderr:write("error: ", err, "\n")
+      end
+    end
+  end
+  if pending then io.stderr:write("error: incomplete input at the end\n") end
   return true
 end
 

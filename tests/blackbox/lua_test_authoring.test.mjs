@@ -306,6 +306,59 @@ h.test('eval runs a chunk with the services loaded and prints what it returns', 
   assert.match(main.stdout, /microservice eval CODE \[--services DIR\]/, show(main));
 });
 
+// Runs `microservice repl args` with input on its stdin. Resolves {code, stdout, stderr, lines}.
+function repl(args, input) {
+  const env = { ...process.env };
+  delete env.NATS_URL;
+  delete env.DATABASE_URL;
+  return new Promise((resolve) => {
+    const child = execFile(h.BIN, ['repl', ...args], { cwd: h.SOURCE_DIR, env, timeout: 60000 }, (err, stdout, stderr) => {
+      const code = err ? (typeof err.code === 'number' ? err.code : null) : 0;
+      const lines = stdout.split('\n');
+      if (lines[lines.length - 1] === '') lines.pop();
+      assert.doesNotMatch(stderr, SANITIZER_RE, `sanitizer report:\n${stderr}`);
+      resolve({ code, stdout, stderr, lines, signal: err?.signal });
+    });
+    child.stdin.end(input);
+  });
+}
+
+h.test('repl runs line after line in one environment, goes on after errors, ends on .exit or EOF', async () => {
+  const input = [
+    'local published = mock.publish()',             // no bus: notes.add's publication recorded
+    'local n = 20',                                 // a local stays for the next lines
+    'n + 1',
+    'error("boom")',                                // an error: printed, the repl goes on
+    'call("notes.get", {}, { id = 3 })',            // an RPC error, with its kwargs
+    'call("notes.add", { "first", { "t" } })',
+    'local function twice(x)',                      // a line that continues on the next ones
+    '  return 2 * x',
+    'end',
+    'twice(n), call("report.summary")[1]',
+    'x(',
+    '+)',                                           // a syntax error after an unfinished line
+    '#published',
+    '.exit',
+    '"never run"',
+  ].join('\n') + '\n';
+  const r = await repl(['--services', PAIR], input);
+  assert.equal(r.code, 0, show(r));
+  assert.deepEqual(r.lines, ['21', '[1]', '{}', '40', '"1 notes, the first: first"', '1'], show(r));
+  assert.match(r.stderr, /^(> )*error: .*boom/m, show(r));
+  assert.match(r.stderr, /error: notes\.not_found: no note 3 \{"id":3\}/, show(r));
+  assert.match(r.stderr, /error: repl:2: unexpected symbol near '\+'/, show(r));
+  // the end of stdin ends it too; --help and a stray argument
+  const eof = await repl([], '6 * 7');
+  assert.equal(eof.code, 0, show(eof));
+  assert.equal(eof.stdout, '42\n', show(eof));
+  const usage = await cli(['repl', 'code']);
+  assert.equal(usage.code, 2, show(usage));
+  const help = await cli(['repl', '--help']);
+  assert.match(help.stdout, /no line\s+editing/, show(help));
+  const main = await cli(['--help']);
+  assert.match(main.stdout, /microservice repl \[--services DIR\]/, show(main));
+});
+
 // ---- item 7: code shared between services ----
 
 h.test('SERVICES_DIR/lib: helpers on package.path, never services; a changed helper reloads the services', async () => {
