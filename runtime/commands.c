@@ -336,16 +336,20 @@ static int watch_tests(int argc, char **argv, const runtime_config *cfg, bool se
     return rc;
 }
 
-/* A service script failed to load (logged on stderr with its file:line): the run fails at once,
- * before any test, as one failure per script. */
+/* A service script failed to load (logged on stderr with its file:line, and its first line in
+ * the report on stdout): the run fails at once, before any test, as one failure per script. */
 static int services_failed(runtime *rt)
 {
     int n = services_load_errors(rt->services);
     fprintf(stderr, "microservice test: %d service script(s) of %s failed to load (above)\n", n,
             rt->cfg.services_dir);
-    printf("%s\n  FAIL (loading the services: %d script(s) failed, the errors are on stderr; no "
-           "test ran)\n0 passed, %d failed, 0 skipped\n",
-           rt->cfg.services_dir, n, n);
+    printf("%s\n  FAIL (loading the services: %d script(s) failed, no test ran; the errors, "
+           "with tracebacks on stderr:)\n",
+           rt->cfg.services_dir, n);
+    const char *msg;
+    for (int i = 0; (msg = services_load_message(rt->services, i)) != NULL; i++)
+        printf("    %s\n", msg);
+    printf("0 passed, %d failed, 0 skipped\n", n);
     fflush(stdout);
     runtime_shutdown(rt);
     runtime_run(rt);

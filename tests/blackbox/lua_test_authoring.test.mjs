@@ -149,6 +149,17 @@ h.test('test files are found next to --services; the shipped tests never run aga
   ], show(none));
 });
 
+h.test('test on a broken services folder: each script\'s file:line and error in the report on stdout', async () => {
+  const r = await cli(['test', `${FIX}/authoring/mock_test.lua`, '--services', `${FIX}/services_broken`]);
+  assert.equal(r.code, 1, show(r));
+  const errors = r.lines.filter((l) => l.startsWith('    '));
+  assert.deepEqual(errors, [
+    `    ${FIX}/services_broken/broken.lua:4: attempt to index global 'nil_function_value' (a nil value)`,
+    `    ${FIX}/services_broken/syntax.lua:3: unexpected symbol near 'end'`,
+  ], show(r));
+  assert.equal(last(r), '0 passed, 2 failed, 0 skipped', show(r));
+});
+
 h.test('list: parameter types from schemas; a script that fails to load makes it exit 1', async () => {
   const r = await cli(['list', PAIR]);
   assert.equal(r.code, 0, show(r));
