@@ -116,7 +116,8 @@ M.sleep = core.sleep
 
 -- Set by the test runner only (lualib/microservice_test.lua): test_hooks.call(procedure, args,
 -- kwargs, opts) answers a call (returns true, args, kwargs) or lets it go on the bus (false);
--- test_hooks.publish(subject, args, kwargs) returns true when it took the publication. Here, in
+-- test_hooks.publish(subject, args, kwargs) returns true when it took the publication;
+-- test_hooks.http(opts) (consulted by microservice.http) returns true, response or false. Here, in
 -- the functions themselves, so that they apply whatever local name a service bound them to.
 local test_hooks = {}
 M._test_hooks = test_hooks

@@ -35,6 +35,9 @@
 --                                   returns a record with .calls
 --   mock.publish([subject])         until the test ends, publications are recorded, not sent;
 --                                   returns the list of { subject, args, kwargs }
+--   mock.http(pattern, fn)          until the test ends, microservice.http requests whose URL
+--                                   contains the Lua pattern are answered by fn(req) (no network);
+--                                   others go out as usual; returns a record with .requests
 --                                   Without a bus, microservice.call of a loaded RPC runs it
 --                                   in-process. The whole API: docs/api/testing.md
 --   online                          true when the services are also served over NATS (on
@@ -184,7 +187,7 @@ end
 -- mocks ------------------------------------------------------------------------------------------
 
 -- The mocks of the running test (reset before and after each test) and the run's options.
-local mocks = { calls = {}, publish = {} }
+local mocks = { calls = {}, publish = {}, http = {} }
 local run_opts = {}
 
 local array = microservice.json.array
@@ -220,6 +223,65 @@ function mock.publish(subject)
   local list = {}
   table.insert(mocks.publish, 1, { subject = subject, list = list })
   return list
+end
+
+--- mock.http(pattern, fn): until the end of the test, outbound requests of microservice.http
+-- (request, get, post) whose URL contains the Lua pattern (string.find; anchor with "^", escape
+-- "%-", "%.", "%?") are answered by fn(req), req = { method, url, headers (lower-case names),
+-- body, json (the table given as json) }, which returns { status =, headers =, body = or json = }
+-- (or raises: the caller gets the error). The latest mock whose pattern matches answers;
+-- requests no mock matches go out as usual. Returns a record whose .requests lists each req.
+function mock.http(pattern, fn)
+  if type(pattern) ~= "string" or type(fn) ~= "function" then
+    error("mock.http(pattern, fn) expects a URL pattern and a function", 2)
+  end
+  local ok, err = pcall(string.find, "", pattern)
+  if not ok then error("mock.http: bad pattern " .. pattern .. ": " .. tostring(err), 2) end
+  local record = { requests = {} }
+  table.insert(mocks.http, 1, { pattern = pattern, fn = fn, record = record })
+  return record
+end
+
+local function lower_keys(t)
+  local r = {}
+  for k, v in pairs(t or {}) do r[string.lower(tostring(k))] = tostring(v) end
+  return r
+end
+
+-- A mock's answer as microservice.http returns a real one: status a number, lower-case header
+-- names, body a string (json encoded, with content-type application/json unless given).
+local function http_response(res)
+  if type(res) ~= "table" then
+    error("mock.http: the mock must return a response table { status =, headers =, body = }", 0)
+  end
+  local headers = lower_keys(res.headers)
+  local body = res.body
+  if res.json ~= nil then
+    body = microservice.json.encode(res.json)
+    headers["content-type"] = headers["content-type"] or "application/json"
+  end
+  return { status = tonumber(res.status) or 200, headers = headers,
+           body = body == nil and "" or tostring(body) }
+end
+
+-- microservice.http's request from a service or a test: the latest matching mock answers.
+local function http_hook(opts)
+  local url = opts.url
+  if type(url) ~= "string" then return false end
+  for _, m in ipairs(mocks.http) do
+    if string.find(url, m.pattern) then
+      local req = { method = opts.method or ((opts.body or opts.json) and "POST" or "GET"),
+                    url = url, headers = lower_keys(opts.headers), body = opts.body,
+                    json = wire(opts.json) }
+      if opts.json ~= nil then
+        req.body = microservice.json.encode(opts.json)
+        req.headers["content-type"] = req.headers["content-type"] or "application/json"
+      end
+      m.record.requests[#m.record.requests + 1] = req
+      return true, http_response(m.fn(req))
+    end
+  end
+  return false
 end
 
 local function answer_mock(m, args, kwargs)
@@ -279,7 +341,7 @@ local function publish_hook(subject, args, kwargs)
 end
 
 local function reset_mocks()
-  mocks.calls, mocks.publish = {}, {}
+  mocks.calls, mocks.publish, mocks.http = {}, {}, {}
 end
 
 -- collecting a file's tests ------------------------------------------------------------------------
@@ -575,6 +637,7 @@ function M.main(files, opts)
   if opts.timeout <= 0 then opts.timeout = 5 end
   run_opts = opts
   microservice._test_hooks.call, microservice._test_hooks.publish = call_hook, publish_hook
+  microservice._test_hooks.http = http_hook
   local passed, failed, skipped = 0, 0, 0
   if not files or #files == 0 then
     local patterns
@@ -624,25 +687,23 @@ function M.main(files, opts)
   return passed, failed, skipped
 end
 
---- `microservice eval CODE`: runs CODE (an expression, else a chunk) in this coroutine with the
--- test globals (call, mock, assert_*, microservice, online); prints each value it returns on a
--- line of its own (JSON when it encodes, else tostring) and returns true; on an error prints it
--- on stderr and returns false.
-function M.eval(code, opts)
+-- The run's hooks and options for eval and repl; waits for the bus when online.
+local function eval_setup(opts, name)
   run_opts = opts or {}
   microservice._test_hooks.call, microservice._test_hooks.publish = call_hook, publish_hook
+  microservice._test_hooks.http = http_hook
   if run_opts.online and not wait_for_bus() then
-    io.stderr:write("microservice eval: the bus is not connected after 10 s\n")
-  end
-  local chunk, err = loadstring("return " .. code, "=eval")
-  if not chunk then chunk, err = loadstring(code, "=eval") end
-  if not chunk then
-    io.stderr:write("microservice eval: ", err, "\n")
-    return false
+    io.stderr:write("microservice ", name, ": the bus is not connected after 10 s\n")
   end
   local env = setmetatable({}, { __index = _G })
   for k, v in pairs(A) do env[k] = v end
   env.microservice, env.mock, env.online = microservice, mock, run_opts.online and true or false
+  return env
+end
+
+-- Runs chunk in env; prints each value it returns (JSON when it encodes) or, on an error, the
+-- error on stderr. Returns whether it ran.
+local function eval_run(chunk, env)
   setfenv(chunk, env)
   local r = pack(xpcall(chunk, function(e)
     return type(e) == "string" and debug.traceback(e, 2) or e
@@ -657,6 +718,63 @@ function M.eval(code, opts)
     return false
   end
   for i = 2, r.n do out(show(r[i])) end
+  return true
+end
+
+--- `microservice eval CODE`: runs CODE (an expression, else a chunk) in this coroutine with the
+-- test globals (call, mock, assert_*, microservice, online); prints each value it returns on a
+-- line of its own (JSON when it encodes, else tostring) and returns true; on an error prints it
+-- on stderr and returns false.
+function M.eval(code, opts)
+  local env = eval_setup(opts, "eval")
+  local chunk, err = loadstring("return " .. code, "=eval")
+  if not chunk then chunk, err = loadstring(code, "=eval") end
+  if not chunk then
+    io.stderr:write("microservice eval: ", err, "\n")
+    return false
+  end
+  return eval_run(chunk, env)
+end
+
+-- A line of the repl as a chunk: `local x = ...` / `local function f` become assignments to the
+-- shared environment, so that later lines see them. Returns chunk, or nil, err, incomplete.
+local function repl_compile(code)
+  local chunk = loadstring("return " .. code, "=repl")
+  if chunk then return chunk end
+  local global = code:gsub("^%s*local%s+function%s", "function "):gsub("^%s*local%s+", "")
+  local err
+  chunk, err = loadstring(global, "=repl")
+  if chunk then return chunk end
+  return nil, err, err:find("<eof>", 1, true) ~= nil
+end
+
+--- `microservice repl`: reads lines from stdin (plain reads, no line editing) and runs each as
+-- eval does, in one environment shared by all lines (a `local` at the start of a line is kept
+-- as a variable of that environment); a line that is not complete yet (an open function, a
+-- string) continues on the next. Errors are printed and the repl goes on; it ends at the end of
+-- stdin or on `.exit`. The prompt goes to stderr. Returns true.
+function M.repl(_, opts)
+  local env = eval_setup(opts, "repl")
+  local pending
+  while true do
+    io.stderr:write(pending and ">> " or "> ")
+    io.stderr:flush()
+    local line = io.read("*l")
+    if line == nil or (not pending and line:match("^%s*%.exit%s*$")) then break end
+    local code = pending and (pending .. "\n" .. line) or line
+    pending = nil
+    if code:find("%S") then
+      local chunk, err, incomplete = repl_compile(code)
+      if chunk then
+        eval_run(chunk, env)
+      elseif incomplete then
+        pending = code
+      else
+        io.stderr:write("error: ", err, "\n")
+      end
+    end
+  end
+  if pending then io.stderr:write("error: incomplete input at the end\n") end
   return true
 end
 

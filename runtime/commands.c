@@ -1,6 +1,7 @@
 /* commands.c: owns the subcommands for service authors: `microservice call` (one RPC over NATS
  * from the shell), `microservice list` (the RPCs a services folder declares) and
- * `microservice test` (Lua test files run inside the runtime, see lualib/microservice_test.lua).
+ * `microservice test` (Lua test files run inside the runtime, see lualib/microservice_test.lua),
+ * with `eval` (one chunk) and `repl` (chunks read from stdin) on the same runner.
  *
  * `call` is a short-lived client, so it uses nats.c the simple way (blocking connect and request,
  * no event loop); `test` runs a whole runtime without HTTP. */
@@ -335,16 +336,20 @@ static int watch_tests(int argc, char **argv, const runtime_config *cfg, bool se
     return rc;
 }
 
-/* A service script failed to load (logged on stderr with its file:line): the run fails at once,
- * before any test, as one failure per script. */
+/* A service script failed to load (logged on stderr with its file:line, and its first line in
+ * the report on stdout): the run fails at once, before any test, as one failure per script. */
 static int services_failed(runtime *rt)
 {
     int n = services_load_errors(rt->services);
     fprintf(stderr, "microservice test: %d service script(s) of %s failed to load (above)\n", n,
             rt->cfg.services_dir);
-    printf("%s\n  FAIL (loading the services: %d script(s) failed, the errors are on stderr; no "
-           "test ran)\n0 passed, %d failed, 0 skipped\n",
-           rt->cfg.services_dir, n, n);
+    printf("%s\n  FAIL (loading the services: %d script(s) failed, no test ran; the errors, "
+           "with tracebacks on stderr:)\n",
+           rt->cfg.services_dir, n);
+    const char *msg;
+    for (int i = 0; (msg = services_load_message(rt->services, i)) != NULL; i++)
+        printf("    %s\n", msg);
+    printf("0 passed, %d failed, 0 skipped\n", n);
     fflush(stdout);
     runtime_shutdown(rt);
     runtime_run(rt);
@@ -360,6 +365,31 @@ static void eval_usage(FILE *out)
             "  assert_*, microservice; see docs/api/testing.md); prints each value it returns\n"
             "  (JSON when it encodes). Exits 1 on an error (printed on stderr).\n"
             "  --nats URL, --postgres URL, --log-level LEVEL and the NATS OPTIONS: as for test.\n");
+}
+
+static void repl_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: " COMMAND_REPL_SYNOPSIS
+            "  Reads Lua from stdin, line by line, and runs each line as `eval` runs CODE (same\n"
+            "  services, globals and options), printing what it returns; what a line defines\n"
+            "  (globals, and a `local` at the start of a line) stays for the next lines; an\n"
+            "  unfinished line continues on the next; an error is printed (stderr) and the repl\n"
+            "  goes on. Ends at the end of stdin or on `.exit` (exit 0). Plain stdin: no line\n"
+            "  editing or history (wrap it: `rlwrap microservice repl`); while it waits for a\n"
+            "  line, the runtime does nothing else (the services answer nothing meanwhile).\n"
+            "  --nats URL, --postgres URL, --log-level LEVEL and the NATS OPTIONS: as for test.\n");
+}
+
+/* The --help text of test, eval or repl (argv[0]). */
+static void command_usage(const char *name, FILE *out)
+{
+    if (strcmp(name, "eval") == 0)
+        eval_usage(out);
+    else if (strcmp(name, "repl") == 0)
+        repl_usage(out);
+    else
+        test_usage(out);
 }
 
 int command_test(int argc, char **argv)
@@ -380,7 +410,8 @@ int command_test(int argc, char **argv)
     bool online = env && env[0];
     double timeout = 5;
     bool fail_on_skip = false, services_given = false, watch = false;
-    bool eval = strcmp(argv[0], "eval") == 0;
+    bool repl = strcmp(argv[0], "repl") == 0;
+    bool eval = repl || strcmp(argv[0], "eval") == 0; /* repl: eval line by line */
     log_set_level(LOG_WARN);
     int c;
     optind = 1;
@@ -412,14 +443,14 @@ int command_test(int argc, char **argv)
             break;
         }
         case 'h':
-            eval ? eval_usage(stdout) : test_usage(stdout);
+            command_usage(argv[0], stdout);
             return 0;
         default:
             if (c >= CALL_OPT_NATS_AUTH && c < CALL_OPT_NATS_AUTH + NATS_AUTH_NOPTS) {
                 nats_auth_set(&cfg.nats_auth, c - CALL_OPT_NATS_AUTH, optarg);
                 break;
             }
-            eval ? eval_usage(stderr) : test_usage(stderr);
+            command_usage(argv[0], stderr);
             return 2;
         }
     }
@@ -428,8 +459,8 @@ int command_test(int argc, char **argv)
         fprintf(stderr, "microservice %s: %s\n", argv[0], err);
         return 2;
     }
-    if (eval && (optind != argc - 1 || watch || fail_on_skip)) {
-        eval_usage(stderr);
+    if (eval && (optind != argc - (repl ? 0 : 1) || watch || fail_on_skip)) {
+        command_usage(argv[0], stderr);
         return 2;
     }
     if (watch) return watch_tests(argc, argv, &cfg, services_given);
@@ -453,9 +484,11 @@ int command_test(int argc, char **argv)
         sched_task_discard(t);
         return 2;
     }
-    lua_getfield(co, -1, eval ? "eval" : "main");
+    lua_getfield(co, -1, repl ? "repl" : eval ? "eval" : "main");
     lua_remove(co, -2);
-    if (eval) {
+    if (repl) {
+        lua_pushnil(co); /* M.repl(_, opts): reads its code from stdin */
+    } else if (eval) {
         lua_pushstring(co, argv[optind]);
     } else {
         lua_newtable(co);

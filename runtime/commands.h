@@ -13,9 +13,13 @@
 #define COMMAND_EVAL_SYNOPSIS                                                                      \
     "microservice eval CODE [--services DIR] [--nats URL] [--postgres URL] [--log-level LEVEL]\n"
 
+#define COMMAND_REPL_SYNOPSIS                                                                      \
+    "microservice repl [--services DIR] [--nats URL] [--postgres URL] [--log-level LEVEL]\n"
+
 int command_call(int argc, char **argv);
 int command_list(int argc, char **argv);
-/* test, and eval (argv[0] "eval": one chunk of Lua instead of test files) */
+/* test, eval (argv[0] "eval": one chunk of Lua instead of test files) and repl (argv[0] "repl":
+ * chunks read from stdin) */
 int command_test(int argc, char **argv);
 /* auth-secret: a salted secret for the auth file from a password on stdin; auth-token: a new
  * bearer token and the form the auth file stores. */

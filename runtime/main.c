@@ -94,6 +94,7 @@ static void usage(FILE *out)
         "       microservice call <service>.<method> [ARGS...] [--kw name=value ...]\n"
         "       microservice list [SERVICES_DIR]\n"
         "       " COMMAND_TEST_SYNOPSIS "       " COMMAND_EVAL_SYNOPSIS
+        "       " COMMAND_REPL_SYNOPSIS
         "       microservice auth-secret [--iterations N]   (reads a password on stdin)\n"
         "       microservice auth-token\n"
         "  (each with --help)\n");
@@ -456,7 +457,8 @@ int main(int argc, char **argv)
     OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL);
     if (argc > 1 && strcmp(argv[1], "call") == 0) return command_call(argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "list") == 0) return command_list(argc - 1, argv + 1);
-    if (argc > 1 && (strcmp(argv[1], "test") == 0 || strcmp(argv[1], "eval") == 0))
+    if (argc > 1 && (strcmp(argv[1], "test") == 0 || strcmp(argv[1], "eval") == 0 ||
+                     strcmp(argv[1], "repl") == 0))
         return command_test(argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "auth-secret") == 0)
         return command_auth_secret(argc - 1, argv + 1);

@@ -77,6 +77,8 @@ typedef struct call_ctx {
     char reply[];     /* reply subject, "" when the message had none */
 } call_ctx;
 
+#define LOAD_MESSAGES_MAX 16
+
 struct services {
     runtime *rt;
     rpc_entry *rpcs;
@@ -89,6 +91,9 @@ struct services {
     unsigned load_gen;
     struct pending_load *pending; /* versions whose started function runs */
     int load_errors;              /* scripts that failed to load, since start */
+    /* the first line of the first LOAD_MESSAGES_MAX of those errors (for `microservice test`) */
+    char *load_messages[LOAD_MESSAGES_MAX];
+    int nload_messages;
     codec_buf scratch;
 };
 
@@ -224,6 +229,20 @@ codec_buf *services_scratch(struct services *s)
 int services_load_errors(struct services *s)
 {
     return s->load_errors;
+}
+
+/* Keeps the first line of a load error (bounded: the first LOAD_MESSAGES_MAX). */
+static void keep_load_message(struct services *s, const char *msg)
+{
+    if (s->nload_messages >= LOAD_MESSAGES_MAX || !msg) return;
+    size_t len = strcspn(msg, "\n");
+    char *copy = strndup(msg, len);
+    if (copy) s->load_messages[s->nload_messages++] = copy;
+}
+
+const char *services_load_message(struct services *s, int i)
+{
+    return i >= 0 && i < s->nload_messages ? s->load_messages[i] : NULL;
 }
 
 int services_rpc_count(struct services *s)
@@ -699,8 +718,7 @@ static int declare_rpc(struct services *s, lua_State *L, int svc_idx, const char
     const char *prefix = s->rt->cfg.rpc_subject_prefix;
     char bus_subject[600];
     snprintf(bus_subject, sizeof bus_subject, "%s%s", prefix ? prefix : "", subject);
-    e->sub = nats_bridge_subscribe_polled(s->rt->nats, bus_subject, bus_subject, on_rpc_msg,
-                                          e);
+    e->sub = nats_bridge_subscribe_polled(s->rt->nats, bus_subject, bus_subject, on_rpc_msg, e);
     if (!e->sub) log_error(TAG, "%s: %s could not be subscribed", file, bus_subject);
     rpc_probe_subscribe(s, e, bus_subject);
     e->next = s->rpcs;
@@ -763,6 +781,7 @@ static int run_script(struct services *s, const char *path)
     lua_remove(L, -2);
     if (luaL_loadfile(L, path) != 0) {
         log_error(TAG, "cannot load %s", lua_tostring(L, -1));
+        keep_load_message(s, lua_tostring(L, -1));
         lua_settop(L, top);
         return -1;
     }
@@ -771,6 +790,7 @@ static int run_script(struct services *s, const char *path)
     s->loading_file = NULL;
     if (rc != 0) {
         log_error(TAG, "%s failed while loading: %s", path, lua_tostring(L, -1));
+        keep_load_message(s, lua_tostring(L, -1));
         lua_settop(L, top);
         return -1;
     }
@@ -784,6 +804,8 @@ static int run_script(struct services *s, const char *path)
                   "%s must return a table with a name (a NATS subject token, e.g. "
                   "{ name = \"greeting_service\" }); the previous version, if any, still serves",
                   path);
+        lua_pushfstring(L, "%s must return a table with a name", path);
+        keep_load_message(s, lua_tostring(L, -1));
         lua_settop(L, top);
         return -1;
     }
@@ -1327,5 +1349,7 @@ void services_free(struct services *s)
         meta_free(m);
     }
     codec_buf_free(&s->scratch);
+    for (int i = 0; i < s->nload_messages; i++)
+        free(s->load_messages[i]);
     free(s);
 }

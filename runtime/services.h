@@ -72,6 +72,8 @@ void services_each_rpc(struct services *s, const char *file,
                        void (*fn)(void *u, const rpc_stats *st), void *u);
 /* How many times a script failed to load since start. */
 int services_load_errors(struct services *s);
+/* The first line (file:line: message) of the i-th load error (the first 16 are kept), or NULL. */
+const char *services_load_message(struct services *s, int i);
 /* Prints "procedure(param: type, ...)" for every RPC, sorted (types from the rpc spec's schemas);
  * returns how many. */
 int services_print(struct services *s, FILE *out);

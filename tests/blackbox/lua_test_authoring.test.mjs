@@ -6,6 +6,7 @@ import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import * as h from './lib/harness.mjs';
 import { PG_BIN, startPostgres } from './lib/postgres.mjs';
@@ -27,8 +28,8 @@ after(async () => {
 
 // Runs the binary with args in the source dir (no NATS_URL / DATABASE_URL from the caller's
 // environment). Resolves {code, stdout, stderr, lines}.
-function cli(args, { cwd = h.SOURCE_DIR, timeout = 60000 } = {}) {
-  const env = { ...process.env };
+function cli(args, { cwd = h.SOURCE_DIR, timeout = 60000, extraEnv = {} } = {}) {
+  const env = { ...process.env, ...extraEnv };
   delete env.NATS_URL;
   delete env.DATABASE_URL;
   return new Promise((resolve) => {
@@ -148,6 +149,17 @@ h.test('test files are found next to --services; the shipped tests never run aga
   ], show(none));
 });
 
+h.test('test on a broken services folder: each script\'s file:line and error in the report on stdout', async () => {
+  const r = await cli(['test', `${FIX}/authoring/mock_test.lua`, '--services', `${FIX}/services_broken`]);
+  assert.equal(r.code, 1, show(r));
+  const errors = r.lines.filter((l) => l.startsWith('    '));
+  assert.deepEqual(errors, [
+    `    ${FIX}/services_broken/broken.lua:4: attempt to index global 'nil_function_value' (a nil value)`,
+    `    ${FIX}/services_broken/syntax.lua:3: unexpected symbol near 'end'`,
+  ], show(r));
+  assert.equal(last(r), '0 passed, 2 failed, 0 skipped', show(r));
+});
+
 h.test('list: parameter types from schemas; a script that fails to load makes it exit 1', async () => {
   const r = await cli(['list', PAIR]);
   assert.equal(r.code, 0, show(r));
@@ -188,6 +200,32 @@ h.test('mocks answer a service\'s calls whatever name it bound, record publicati
     sub.unsubscribe();
   } finally {
     await nc.close();
+  }
+});
+
+h.test('mock.http answers a service\'s outbound requests whatever name it bound; others reach the network', async () => {
+  // a real HTTP server: what no mock answers must reach it, and only that
+  const seen = [];
+  const api = http.createServer((req, res) => {
+    const u = new URL(req.url, 'http://x');
+    seen.push(`${req.method} ${u.pathname}`);
+    res.setHeader('content-type', 'application/json');
+    if (u.pathname === '/today') return res.end(JSON.stringify({ sky: `real ${u.searchParams.get('city')}` }));
+    if (u.pathname === '/readings' && req.method === 'POST') { res.statusCode = 202; res.setHeader('content-type', 'text/plain'); return res.end('noted'); }
+    res.statusCode = 404;
+    res.end('{}');
+  });
+  await new Promise((resolve) => api.listen(0, '127.0.0.1', resolve));
+  try {
+    const r = await cli(['test', `${FIX}/authoring/mock_http_test.lua`, '--services', `${FIX}/services_http`],
+      { extraEnv: { WEATHER_API: `http://127.0.0.1:${api.address().port}` } });
+    assert.equal(r.code, 0, show(r));
+    assert.equal(last(r), '6 passed, 0 failed, 0 skipped', show(r));
+    // the unmocked requests only: test 4's GET, test 5's GET and POST
+    assert.deepEqual(seen, ['GET /today', 'GET /today', 'POST /readings'], show(r));
+  } finally {
+    api.closeAllConnections();
+    api.close();
   }
 });
 
@@ -277,6 +315,59 @@ h.test('eval runs a chunk with the services loaded and prints what it returns', 
   assert.equal(usage.code, 2, show(usage));
   const main = await cli(['--help']);
   assert.match(main.stdout, /microservice eval CODE \[--services DIR\]/, show(main));
+});
+
+// Runs `microservice repl args` with input on its stdin. Resolves {code, stdout, stderr, lines}.
+function repl(args, input) {
+  const env = { ...process.env };
+  delete env.NATS_URL;
+  delete env.DATABASE_URL;
+  return new Promise((resolve) => {
+    const child = execFile(h.BIN, ['repl', ...args], { cwd: h.SOURCE_DIR, env, timeout: 60000 }, (err, stdout, stderr) => {
+      const code = err ? (typeof err.code === 'number' ? err.code : null) : 0;
+      const lines = stdout.split('\n');
+      if (lines[lines.length - 1] === '') lines.pop();
+      assert.doesNotMatch(stderr, SANITIZER_RE, `sanitizer report:\n${stderr}`);
+      resolve({ code, stdout, stderr, lines, signal: err?.signal });
+    });
+    child.stdin.end(input);
+  });
+}
+
+h.test('repl runs line after line in one environment, goes on after errors, ends on .exit or EOF', async () => {
+  const input = [
+    'local published = mock.publish()',             // no bus: notes.add's publication recorded
+    'local n = 20',                                 // a local stays for the next lines
+    'n + 1',
+    'error("boom")',                                // an error: printed, the repl goes on
+    'call("notes.get", {}, { id = 3 })',            // an RPC error, with its kwargs
+    'call("notes.add", { "first", { "t" } })',
+    'local function twice(x)',                      // a line that continues on the next ones
+    '  return 2 * x',
+    'end',
+    'twice(n), call("report.summary")[1]',
+    'x(',
+    '+)',                                           // a syntax error after an unfinished line
+    '#published',
+    '.exit',
+    '"never run"',
+  ].join('\n') + '\n';
+  const r = await repl(['--services', PAIR], input);
+  assert.equal(r.code, 0, show(r));
+  assert.deepEqual(r.lines, ['21', '[1]', '{}', '40', '"1 notes, the first: first"', '1'], show(r));
+  assert.match(r.stderr, /^(> )*error: .*boom/m, show(r));
+  assert.match(r.stderr, /error: notes\.not_found: no note 3 \{"id":3\}/, show(r));
+  assert.match(r.stderr, /error: repl:2: unexpected symbol near '\+'/, show(r));
+  // the end of stdin ends it too; --help and a stray argument
+  const eof = await repl([], '6 * 7');
+  assert.equal(eof.code, 0, show(eof));
+  assert.equal(eof.stdout, '42\n', show(eof));
+  const usage = await cli(['repl', 'code']);
+  assert.equal(usage.code, 2, show(usage));
+  const help = await cli(['repl', '--help']);
+  assert.match(help.stdout, /no line\s+editing/, show(help));
+  const main = await cli(['--help']);
+  assert.match(main.stdout, /microservice repl \[--services DIR\]/, show(main));
 });
 
 // ---- item 7: code shared between services ----

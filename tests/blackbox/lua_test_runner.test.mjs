@@ -195,7 +195,9 @@ h.test('a service script that fails to load: file:line on stderr, the run fails 
   assert.match(r.stderr, /tests\/fixtures\/lua_test\/services_broken\/syntax\.lua:3: unexpected symbol near 'end'/, show(r));
   assert.deepEqual(r.lines, [
     'tests/fixtures/lua_test/services_broken',
-    '  FAIL (loading the services: 2 script(s) failed, the errors are on stderr; no test ran)',
+    '  FAIL (loading the services: 2 script(s) failed, no test ran; the errors, with tracebacks on stderr:)',
+    "    tests/fixtures/lua_test/services_broken/broken.lua:4: attempt to index global 'nil_function_value' (a nil value)",
+    "    tests/fixtures/lua_test/services_broken/syntax.lua:3: unexpected symbol near 'end'",
     '0 passed, 2 failed, 0 skipped',
   ], show(r));
 });
