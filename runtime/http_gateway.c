@@ -89,7 +89,6 @@ struct http_gateway {
     struct gw_conn *conns;   /* every accepted connection, until h2o closes it */
     gw_conn **by_fd;         /* the open connections by descriptor, to find a request's one */
     int by_fd_len;
-    bool conns_shut;
     int inflight;                       /* calls queued or waiting for their reply */
     struct gw_call *queue, *queue_tail; /* calls to send at the end of the loop turn */
     uv_prepare_t flush;
@@ -871,19 +870,20 @@ static void flush_closed(uv_handle_t *h)
  * with its socket shut, h2o sees the end of the stream and closes the connection itself. */
 static void shut_connections(struct http_gateway *gw)
 {
-    gw->conns_shut = true;
     for (struct gw_conn *c = gw->conns; c; c = c->next)
         shut_connection(c);
 }
 
 /* Waits for the connections to close before h2o's context goes away: those finishing a response
- * for up to 1 s, then the rest are shut, for up to 1 s more. */
+ * for up to 1 s, then the rest are shut, again at every tick (shutdown(2) is idempotent, and a
+ * connection h2o was not reading from at the first one is caught at a later one), for up to 2 s
+ * more. */
 static void close_tick(uv_timer_t *t)
 {
     struct http_gateway *gw = t->data;
     uint64_t waited = uv_now(t->loop) - gw->close_started;
-    if (gw->connections > 0 && waited > 1000 && !gw->conns_shut) shut_connections(gw);
-    if (gw->connections > 0 && waited <= 2000) return;
+    if (gw->connections > 0 && waited > 1000) shut_connections(gw);
+    if (gw->connections > 0 && waited <= 3000) return;
     uv_timer_stop(t);
     if (gw->connections == 0) {
         /* h2o_context_request_shutdown armed HTTP/2's GOAWAY timer; with no connection left
