@@ -22,6 +22,7 @@
 #include "log.h"
 #include "nats_auth.h"
 #include "lua_api.h"
+#include "lua_error.h"
 #include "nats_bridge.h"
 #include "rpc_error.h"
 #include "scheduler.h"
@@ -479,7 +480,7 @@ int command_test(int argc, char **argv)
     lua_State *co = t->co;
     lua_getglobal(co, "require");
     lua_pushstring(co, "microservice.test");
-    if (lua_pcall(co, 1, 1, 0) != 0) {
+    if (mlua_pcall(co, 1, 1) != 0) {
         fprintf(stderr, "microservice test: %s\n", lua_tostring(co, -1));
         sched_task_discard(t);
         return 2;

@@ -21,6 +21,7 @@
 #include "auth.h"
 #include "log.h"
 #include "lua_api.h"
+#include "lua_error.h"
 #include "nats_bridge.h"
 #include "rpc_binding.h"
 #include "rpc_error.h"
@@ -776,9 +777,6 @@ static int run_script(struct services *s, const char *path)
 {
     lua_State *L = s->rt->L;
     int top = lua_gettop(L);
-    lua_getglobal(L, "debug");
-    lua_getfield(L, -1, "traceback");
-    lua_remove(L, -2);
     if (luaL_loadfile(L, path) != 0) {
         log_error(TAG, "cannot load %s", lua_tostring(L, -1));
         keep_load_message(s, lua_tostring(L, -1));
@@ -786,7 +784,7 @@ static int run_script(struct services *s, const char *path)
         return -1;
     }
     s->loading_file = path;
-    int rc = lua_pcall(L, 0, 1, top + 1);
+    int rc = mlua_pcall(L, 0, 1);
     s->loading_file = NULL;
     if (rc != 0) {
         log_error(TAG, "%s failed while loading: %s", path, lua_tostring(L, -1));
@@ -794,7 +792,6 @@ static int run_script(struct services *s, const char *path)
         lua_settop(L, top);
         return -1;
     }
-    lua_remove(L, top + 1);
     lua_getfield(L, -1, "name");
     bool ok = lua_istable(L, -2) && lua_type(L, -1) == LUA_TSTRING &&
               valid_service_name(lua_tostring(L, -1));
@@ -1164,10 +1161,10 @@ static const char *rpc_signature(lua_State *L, rpc_entry *e)
 {
     lua_getglobal(L, "require");
     lua_pushstring(L, "microservice.schema");
-    if (lua_pcall(L, 1, 1, 0) != 0) return NULL;
+    if (mlua_pcall(L, 1, 1) != 0) return NULL;
     lua_getfield(L, -1, "signature");
     lua_rawgeti(L, LUA_REGISTRYINDEX, e->rpc_ref);
-    if (lua_pcall(L, 1, 1, 0) != 0) return NULL;
+    if (mlua_pcall(L, 1, 1) != 0) return NULL;
     return lua_tostring(L, -1);
 }
 
@@ -1251,7 +1248,7 @@ int services_openapi(struct services *s, codec_buf *out, char *err, size_t errle
     if (!v) return -1;
     lua_getglobal(L, "require");
     lua_pushstring(L, "microservice.openapi");
-    int rc = lua_pcall(L, 1, 1, 0);
+    int rc = mlua_pcall(L, 1, 1);
     if (rc == 0) {
         lua_getfield(L, -1, "document");
         lua_createtable(L, n, 0);
@@ -1270,7 +1267,7 @@ int services_openapi(struct services *s, codec_buf *out, char *err, size_t errle
         lua_setfield(L, -2, "bearer");
         lua_pushboolean(L, auth_anonymous_role(s->rt->auth) != NULL);
         lua_setfield(L, -2, "anonymous");
-        rc = lua_pcall(L, 2, 1, 0);
+        rc = mlua_pcall(L, 2, 1);
     }
     free(v);
     size_t len;
