@@ -184,18 +184,9 @@ void on_subscribe(session *s, json_t *msg)
 
 void on_unsubscribe(session *s, json_t *msg)
 {
-    uint64_t req, id;
-    if (json_array_size(msg) != 3 || !get_id(msg, 1, &req) || !get_id(msg, 2, &id)) {
-        protocol_violation(s, "UNSUBSCRIBE is [34, Request|id, Subscription|id]");
-        return;
-    }
-    topic *t = (topic *)held_by_id(s->r->topics, id);
-    if (!t || !ptrs_remove(&t->h.sessions, s)) {
-        send_error(s, UNSUBSCRIBE, req, "wamp.error.no_such_subscription",
-                   "no such subscription in this session");
-        return;
-    }
-    ptrs_remove(&s->topics, t);
+    uint64_t req;
+    topic *t = (topic *)held_leave(s, msg, s->r->topics, &s->topics, &req);
+    if (!t) return;
     topic_release(t);
     send_msg(s, json_pack("[iI]", UNSUBSCRIBED, (json_int_t)req));
 }

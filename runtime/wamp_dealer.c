@@ -453,18 +453,9 @@ void on_register(session *s, json_t *msg)
 
 void on_unregister(session *s, json_t *msg)
 {
-    uint64_t req, id;
-    if (json_array_size(msg) != 3 || !get_id(msg, 1, &req) || !get_id(msg, 2, &id)) {
-        protocol_violation(s, "UNREGISTER is [66, Request|id, Registration|id]");
-        return;
-    }
-    registration *g = (registration *)held_by_id(s->r->regs, id);
-    if (!g || !ptrs_remove(&g->h.sessions, s)) {
-        send_error(s, UNREGISTER, req, "wamp.error.no_such_registration",
-                   "no such registration in this session");
-        return;
-    }
-    ptrs_remove(&s->regs, g);
+    uint64_t req;
+    registration *g = (registration *)held_leave(s, msg, s->r->regs, &s->regs, &req);
+    if (!g) return;
     reg_release(g);
     send_msg(s, json_pack("[iI]", UNREGISTERED, (json_int_t)req));
 }

@@ -178,8 +178,12 @@ typedef struct auth_job {
 int ptrs_add(ptrs *p, void *x);
 bool ptrs_remove(ptrs *p, void *x);
 bool ptrs_has(const ptrs *p, const void *x);
-held *held_by_id(held *list, uint64_t id);
 bool held_unlink_unused(held **list, held *h);
+/* UNSUBSCRIBE / UNREGISTER [type, Request|id, Id|id]: the session stops holding the topic or
+ * registration with that id (on list; mine is the session's own array of them). Returns it, for
+ * the caller to release and acknowledge (*req), or NULL once the message is answered (a protocol
+ * violation, or no such id in this session). */
+held *held_leave(session *s, json_t *msg, held *list, ptrs *mine, uint64_t *req);
 uint64_t random_id(void);
 bool get_id(const json_t *msg, size_t i, uint64_t *out);
 bool valid_uri(const char *u, bool allow_empty_parts);

@@ -46,7 +46,7 @@ bool ptrs_has(const ptrs *p, const void *x)
     return false;
 }
 
-held *held_by_id(held *list, uint64_t id)
+static held *held_by_id(held *list, uint64_t id)
 {
     for (held *h = list; h; h = h->next)
         if (h->id == id) return h;
@@ -63,6 +63,28 @@ bool held_unlink_unused(held **list, held *h)
         }
     }
     return true;
+}
+
+held *held_leave(session *s, json_t *msg, held *list, ptrs *mine, uint64_t *req)
+{
+    int type = (int)json_integer_value(json_array_get(msg, 0));
+    bool sub = type == UNSUBSCRIBE;
+    uint64_t id;
+    if (json_array_size(msg) != 3 || !get_id(msg, 1, req) || !get_id(msg, 2, &id)) {
+        protocol_violation(s, sub ? "UNSUBSCRIBE is [34, Request|id, Subscription|id]"
+                                  : "UNREGISTER is [66, Request|id, Registration|id]");
+        return NULL;
+    }
+    held *h = held_by_id(list, id);
+    if (!h || !ptrs_remove(&h->sessions, s)) {
+        send_error(s, type, *req,
+                   sub ? "wamp.error.no_such_subscription" : "wamp.error.no_such_registration",
+                   sub ? "no such subscription in this session"
+                       : "no such registration in this session");
+        return NULL;
+    }
+    ptrs_remove(mine, h);
+    return h;
 }
 
 uint64_t random_id(void)
@@ -165,6 +187,18 @@ static void on_goodbye(session *s, json_t *msg)
     close_session(s, 1000, "goodbye");
 }
 
+/* What an established session may send, and the role that handles it. */
+static const struct {
+    int type;
+    void (*fn)(session *s, json_t *msg);
+} established[] = {
+    {SUBSCRIBE, on_subscribe},   {UNSUBSCRIBE, on_unsubscribe},
+    {PUBLISH, on_publish},       {CALL, on_call},
+    {CANCEL, on_cancel},         {REGISTER, on_register},
+    {UNREGISTER, on_unregister}, {YIELD, on_yield},
+    {ERROR, on_error},           {GOODBYE, on_goodbye},
+};
+
 void dispatch(session *s, json_t *msg)
 {
     json_t *code = json_array_get(msg, 0);
@@ -189,44 +223,14 @@ void dispatch(session *s, json_t *msg)
             protocol_violation(s, "after CHALLENGE the client sends AUTHENTICATE, once");
         return;
     }
-    switch (type) {
-    case SUBSCRIBE:
-        on_subscribe(s, msg);
-        break;
-    case UNSUBSCRIBE:
-        on_unsubscribe(s, msg);
-        break;
-    case PUBLISH:
-        on_publish(s, msg);
-        break;
-    case CALL:
-        on_call(s, msg);
-        break;
-    case CANCEL:
-        on_cancel(s, msg);
-        break;
-    case REGISTER:
-        on_register(s, msg);
-        break;
-    case UNREGISTER:
-        on_unregister(s, msg);
-        break;
-    case YIELD:
-        on_yield(s, msg);
-        break;
-    case ERROR:
-        on_error(s, msg);
-        break;
-    case GOODBYE:
-        on_goodbye(s, msg);
-        break;
-    case HELLO:
-        protocol_violation(s, "HELLO in an established session");
-        break;
-    default:
-        protocol_violation(s, "a message type the router does not accept");
-        break;
+    for (size_t i = 0; i < sizeof established / sizeof established[0]; i++) {
+        if (established[i].type == type) {
+            established[i].fn(s, msg);
+            return;
+        }
     }
+    protocol_violation(s, type == HELLO ? "HELLO in an established session"
+                                        : "a message type the router does not accept");
 }
 
 /* A message that decoded with an unsupported msgpack extension value: a request the router
