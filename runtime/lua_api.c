@@ -39,13 +39,18 @@ runtime *lua_api_runtime(lua_State *L)
     return rt;
 }
 
-bool lua_api_is_app_error(lua_State *L, int idx)
+bool lua_api_is_table_of(lua_State *L, int idx, const char *mt)
 {
     if (!lua_istable(L, idx) || !lua_getmetatable(L, idx)) return false;
-    luaL_getmetatable(L, MS_ERROR_MT);
+    luaL_getmetatable(L, mt);
     bool same = lua_rawequal(L, -1, -2);
     lua_pop(L, 2);
     return same;
+}
+
+bool lua_api_is_app_error(lua_State *L, int idx)
+{
+    return lua_api_is_table_of(L, idx, MS_ERROR_MT);
 }
 
 void lua_api_push_error_code(lua_State *L, const char *uri, const char *message, int code)

@@ -13,6 +13,8 @@
 
 /* Creates the Lua state: standard libraries, codec, cjson and lualib in package.preload. */
 lua_State *lua_api_new_state(runtime *rt);
+/* Is the value at idx a table with the registry's metatable mt (MS_ERROR_MT, MS_RPC_MT)? */
+bool lua_api_is_table_of(lua_State *L, int idx, const char *mt);
 /* Is the value at idx an application error (created by microservice.error or a failed call)? */
 bool lua_api_is_app_error(lua_State *L, int idx);
 /* Pushes an application error value {uri=, args={message}, kwargs={}, code=} with the code the

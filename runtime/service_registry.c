@@ -193,11 +193,7 @@ int declare_rpc(struct services *s, lua_State *L, int svc_idx, const char *subje
 
 bool is_rpc_value(lua_State *L, int idx)
 {
-    if (!lua_istable(L, idx) || !lua_getmetatable(L, idx)) return false;
-    luaL_getmetatable(L, MS_RPC_MT);
-    bool yes = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-    return yes;
+    return lua_api_is_table_of(L, idx, MS_RPC_MT);
 }
 
 /* ---- for the command line and tests ---- */
