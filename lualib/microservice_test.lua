@@ -370,14 +370,12 @@ local function strip_position(text, location)
   return text
 end
 
-local function trimmed_traceback(tb)
+-- The lines of a traceback from core.traceback (the runtime's one error format: its own frames,
+-- C functions and lualib/, are trimmed already), indented for the report.
+local function trace_lines(tb)
   local out = {}
   for line in tb:gmatch("[^\n]+") do
-    if line ~= "stack traceback:" and not line:find("lualib/microservice_test.lua", 1, true)
-        and not line:find("[C]: in function 'xpcall'", 1, true)
-        and not line:find("[C]: in function 'error'", 1, true) then
-      out[#out + 1] = "  " .. line:gsub("^%s+", "")
-    end
+    if line ~= "stack traceback:" then out[#out + 1] = "  " .. line:gsub("^%s+", "") end
   end
   return out
 end
@@ -393,7 +391,7 @@ local function protected(chunkname, fallback, fn, ...)
       failure = { location = e.location or location, message = e.message, trace = e.trace }
     elseif type(e) == "string" then
       failure = { location = location, message = strip_position(e, location),
-                  trace = trimmed_traceback(debug.traceback("", 2)) }
+                  trace = trace_lines(core.traceback("", 2)) }
     else
       failure = { location = location, message = error_text(e) }
     end
@@ -706,7 +704,7 @@ end
 local function eval_run(chunk, env)
   setfenv(chunk, env)
   local r = pack(xpcall(chunk, function(e)
-    return type(e) == "string" and debug.traceback(e, 2) or e
+    return type(e) == "string" and core.traceback(e, 2) or e
   end))
   if not r[1] then
     local e = r[2]

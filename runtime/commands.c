@@ -22,6 +22,7 @@
 #include "log.h"
 #include "nats_auth.h"
 #include "lua_api.h"
+#include "lua_error.h"
 #include "nats_bridge.h"
 #include "rpc_error.h"
 #include "scheduler.h"
@@ -46,6 +47,21 @@ static json_t *word_value(const char *w)
 {
     json_t *v = json_loads(w, JSON_DECODE_ANY, NULL);
     return v ? v : json_string(w);
+}
+
+/* --kw name=value: kwargs[name] = the value as word_value reads it; -1 (said on stderr) if kv has
+ * no name. */
+static int add_kw(json_t *kwargs, const char *kv)
+{
+    const char *eq = strchr(kv, '=');
+    if (!eq || eq == kv) {
+        fprintf(stderr, "microservice call: --kw wants name=value, got '%s'\n", kv);
+        return -1;
+    }
+    char name[256];
+    snprintf(name, sizeof name, "%.*s", (int)(eq - kv), kv);
+    json_object_set_new(kwargs, name, word_value(eq + 1));
+    return 0;
 }
 
 static int print_error_reply(natsMsg *reply)
@@ -97,17 +113,9 @@ int command_call(int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
         switch (c) {
-        case 'k': {
-            const char *eq = strchr(optarg, '=');
-            if (!eq || eq == optarg) {
-                fprintf(stderr, "microservice call: --kw wants name=value, got '%s'\n", optarg);
-                goto out;
-            }
-            char name[256];
-            snprintf(name, sizeof name, "%.*s", (int)(eq - optarg), optarg);
-            json_object_set_new(kwargs, name, word_value(eq + 1));
+        case 'k':
+            if (add_kw(kwargs, optarg) != 0) goto out;
             break;
-        }
         case 'n':
             url = optarg;
             break;
@@ -138,14 +146,7 @@ int command_call(int argc, char **argv)
         if (which >= 0 && (!has_arg || optind + 1 < argc)) {
             nats_auth_set(&auth, which, has_arg ? argv[++optind] : NULL);
         } else if (strcmp(argv[optind], "--kw") == 0 && optind + 1 < argc) {
-            const char *kv = argv[++optind], *eq = strchr(kv, '=');
-            if (!eq || eq == kv) {
-                fprintf(stderr, "microservice call: --kw wants name=value, got '%s'\n", kv);
-                goto out;
-            }
-            char name[256];
-            snprintf(name, sizeof name, "%.*s", (int)(eq - kv), kv);
-            json_object_set_new(kwargs, name, word_value(eq + 1));
+            if (add_kw(kwargs, argv[++optind]) != 0) goto out;
         } else if (strcmp(argv[optind], "--json") == 0) {
             compact = true;
         } else if (strcmp(argv[optind], "--nats") == 0 && optind + 1 < argc) {
@@ -479,7 +480,7 @@ int command_test(int argc, char **argv)
     lua_State *co = t->co;
     lua_getglobal(co, "require");
     lua_pushstring(co, "microservice.test");
-    if (lua_pcall(co, 1, 1, 0) != 0) {
+    if (mlua_pcall(co, 1, 1) != 0) {
         fprintf(stderr, "microservice test: %s\n", lua_tostring(co, -1));
         sched_task_discard(t);
         return 2;

@@ -15,6 +15,7 @@
 #include "auth.h"
 #include "codec.h"
 #include "log.h"
+#include "lua_error.h"
 #include "lua_http.h"
 #include "lua_postgres.h"
 #include "lua_testing.h"
@@ -38,16 +39,21 @@ runtime *lua_api_runtime(lua_State *L)
     return rt;
 }
 
-bool lua_api_is_app_error(lua_State *L, int idx)
+bool lua_api_is_table_of(lua_State *L, int idx, const char *mt)
 {
     if (!lua_istable(L, idx) || !lua_getmetatable(L, idx)) return false;
-    luaL_getmetatable(L, MS_ERROR_MT);
+    luaL_getmetatable(L, mt);
     bool same = lua_rawequal(L, -1, -2);
     lua_pop(L, 2);
     return same;
 }
 
-void lua_api_push_error(lua_State *L, const char *uri, const char *message, int code)
+bool lua_api_is_app_error(lua_State *L, int idx)
+{
+    return lua_api_is_table_of(L, idx, MS_ERROR_MT);
+}
+
+void lua_api_push_error_code(lua_State *L, const char *uri, const char *message, int code)
 {
     lua_createtable(L, 0, 4);
     lua_pushstring(L, uri);
@@ -64,6 +70,11 @@ void lua_api_push_error(lua_State *L, const char *uri, const char *message, int 
     lua_setfield(L, -2, "code");
     luaL_getmetatable(L, MS_ERROR_MT);
     lua_setmetatable(L, -2);
+}
+
+void lua_api_push_error(lua_State *L, const char *uri, const char *message)
+{
+    lua_api_push_error_code(L, uri, message, rpc_error_code(uri));
 }
 
 double lua_api_default_timeout(lua_State *L)
@@ -170,7 +181,7 @@ static void push_remote_error(lua_State *co, runtime *rt, natsMsg *reply)
     }
     const char *text = NULL;
     natsMsgHeader_Get(reply, HDR_SERVICE_ERROR, &text);
-    lua_api_push_error(co, URI_RUNTIME_ERROR, text ? text : "malformed error reply", code);
+    lua_api_push_error_code(co, URI_RUNTIME_ERROR, text ? text : "malformed error reply", code);
 }
 
 static void call_reply_cb(void *udata, enum nb_status status, natsMsg *reply)
@@ -202,19 +213,19 @@ static void call_reply_cb(void *udata, enum nb_status status, natsMsg *reply)
             snprintf(text, sizeof text, "%s%s", rc == CODEC_TOO_LARGE ? "reply " : "", err.msg);
             lua_pop(co, 1);
             lua_pushboolean(co, 0);
-            lua_api_push_error(co, URI_RUNTIME_ERROR, text, 500);
+            lua_api_push_error(co, URI_RUNTIME_ERROR, text);
         }
     } else {
         lua_pushboolean(co, 0);
         switch (status) {
         case NB_NO_RESPONDERS:
-            lua_api_push_error(co, URI_NO_SUCH_PROCEDURE, "no service answers this procedure", 404);
+            lua_api_push_error(co, URI_NO_SUCH_PROCEDURE, "no service answers this procedure");
             break;
         case NB_TIMEOUT:
-            lua_api_push_error(co, URI_TIMEOUT, "no reply within the call timeout", 504);
+            lua_api_push_error(co, URI_TIMEOUT, "no reply within the call timeout");
             break;
         default:
-            lua_api_push_error(co, URI_UNAVAILABLE, "the bus is unavailable", 503);
+            lua_api_push_error(co, URI_UNAVAILABLE, "the bus is unavailable");
         }
     }
     if (reply) nats_bridge_release(c->rt->nats, reply);
@@ -258,7 +269,7 @@ static int core_call(lua_State *L)
     if (rc != NB_OK) {
         free(c);
         lua_pushboolean(L, 0);
-        lua_api_push_error(L, URI_UNAVAILABLE, "the bus is unavailable", 503);
+        lua_api_push_error(L, URI_UNAVAILABLE, "the bus is unavailable");
         return 2;
     }
     return sched_yield_op(L, &c->base);
@@ -277,7 +288,7 @@ static int core_publish(lua_State *L)
     if (t) trace_format(traceparent, sched_trace_id(t));
     int rc = nats_bridge_publish(rt->nats, subject, NULL, buf->data, buf->len, t ? headers : NULL);
     if (rc != NB_OK) {
-        lua_api_push_error(L, URI_UNAVAILABLE, "the bus is unavailable", 503);
+        lua_api_push_error(L, URI_UNAVAILABLE, "the bus is unavailable");
         return lua_error(L);
     }
     return 0;
@@ -453,7 +464,7 @@ static int core_bind(lua_State *L)
     char err[256];
     int n = services_bind(rt->services, L, procedure, 2, 3, &uri, err, sizeof err);
     if (n < 0) {
-        lua_api_push_error(L, uri, err, rpc_error_code(uri));
+        lua_api_push_error(L, uri, err);
         return lua_error(L);
     }
     return n;
@@ -515,6 +526,7 @@ static int open_core(lua_State *L)
         {"bus_connected", core_bus_connected},
         {"services_starting", core_services_starting},
         {"bind", core_bind},
+        {"traceback", mlua_traceback},
         {NULL, NULL},
     };
     lua_newtable(L);

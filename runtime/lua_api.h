@@ -13,10 +13,15 @@
 
 /* Creates the Lua state: standard libraries, codec, cjson and lualib in package.preload. */
 lua_State *lua_api_new_state(runtime *rt);
+/* Is the value at idx a table with the registry's metatable mt (MS_ERROR_MT, MS_RPC_MT)? */
+bool lua_api_is_table_of(lua_State *L, int idx, const char *mt);
 /* Is the value at idx an application error (created by microservice.error or a failed call)? */
 bool lua_api_is_app_error(lua_State *L, int idx);
-/* Pushes an application error value {uri=, args={message}, kwargs={}, code=}. */
-void lua_api_push_error(lua_State *L, const char *uri, const char *message, int code);
+/* Pushes an application error value {uri=, args={message}, kwargs={}, code=} with the code the
+ * contract gives uri (rpc_error_code). */
+void lua_api_push_error(lua_State *L, const char *uri, const char *message);
+/* The same with the code given (an error reply's Nats-Service-Error-Code). */
+void lua_api_push_error_code(lua_State *L, const char *uri, const char *message, int code);
 /* The timeout of a waiting operation that was given none: --call-timeout, or the current call's
  * time left (context().timeout_left) when that is less. */
 double lua_api_default_timeout(lua_State *L);

@@ -102,11 +102,11 @@ static void request_done(void *udata, enum hc_status st, const hc_response *res,
     } else {
         lua_pushboolean(co, 0);
         if (st == HC_TIMEOUT)
-            lua_api_push_error(co, URI_TIMEOUT, message, 504);
+            lua_api_push_error(co, URI_TIMEOUT, message);
         else if (st == HC_TOO_LARGE)
-            lua_api_push_error(co, URI_LIMIT_EXCEEDED, message, rpc_error_code(URI_LIMIT_EXCEEDED));
+            lua_api_push_error(co, URI_LIMIT_EXCEEDED, message);
         else
-            lua_api_push_error(co, URI_UNAVAILABLE, message, 503);
+            lua_api_push_error(co, URI_UNAVAILABLE, message);
     }
     sched_op_resume(&o->base, 2);
     free(o);
@@ -309,7 +309,7 @@ static int core_http_request(lua_State *L)
     if (!o->xfer) {
         free(o);
         lua_pushboolean(L, 0);
-        lua_api_push_error(L, URI_UNAVAILABLE, msg, 503);
+        lua_api_push_error(L, URI_UNAVAILABLE, msg);
         return 2;
     }
     return sched_yield_op(L, &o->base);

@@ -221,7 +221,7 @@ static void query_done(void *udata, enum pg_status st, PGresult *res, const char
         n = 2;
     } else {
         lua_pushboolean(co, 0);
-        lua_api_push_error(co, URI_UNAVAILABLE, message, 503);
+        lua_api_push_error(co, URI_UNAVAILABLE, message);
         n = 2;
     }
     if (res) PQclear(res);
@@ -239,7 +239,7 @@ static pg_pool *pool_of(lua_State *L, runtime **rtp)
 static int unavailable(lua_State *L, const char *message)
 {
     lua_pushboolean(L, 0);
-    lua_api_push_error(L, URI_UNAVAILABLE, message, 503);
+    lua_api_push_error(L, URI_UNAVAILABLE, message);
     return 2;
 }
 
@@ -291,7 +291,7 @@ static int yield_unless_done(lua_State *L, pg_op *o)
 {
     if (o->done) {
         lua_pushboolean(L, 0);
-        lua_api_push_error(L, URI_UNAVAILABLE, o->message, 503);
+        lua_api_push_error(L, URI_UNAVAILABLE, o->message);
         free(o);
         return 2;
     }
@@ -359,7 +359,7 @@ static void reserve_done(void *udata, enum pg_status st, pg_conn *conn, const ch
         sched_op_resume(&o->base, 2);
     } else {
         lua_pushboolean(co, 0);
-        lua_api_push_error(co, URI_UNAVAILABLE, message, 503);
+        lua_api_push_error(co, URI_UNAVAILABLE, message);
         sched_op_resume(&o->base, 2);
     }
     free(o);

@@ -53,6 +53,7 @@
 #include "auth.h"
 #include "log.h"
 #include "nats_auth.h"
+#include "nats_connect_probe.h"
 #include "scheduler.h"
 
 #define TAG "nats"
@@ -159,12 +160,7 @@ struct nats_bridge {
 
     /* finding a server for the first connection (see nats_bridge_connect) */
     uv_timer_t retry_timer;
-    uv_getaddrinfo_t probe_resolve;
-    uv_tcp_t probe_tcp;
-    uv_connect_t probe_connect;
-    int probe_url;
-    bool probe_busy; /* a lookup or a probe connection is open */
-    bool probe_ok;
+    nats_probe prober;
     bool retry_logged;
     int retry_ms;         /* the next wait after a refused connection, doubling to RETRY_MAX_MS */
     char last_error[512]; /* the last refusal logged, to log each new one once */
@@ -1064,6 +1060,9 @@ static void finish_close(nats_bridge *nb);
 static void finish_timeout_cb(uv_timer_t *t);
 static int connect_now(nats_bridge *nb);
 static void connect_retry_later(nats_bridge *nb, int ms, bool unreachable);
+static void probe_found(void *arg);
+static void probe_none(void *arg);
+static void probe_stopped(void *arg);
 
 /* The end of one nats.c connection, once nothing of nats.c calls us any more: the inbox, the
  * connection, and the messages the ring and the release batch still hold. The subscriptions'
@@ -1163,6 +1162,12 @@ nats_bridge *nats_bridge_new(runtime *rt)
     nb->check_handle.data = nb->idle_handle.data = nb;
     nb->inbox_async.data = nb->state_async.data = nb->sub_async.data = nb;
     nb->retry_timer.data = nb;
+    nb->prober = (nats_probe){.loop = &rt->loop,
+                              .urls = rt->cfg.nats_url,
+                              .on_found = probe_found,
+                              .on_none = probe_none,
+                              .on_stopped = probe_stopped,
+                              .arg = nb};
     nb->handles_open = 6;
     uv_check_start(&nb->check_handle, check_cb);
     return nb;
@@ -1192,125 +1197,31 @@ static natsStatus configure(nats_bridge *nb)
     return st;
 }
 
-/* The first connection. nats.c's own retry on a failed first connect cannot be used with its
- * libuv adapter (the adapter's first attach must happen on the loop thread, and the retry runs
- * on nats.c's reconnect thread, so it fails forever). So the loop finds a reachable server itself
- * without blocking: an asynchronous DNS lookup and TCP connect to each URL in turn, and only
- * when one answers, natsConnection_Connect (quick, the server is known to be there). Once
- * connected, nats.c reconnects by itself. */
-
-static void probe_next(nats_bridge *nb);
-
-/* host and port of the n-th URL of "nats://[user:pass@]host[:port],..." */
-static int url_host_port(const char *urls, int n, char *host, size_t hostlen, char *port,
-                         size_t portlen)
+/* A URL answered the connect probe (nats_connect_probe.c): connect to it. */
+static void probe_found(void *arg)
 {
-    const char *p = urls;
-    for (int i = 0; i < n && p; i++) {
-        p = strchr(p, ',');
-        if (p) p++;
-    }
-    if (!p || !*p) return -1;
-    while (*p == ' ')
-        p++;
-    const char *end = strchr(p, ',');
-    if (!end) end = p + strlen(p);
-    const char *scheme = strstr(p, "://");
-    if (scheme && scheme < end) p = scheme + 3;
-    const char *at = NULL; /* the last '@', as nats.c reads it (a password may hold one) */
-    for (const char *q = p; q < end; q++)
-        if (*q == '@') at = q;
-    if (at) p = at + 1;
-    const char *colon;
-    if (*p == '[') { /* [::1]:4222 */
-        const char *close = memchr(p, ']', (size_t)(end - p));
-        if (!close) return -1;
-        snprintf(host, hostlen, "%.*s", (int)(close - p - 1), p + 1);
-        colon = close[1] == ':' ? close + 1 : NULL;
-    } else {
-        colon = memchr(p, ':', (size_t)(end - p));
-        snprintf(host, hostlen, "%.*s", (int)((colon ? colon : end) - p), p);
-    }
-    if (colon)
-        snprintf(port, portlen, "%.*s", (int)(end - colon - 1), colon + 1);
-    else
-        snprintf(port, portlen, "4222");
-    return host[0] ? 0 : -1;
+    nats_bridge *nb = arg;
+    if (connect_now(nb) == 0) return;
+    connect_retry_later(nb, nb->retry_ms ? nb->retry_ms : RETRY_MS, false);
 }
 
-static void probe_handle_closed(uv_handle_t *h)
+/* Every URL was tried, none answered. */
+static void probe_none(void *arg)
 {
-    nats_bridge *nb = h->data;
-    nb->probe_busy = false;
-    if (nb->closing) {
-        if (--nb->handles_open == 0 && nb->on_closed) nb->on_closed(nb->on_closed_arg);
-        return;
-    }
-    if (nb->probe_ok) {
-        nb->probe_ok = false;
-        if (connect_now(nb) == 0) return;
-        connect_retry_later(nb, nb->retry_ms ? nb->retry_ms : RETRY_MS, false);
-        return;
-    }
-    nb->probe_url++;
-    probe_next(nb);
+    connect_retry_later(arg, RETRY_MS, true);
 }
 
-static void probe_connected(uv_connect_t *req, int status)
+/* After nats_bridge_close: the probe's last handle is closed. */
+static void probe_stopped(void *arg)
 {
-    nats_bridge *nb = req->data;
-    nb->probe_ok = status == 0;
-    uv_close((uv_handle_t *)&nb->probe_tcp, probe_handle_closed);
-}
-
-static void probe_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
-{
-    nats_bridge *nb = req->data;
-    if (status != 0 || !res || nb->closing) {
-        if (res) uv_freeaddrinfo(res);
-        nb->probe_busy = false;
-        if (nb->closing) {
-            if (--nb->handles_open == 0 && nb->on_closed) nb->on_closed(nb->on_closed_arg);
-            return;
-        }
-        nb->probe_url++;
-        probe_next(nb);
-        return;
-    }
-    uv_tcp_init(&nb->rt->loop, &nb->probe_tcp);
-    nb->probe_tcp.data = nb;
-    nb->probe_connect.data = nb;
-    if (uv_tcp_connect(&nb->probe_connect, &nb->probe_tcp, res->ai_addr, probe_connected) != 0) {
-        nb->probe_ok = false;
-        uv_close((uv_handle_t *)&nb->probe_tcp, probe_handle_closed);
-    }
-    uv_freeaddrinfo(res);
-}
-
-static void probe_next(nats_bridge *nb)
-{
-    char host[256], port[16];
-    if (url_host_port(nb->rt->cfg.nats_url, nb->probe_url, host, sizeof host, port, sizeof port) !=
-        0) {
-        connect_retry_later(nb, RETRY_MS, true); /* every URL tried */
-        return;
-    }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    nb->probe_resolve.data = nb;
-    nb->probe_busy = true;
-    if (uv_getaddrinfo(&nb->rt->loop, &nb->probe_resolve, probe_resolved, host, port, &hints) !=
-        0) {
-        nb->probe_busy = false;
-        nb->probe_url++;
-        probe_next(nb);
-    }
+    nats_bridge *nb = arg;
+    if (--nb->handles_open == 0 && nb->on_closed) nb->on_closed(nb->on_closed_arg);
 }
 
 static void retry_timer_cb(uv_timer_t *t)
 {
     nats_bridge *nb = t->data;
-    nb->probe_url = 0;
-    probe_next(nb);
+    nats_probe_start(&nb->prober);
 }
 
 static void connect_retry_later(nats_bridge *nb, int ms, bool unreachable)
@@ -1397,12 +1308,12 @@ int nats_bridge_connect(nats_bridge *nb)
     snprintf(nb->inbox, sizeof nb->inbox, "%s", (const char *)inbox);
     natsInbox_Destroy(inbox);
     char host[256], port[16];
-    if (url_host_port(nb->rt->cfg.nats_url, 0, host, sizeof host, port, sizeof port) != 0) {
+    if (nats_probe_url_host_port(nb->rt->cfg.nats_url, 0, host, sizeof host, port, sizeof port) !=
+        0) {
         log_error(TAG, "bad NATS URL: %s", nb->log_url);
         return -1;
     }
-    nb->probe_url = 0;
-    probe_next(nb);
+    nats_probe_start(&nb->prober);
     return 0;
 }
 
@@ -1471,11 +1382,12 @@ static void finish_timeout_cb(uv_timer_t *t)
 void nats_bridge_close(nats_bridge *nb, void (*on_closed)(void *arg), void *arg)
 {
     nb->closing = true;
+    bool probing = nats_probe_stop(&nb->prober);
     nb->on_closed = on_closed;
     nb->on_closed_arg = arg;
     if (!nb->nc) { /* never connected: only our own handles to close */
         atomic_store(&nb->closed_seen, true);
-        if (nb->probe_busy) nb->handles_open++; /* the probe ends by itself (see probe_*) */
+        if (probing) nb->handles_open++; /* the probe ends by itself (probe_stopped) */
         while (nb->subs)
             sub_free(nb->subs);
         while (nb->qsubs) /* never opened: nats.c never had them */

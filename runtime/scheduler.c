@@ -17,6 +17,7 @@
 
 #include "log.h"
 #include "lua_api.h"
+#include "lua_error.h"
 
 #define POOL_MAX 1024
 
@@ -135,30 +136,6 @@ static void finish(task *t, enum task_end how, int nres)
     task_release(t);
 }
 
-/* Replaces the traceback on top of L by the same without the runtime's own frames (C functions
- * and lualib/), so that what remains points at the service's code. */
-static void trim_traceback(lua_State *L)
-{
-    size_t len;
-    const char *tb = lua_tolstring(L, -1, &len);
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    const char *p = tb, *end = tb + len;
-    while (p < end) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        const char *line_end = nl ? nl : end;
-        const char *q = p;
-        while (q < line_end && (*q == '\t' || *q == ' '))
-            q++;
-        bool internal = p != tb && (strncmp(q, "[C]:", 4) == 0 || strncmp(q, "lualib/", 7) == 0 ||
-                                    strncmp(q, "(tail call)", 11) == 0);
-        if (!internal) luaL_addlstring(&b, p, (size_t)(line_end - p) + (nl ? 1 : 0));
-        p = nl ? nl + 1 : end;
-    }
-    luaL_pushresult(&b);
-    lua_remove(L, -2);
-}
-
 /* A Lua error ended the task: log it once with its traceback, leave only the message (or the
  * application error table) for the on_done hook. */
 static void finish_with_error(task *t)
@@ -169,11 +146,7 @@ static void finish_with_error(task *t)
         finish(t, TASK_APP_ERROR, 1);
         return;
     }
-    if (!lua_isstring(co, -1) && !luaL_callmeta(co, -1, "__tostring"))
-        lua_pushfstring(co, "(error object is a %s value)", luaL_typename(co, -1));
-    if (!lua_isstring(co, -1)) lua_pushstring(co, "(error object has a bad __tostring)");
-    luaL_traceback(L, co, lua_tostring(co, -1), 0);
-    trim_traceback(L);
+    mlua_push_traceback(L, co, 0);
     log_error(sched_log_tag(t), "%s" SCHED_TRACE_FMT, lua_tostring(L, -1), sched_trace_id(t));
     lua_pop(L, 1);
     finish(t, TASK_ERROR, 1);

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 
 #include "log.h"
+#include "lua_error.h"
 #include "nats_bridge.h"
 #include "services.h"
 
@@ -172,7 +173,7 @@ static void reload_for_lib(struct service_watch *w)
         "  end\n"
         "end\n";
     if (luaL_loadbuffer(L, forget, sizeof forget - 1, "=lib reload") != 0 ||
-        (lua_pushstring(L, w->rt->cfg.services_dir), lua_pcall(L, 1, 0, 0)) != 0) {
+        (lua_pushstring(L, w->rt->cfg.services_dir), mlua_pcall(L, 1, 0)) != 0) {
         log_warn(TAG, "reloading the helpers of lib/: %s", lua_tostring(L, -1));
         lua_pop(L, 1);
     }

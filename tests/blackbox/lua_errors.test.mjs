@@ -35,6 +35,14 @@ describe('errors point at Lua', () => {
     assert.equal(r.status, 200);
   });
 
+  h.test('a load-time error has the run-time format: file:line first, then the traceback without runtime frames (issue 16)', async () => {
+    const line = rt.log().split('\n').find((l) => l.includes('broken_load.lua failed while loading'));
+    assert.ok(line, `the load error is logged:\n${rt.log()}`);
+    assert.match(line, /failed while loading: \S*broken_load\.lua:2: no config here/);
+    assert.match(line, /stack traceback:.*broken_load\.lua:2: in main chunk/);
+    assert.ok(!/lualib\/|\[C\]:/.test(line), `runtime frames trimmed: ${line}`);
+  });
+
   h.test('a Lua error logs service.rpc, file:line and a traceback without runtime frames; the caller sees only the message', async () => {
     const r = await h.post(rt, 'test_service.fail', '[]');
     assert.equal(r.status, 500);

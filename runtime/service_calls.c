@@ -1,0 +1,349 @@
+/* service_calls.c: owns the tasks that run a service's code for a request: a NATS message on an
+ * RPC's subject becomes a task (decode the envelope, bind the parameters, start the coroutine) and
+ * the task's end becomes the reply (result, error body and headers), counted in the RPC's
+ * statistics. Also spawned functions (microservice.spawn). */
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth.h"
+#include "log.h"
+#include "lua_api.h"
+#include "lua_error.h"
+#include "nats_bridge.h"
+#include "rpc_binding.h"
+#include "rpc_error.h"
+#include "scheduler.h"
+#include "service_hooks.h"
+#include "service_internal.h"
+#include "services.h"
+#include "timers.h"
+
+/* ---- replies ---- */
+
+static void reply_error(struct services *s, const char *reply, const char *uri, const char *msg,
+                        int code)
+{
+    codec_buf *buf = services_scratch(s);
+    if (rpc_error_body(buf, uri, msg) != 0) return;
+    char line[256], codetext[16];
+    rpc_error_header_text(line, sizeof line, msg);
+    snprintf(codetext, sizeof codetext, "%d", code);
+    const char *headers[] = {HDR_SERVICE_ERROR, line, HDR_SERVICE_ERROR_CODE, codetext, NULL};
+    nats_bridge_publish(s->rt->nats, reply, NULL, buf->data, buf->len, headers);
+}
+
+/* The error value at the top of co (microservice.error or a failed call) as a reply. */
+static void reply_app_error(struct services *s, const char *reply, lua_State *co)
+{
+    int e = lua_gettop(co);
+    lua_getfield(co, e, "uri");
+    const char *uri = lua_type(co, -1) == LUA_TSTRING ? lua_tostring(co, -1) : URI_RUNTIME_ERROR;
+    lua_getfield(co, e, "code");
+    int code = lua_isnumber(co, -1) ? (int)lua_tointeger(co, -1) : 400;
+    if (code < 100 || code > 599) code = 400;
+    lua_getfield(co, e, "args");
+    lua_getfield(co, e, "kwargs");
+    const char *msg = uri;
+    if (lua_istable(co, -2)) {
+        lua_rawgeti(co, -2, 1);
+        if (lua_type(co, -1) == LUA_TSTRING) msg = lua_tostring(co, -1);
+        lua_pop(co, 1); /* still referenced by args */
+    }
+    /* {"error": uri, "args": args, "kwargs": kwargs}, args always an array */
+    if (!lua_istable(co, e + 3)) {
+        lua_newtable(co);
+        lua_replace(co, e + 3);
+    }
+    if (!lua_getmetatable(co, e + 3)) {
+        luaL_getmetatable(co, CODEC_ARRAY_MT);
+        lua_setmetatable(co, e + 3);
+    } else {
+        lua_pop(co, 1);
+    }
+    if (!lua_istable(co, e + 4)) {
+        lua_newtable(co);
+        lua_replace(co, e + 4);
+    }
+    codec_buf *buf = services_scratch(s);
+    codec_error err;
+    int depth = s->rt->cfg.max_depth;
+    if (codec_buf_append(buf, "{\"error\":", 9) || codec_encode_string(buf, uri, strlen(uri)) ||
+        codec_buf_append(buf, ",\"args\":", 8) || codec_encode(co, e + 3, buf, depth, &err) ||
+        codec_buf_append(buf, ",\"kwargs\":", 10) || codec_encode(co, e + 4, buf, depth, &err) ||
+        codec_buf_append(buf, "}", 1)) {
+        reply_error(s, reply, uri, msg, code);
+        return;
+    }
+    char line[256], codetext[16];
+    rpc_error_header_text(line, sizeof line, msg);
+    snprintf(codetext, sizeof codetext, "%d", code);
+    const char *headers[] = {HDR_SERVICE_ERROR, line, HDR_SERVICE_ERROR_CODE, codetext, NULL};
+    nats_bridge_publish(s->rt->nats, reply, NULL, buf->data, buf->len, headers);
+}
+
+static void reply_result(struct services *s, const char *reply, lua_State *co, int nres,
+                         const char *label)
+{
+    int base = lua_gettop(co) - nres;
+    codec_buf *buf = services_scratch(s);
+    codec_error err;
+    if (codec_encode_envelope(co, nres >= 1 ? base + 1 : 0, nres >= 2 ? base + 2 : 0, buf,
+                              s->rt->cfg.max_depth, &err) == 0) {
+        nats_bridge_publish(s->rt->nats, reply, NULL, buf->data, buf->len, NULL);
+        return;
+    }
+    log_error(label, "cannot encode the result: %s", err.msg);
+    char msg[300];
+    snprintf(msg, sizeof msg, "cannot encode the result: %s", err.msg);
+    reply_error(s, reply, URI_RUNTIME_ERROR, msg, 500);
+}
+
+/* Logs an application error of t that has nobody to answer to. */
+static void log_app_error(task *t, lua_State *co)
+{
+    const char *label = sched_log_tag(t);
+    lua_getfield(co, -1, "uri");
+    lua_getfield(co, -2, "args");
+    const char *msg = "";
+    if (lua_istable(co, -1)) {
+        lua_rawgeti(co, -1, 1);
+        if (lua_type(co, -1) == LUA_TSTRING) msg = lua_tostring(co, -1);
+        lua_pop(co, 1);
+    }
+    log_warn(label, "error %s: %s" SCHED_TRACE_FMT,
+             lua_isstring(co, -2) ? lua_tostring(co, -2) : "?", msg, sched_trace_id(t));
+    lua_pop(co, 2);
+}
+
+const double services_hist_bounds[SERVICES_HIST_BUCKETS - 1] = {
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5,
+};
+
+static void record_error(rpc_entry *e, const char *message)
+{
+    e->errors++;
+    if (!message) message = "error";
+    size_t n = strlen(message);
+    if (n >= sizeof e->last_error) n = sizeof e->last_error - 1;
+    memcpy(e->last_error, message, n);
+    e->last_error[n] = '\0';
+}
+
+/* Counts a finished call: duration, histogram, and the error if it ended with one. */
+static void record_call(rpc_entry *e, enum task_end how, lua_State *co, uint64_t ns)
+{
+    e->calls++;
+    e->time_ns += ns;
+    double s = (double)ns / 1e9;
+    int b = 0;
+    while (b < SERVICES_HIST_BUCKETS - 1 && s > services_hist_bounds[b])
+        b++;
+    e->hist[b]++;
+    switch (how) {
+    case TASK_OK:
+        break;
+    case TASK_ERROR:
+        record_error(e, lua_tostring(co, -1));
+        break;
+    case TASK_APP_ERROR:
+        lua_getfield(co, -1, "uri");
+        record_error(e, lua_tostring(co, -1));
+        lua_pop(co, 1);
+        break;
+    case TASK_CANCELLED:
+        record_error(e, "cancelled at shutdown");
+        break;
+    case TASK_EXPIRED:
+        record_error(e, "abandoned after the caller's timeout");
+        break;
+    }
+}
+
+void call_done(task *t, enum task_end how, lua_State *co, int nres)
+{
+    call_ctx *c = t->udata;
+    struct services *s = c->svcs;
+    if (c->rpc) record_call(c->rpc, how, co, uv_hrtime() - c->started);
+    if (how == TASK_APP_ERROR && !c->reply[0]) log_app_error(t, co);
+    if (c->reply[0]) {
+        switch (how) {
+        case TASK_OK:
+            reply_result(s, c->reply, co, nres, t->label);
+            break;
+        case TASK_ERROR:
+            reply_error(s, c->reply, URI_RUNTIME_ERROR, lua_tostring(co, -1), 500);
+            break;
+        case TASK_APP_ERROR:
+            reply_app_error(s, c->reply, co);
+            break;
+        case TASK_CANCELLED:
+            reply_error(s, c->reply, URI_UNAVAILABLE,
+                        "the service shut down before the call completed", 503);
+            break;
+        case TASK_EXPIRED:
+            reply_error(s, c->reply, URI_TIMEOUT, "the call's timeout passed", 504);
+            break;
+        }
+    }
+    if (c->sub) lua_sub_release(c->sub);
+    if (c->rpc) rpc_release(s, c->rpc);
+    lua_memory_release_args(&s->rt->lua_mem, c->args_held);
+    free(c);
+    nats_bridge_kick(s->rt->nats);
+}
+
+call_ctx *call_ctx_new(struct services *s, natsMsg *msg)
+{
+    const char *reply = natsMsg_GetReply(msg);
+    size_t n = reply ? strlen(reply) : 0;
+    call_ctx *c = malloc(sizeof *c + n + 1);
+    if (!c) return NULL;
+    c->svcs = s;
+    c->rpc = NULL;
+    c->sub = NULL;
+    c->started = uv_hrtime();
+    c->authid[0] = c->authrole[0] = '\0';
+    c->args_held = 0;
+    memcpy(c->reply, reply ? reply : "", n + 1);
+    return c;
+}
+
+/* Pushes args and kwargs of msg on co, their Lua memory metered and held by c (lua_memory.c);
+ * on a malformed or too large envelope answers (when it can) and returns -1 with nothing pushed. */
+int push_envelope(struct services *s, call_ctx *c, lua_State *co, natsMsg *msg, const char *label)
+{
+    codec_error err;
+    int len = natsMsg_GetDataLength(msg), rc = -1, code = 400;
+    lua_memory *m = &s->rt->lua_mem;
+    codec_meter meter = {&m->allocated, lua_memory_args_budget(m)};
+    size_t before = m->allocated;
+    if ((size_t)len > s->rt->cfg.body_limit)
+        snprintf(err.msg, sizeof err.msg, "body of %d bytes is over the limit of %zu", len,
+                 s->rt->cfg.body_limit);
+    else
+        rc = codec_decode_envelope_metered(co, natsMsg_GetData(msg), (size_t)len,
+                                           s->rt->cfg.max_depth, &meter, &err);
+    if (rc == 0) {
+        c->args_held = lua_memory_hold_args(m, m->allocated - before);
+        return 0;
+    }
+    if (rc == CODEC_TOO_LARGE) code = lua_memory_refuse_args(m, meter.max, err.msg, sizeof err.msg);
+    const char *reply = natsMsg_GetReply(msg);
+    if (reply && reply[0])
+        reply_error(s, reply, code == 503 ? URI_UNAVAILABLE : URI_INVALID_ARGUMENT, err.msg, code);
+    else
+        log_warn(label, "message on %s dropped: %s", natsMsg_GetSubject(msg), err.msg);
+    return -1;
+}
+
+/* ---- RPCs ---- */
+
+/* The caller's identity, when a gateway holding the same bus_secret signed it for this subject;
+ * anything unsigned or forged is ignored (the call runs without an identity). */
+static void take_caller(struct services *s, call_ctx *c, task *t, natsMsg *msg)
+{
+    const char *id = NULL, *role = NULL;
+    if (!auth_identity_of(s->rt->auth, msg, &id, &role)) return;
+    snprintf(c->authid, sizeof c->authid, "%s", id);
+    snprintf(c->authrole, sizeof c->authrole, "%s", role);
+    t->authid = c->authid;
+    t->authrole = c->authrole;
+}
+
+/* The caller's trace id, when its message carries a valid traceparent (else one is made when
+ * first needed). */
+void take_trace(task *t, natsMsg *msg)
+{
+    const char *v = NULL;
+    if (natsMsgHeader_Get(msg, TRACE_HEADER, &v) == NATS_OK && v)
+        trace_parse(v, strlen(v), t->trace_id);
+}
+
+void on_rpc_msg(void *udata, natsMsg *msg)
+{
+    rpc_entry *e = udata;
+    struct services *s = e->svcs;
+    if (nats_bridge_misdirected(s->rt->nats, msg, true)) return; /* an event never runs an RPC */
+    if (!lua_memory_admit(&s->rt->lua_mem)) {
+        char msg_text[96];
+        snprintf(msg_text, sizeof msg_text, "Lua memory limit reached (%zu MiB)",
+                 s->rt->lua_mem.limit >> 20);
+        e->calls++;
+        record_error(e, msg_text);
+        if (natsMsg_GetReply(msg))
+            reply_error(s, natsMsg_GetReply(msg), URI_UNAVAILABLE, msg_text, 503);
+        nats_bridge_release(s->rt->nats, msg);
+        return;
+    }
+    call_ctx *c = call_ctx_new(s, msg);
+    task *t = c ? sched_task_new(s->rt->sched, call_done, c, e->subject) : NULL;
+    if (!t) {
+        if (natsMsg_GetReply(msg))
+            reply_error(s, natsMsg_GetReply(msg), URI_UNAVAILABLE, "out of memory", 503);
+        free(c);
+        nats_bridge_release(s->rt->nats, msg);
+        return;
+    }
+    lua_State *co = t->co;
+    if (push_envelope(s, c, co, msg, e->subject) != 0) {
+        e->calls++;
+        record_error(e, "malformed envelope");
+        sched_task_discard(t);
+        free(c);
+        nats_bridge_release(s->rt->nats, msg);
+        return;
+    }
+    /* the caller's timeout, at most --max-call-timeout (also without one) */
+    const char *timeout = NULL;
+    double deadline = s->rt->cfg.max_call_timeout;
+    if (natsMsgHeader_Get(msg, NB_HDR_TIMEOUT, &timeout) == NATS_OK && timeout &&
+        strtod(timeout, NULL) / 1000.0 < deadline)
+        deadline = strtod(timeout, NULL) / 1000.0;
+    sched_set_deadline(t, deadline);
+    take_caller(s, c, t, msg);
+    take_trace(t, msg);
+    nats_bridge_release(s->rt->nats, msg);
+    /* stack: args kwargs -> args kwargs fn bound... -> fn bound... */
+    lua_rawgeti(co, LUA_REGISTRYINDEX, e->fn_ref);
+    char err[256];
+    int n = rpc_binding_push(&e->binding, co, e->svc_ref, 1, 2, e->subject, err, sizeof err);
+    if (n < 0) {
+        e->calls++;
+        record_error(e, err);
+        if (c->reply[0]) reply_error(s, c->reply, URI_INVALID_ARGUMENT, err, 400);
+        sched_task_discard(t);
+        lua_memory_release_args(&s->rt->lua_mem, c->args_held);
+        free(c);
+        return;
+    }
+    lua_remove(co, 1);
+    lua_remove(co, 1);
+    c->rpc = e;
+    e->tasks++;
+    sched_start(t, n);
+}
+
+/* ---- spawn ---- */
+
+static void spawn_done(task *t, enum task_end how, lua_State *co, int nres)
+{
+    (void)nres;
+    if (how == TASK_APP_ERROR) log_app_error(t, co);
+}
+
+int services_spawn(struct services *s, lua_State *L, int fn_idx, int nargs)
+{
+    task *parent = sched_current(L, NULL);
+    task *t = sched_task_new(s->rt->sched, spawn_done, NULL, "spawn");
+    if (!t) return -1;
+    if (parent) memcpy(t->trace_id, sched_trace_id(parent), sizeof t->trace_id); /* same trace */
+    for (int i = 0; i <= nargs; i++)
+        lua_pushvalue(L, fn_idx + i);
+    int saved = lua_memory_begin_unfailing(&s->rt->lua_mem); /* t->co is not the running one */
+    lua_xmove(L, t->co, nargs + 1);
+    lua_memory_end_unfailing(&s->rt->lua_mem, saved);
+    sched_start_soon(t, nargs);
+    return 0;
+}
