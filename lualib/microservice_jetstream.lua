@@ -233,7 +233,7 @@ local function ensure_consumer(sub)
       sub.logged = true
     end
     core.sleep(wait)
-    wait = math.min(wait * 2, 5)
+    wait = math.min(wait * 2, 2)
   end
   return false
 end
