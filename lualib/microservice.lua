@@ -160,6 +160,7 @@ end
 --- Durable events and key-value on NATS JetStream (docs/api/stream.md, docs/api/kv.md).
 M.stream = {
   publish = function(...) return require("microservice.jetstream").stream.publish(...) end,
+  declare = function(streams) return require("microservice.jetstream").declare(streams) end,
 }
 function M.kv(bucket, opts) return require("microservice.jetstream").kv(bucket, opts) end
 

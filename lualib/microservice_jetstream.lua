@@ -492,10 +492,12 @@ function KV:keys()
 end
 
 --- watch(key_or_pattern, fn): fn(key, value, { revision, operation }) for every change from now
--- on, in order, in one coroutine. Returns { stop = function }.
+-- on, in order, in one coroutine. Yields until the watch is in place. Returns { stop = function }.
 function KV:watch(pattern, fn)
   check_key(pattern, true)
   if type(fn) ~= "function" then bad("kv.watch: fn must be a function") end
+  self:ready()
+  local first = self:_consumer(pattern, { deliver_policy = "new" })
   local w = { stopped = false }
   local kv = self
   core.spawn(function()
@@ -503,7 +505,9 @@ function KV:watch(pattern, fn)
     while not w.stopped and not core.js_stopping() do
       local cfg = last and { deliver_policy = "by_start_sequence", opt_start_seq = last + 1 }
         or { deliver_policy = "new" }
-      local okc, name = pcall(kv._consumer, kv, pattern, cfg)
+      local okc, name = true, first
+      if not first then okc, name = pcall(kv._consumer, kv, pattern, cfg) end
+      first = nil
       if okc then
         local pull = core.js_pull_open(kv.stream, name)
         while not w.stopped do
