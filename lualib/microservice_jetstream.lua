@@ -240,7 +240,9 @@ end
 
 local function worker(sub)
   while not sub.stopped do
-    if not sub.ready then
+    if core.timer_stats(sub.life) == nil then
+      sub.stopped = true -- the script that subscribed was reloaded or removed
+    elseif not sub.ready then
       if sub.ensuring then
         core.sleep(0.05)
       else
@@ -306,6 +308,9 @@ function M.subscribe(opts, fn)
   if sub.max_deliver < 1 or sub.max_ack_pending < 1 then
     bad("max_deliver and max_ack_pending must be at least 1")
   end
+  -- the subscription's lifetime: a timer that never fires, owned like every timer by the script
+  -- loading now (else the one defining fn), so that a reload or removal of it ends the workers
+  sub.life = core.timer_start(1e9, fn, true)
   core.spawn(start, sub)
   return {
     stream = sub.stream,
@@ -314,6 +319,7 @@ function M.subscribe(opts, fn)
     unsubscribe = function()
       if sub.stopped then return false end
       sub.stopped = true
+      core.timer_cancel(sub.life)
       return true
     end,
   }
