@@ -238,6 +238,29 @@ local function ensure_consumer(sub)
   return false
 end
 
+-- Messages a subscription of a reloaded (or removed) script received after its end, for the
+-- next version's subscription to the same durable: [stream/durable] = { {data, hdrs, reply,
+-- subject}, ... }, at most HANDOFF_MAX each (beyond: given back to the server). Not acked, so
+-- the server redelivers them after ack_wait if nothing takes them.
+local handoffs = {}
+local HANDOFF_MAX = 1024
+
+local function hand_off(sub, data, hdrs, reply, subject)
+  local key = sub.stream .. "/" .. sub.durable
+  local q = handoffs[key] or {}
+  handoffs[key] = q
+  if #q < HANDOFF_MAX then
+    q[#q + 1] = { data, hdrs, reply, subject }
+  else
+    core.js_publish(reply, "-NAK")
+  end
+end
+
+local function take_handoff(sub)
+  local q = handoffs[sub.stream .. "/" .. sub.durable]
+  if q and #q > 0 then return table.remove(q, 1) end
+end
+
 local function worker(sub)
   while not sub.stopped do
     if core.timer_stats(sub.life) == nil then
@@ -253,8 +276,17 @@ local function worker(sub)
         sub.logged = false
       end
     else
-      local kind, data, hdrs, reply, subject = sub.pull:next(PULL_EXPIRES)
-      if kind == "msg" then
+      local kind, data, hdrs, reply, subject
+      local m = take_handoff(sub)
+      if m then
+        kind, data, hdrs, reply, subject = "msg", m[1], m[2], m[3], m[4]
+      else
+        kind, data, hdrs, reply, subject = sub.pull:next(PULL_EXPIRES)
+      end
+      if kind == "msg" and core.timer_stats(sub.life) == nil then
+        if reply then hand_off(sub, data, hdrs, reply, subject) end -- to the new version
+        sub.stopped = true
+      elseif kind == "msg" then
         if reply then handle(sub, data, hdrs, reply, subject) end
       elseif kind == "stopping" then
         break

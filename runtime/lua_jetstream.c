@@ -77,6 +77,20 @@ static void push_headers(lua_State *co, natsMsg *m)
     }
 }
 
+/* Pushes the message's data, headers and reply subject (or nil): 3 values. */
+static int push_body(lua_State *co, natsMsg *m)
+{
+    lua_pushlstring(co, natsMsg_GetData(m) ? natsMsg_GetData(m) : "",
+                    (size_t)natsMsg_GetDataLength(m));
+    push_headers(co, m);
+    const char *r = natsMsg_GetReply(m);
+    if (r)
+        lua_pushstring(co, r);
+    else
+        lua_pushnil(co);
+    return 3;
+}
+
 static const char *status_name(enum nb_status st)
 {
     switch (st) {
@@ -105,15 +119,7 @@ static void reply_cb(void *udata, enum nb_status st, natsMsg *reply)
     lua_pushstring(co, status_name(st));
     int n = 1;
     if (reply) {
-        lua_pushlstring(co, natsMsg_GetData(reply) ? natsMsg_GetData(reply) : "",
-                        (size_t)natsMsg_GetDataLength(reply));
-        push_headers(co, reply);
-        const char *r = natsMsg_GetReply(reply);
-        if (r)
-            lua_pushstring(co, r);
-        else
-            lua_pushnil(co);
-        n = 4;
+        n += push_body(co, reply);
         nats_bridge_release(o->rt->nats, reply);
     }
     sched_op_resume(&o->base, n);
@@ -309,8 +315,8 @@ static int core_js_limits(lua_State *L)
 
 /* ---- pull consumers: messages on a private inbox, taken by waiting tasks ---- */
 
-#define PULL_QUEUE 1024 /* messages that came for no waiter (a waiter gave up): kept for the next  \
-                         */
+/* messages that came for no waiter (a waiter gave up): kept for the next one */
+#define PULL_QUEUE 1024
 #define PULL_MT "microservice.js_pull"
 
 typedef struct js_pull js_pull;
@@ -384,14 +390,7 @@ static void pull_wake(js_wait *jw)
 static int push_msg(lua_State *co, natsMsg *m)
 {
     lua_pushliteral(co, "msg");
-    lua_pushlstring(co, natsMsg_GetData(m) ? natsMsg_GetData(m) : "",
-                    (size_t)natsMsg_GetDataLength(m));
-    push_headers(co, m);
-    const char *r = natsMsg_GetReply(m);
-    if (r)
-        lua_pushstring(co, r);
-    else
-        lua_pushnil(co);
+    push_body(co, m);
     lua_pushstring(co, natsMsg_GetSubject(m));
     return 5;
 }

@@ -251,7 +251,7 @@ void runtime_shutdown(runtime *rt)
     service_api_stop(rt->srv_api);
     rt->srv_api = NULL;
     services_drain(rt->services);
-    timers_stop(rt->timers); /* runs in progress finish like calls */
+    timers_stop(rt->timers);    /* runs in progress finish like calls */
     jetstream_shutdown(rt->js); /* durable consumers stop pulling */
     rt->drain_deadline = uv_now(&rt->loop) + (uint64_t)(rt->cfg.drain_timeout * 1000.0);
     uv_timer_start(&rt->drain_timer, drain_tick, 0, 10);
