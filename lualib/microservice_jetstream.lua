@@ -388,6 +388,7 @@ end
 
 local KV = {}
 KV.__index = KV
+local buckets_seen = {} -- buckets known to exist in this process (one STREAM.INFO each)
 
 local function check_key(key, pattern)
   local ok = type(key) == "string" and key ~= "" and key:sub(1, 1) ~= "." and key:sub(-1) ~= "."
@@ -398,7 +399,7 @@ end
 
 -- Creates the bucket's stream when it does not exist (KV_<bucket>, as every NATS client does).
 function KV:ready()
-  if self.checked then return end
+  if self.checked or buckets_seen[self.bucket] then return end
   local res, why, code = api("STREAM.INFO." .. self.stream)
   if not res and code == ERR_STREAM_NOT_FOUND then
     res, why = api("STREAM.CREATE." .. self.stream, {
@@ -413,6 +414,7 @@ function KV:ready()
   end
   if not res then raise("wamp.error.unavailable", "kv " .. self.bucket .. ": " .. tostring(why)) end
   self.checked = true
+  buckets_seen[self.bucket] = true
 end
 
 -- Stores raw under key; hdrs extra headers. Returns the revision, or nil on a failed expectation.

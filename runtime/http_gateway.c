@@ -560,9 +560,9 @@ static void respond_health(struct http_gateway *gw, h2o_req_t *req)
     runtime *rt = gw->rt;
     const char *pg = pg_pool_state(rt->pg);
     char streams[1024]; /* JetStream streams it cannot reach, named */
+    int unreachable = jetstream_health(rt->js, streams, sizeof streams);
     bool ok = nats_bridge_ready(rt->nats) && !rt->shutting_down &&
-              (!rt->pg || strcmp(pg, "connected") == 0) &&
-              jetstream_health(rt->js, streams, sizeof streams) == 0;
+              (!rt->pg || strcmp(pg, "connected") == 0) && unreachable == 0;
     char body[1536];
     int n = snprintf(body, sizeof body,
                      "{\"status\":\"%s\",\"nats\":\"%s\",\"postgres\":\"%s\",\"rpcs\":%d,"
