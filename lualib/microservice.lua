@@ -146,6 +146,9 @@ end
 -- subscribed with the same queue name share the messages. Only events reach fn: a message with a
 -- reply subject is a request, for RPCs only.
 function M.subscribe(subject, fn, queue)
+  if type(subject) == "table" then -- a durable subscription (microservice.jetstream)
+    return require("microservice.jetstream").subscribe(subject, fn)
+  end
   local id = core.subscribe(subject, fn, queue)
   return {
     id = id,
@@ -153,6 +156,13 @@ function M.subscribe(subject, fn, queue)
     unsubscribe = function() return core.unsubscribe(id) end,
   }
 end
+
+--- Durable events and key-value on NATS JetStream (docs/api/stream.md, docs/api/kv.md).
+M.stream = {
+  publish = function(...) return require("microservice.jetstream").stream.publish(...) end,
+  declare = function(streams) return require("microservice.jetstream").declare(streams) end,
+}
+function M.kv(bucket, opts) return require("microservice.jetstream").kv(bucket, opts) end
 
 --- Runs fn(...) in a new coroutine, from the next turn of the loop. Errors are logged.
 M.spawn = core.spawn

@@ -32,6 +32,7 @@
 #include "auth.h"
 #include "auth_limit.h"
 #include "codec.h"
+#include "jetstream.h"
 #include "log.h"
 #include "nats_bridge.h"
 #include "pg_pool.h"
@@ -558,15 +559,17 @@ static void respond_health(struct http_gateway *gw, h2o_req_t *req)
 {
     runtime *rt = gw->rt;
     const char *pg = pg_pool_state(rt->pg);
+    char streams[1024]; /* JetStream streams it cannot reach, named */
+    int unreachable = jetstream_health(rt->js, streams, sizeof streams);
     bool ok = nats_bridge_ready(rt->nats) && !rt->shutting_down &&
-              (!rt->pg || strcmp(pg, "connected") == 0);
-    char body[512];
+              (!rt->pg || strcmp(pg, "connected") == 0) && unreachable == 0;
+    char body[1536];
     int n = snprintf(body, sizeof body,
                      "{\"status\":\"%s\",\"nats\":\"%s\",\"postgres\":\"%s\",\"rpcs\":%d,"
-                     "\"inflight\":%d,\"http_inflight\":%d,\"shutting_down\":%s}",
+                     "\"inflight\":%d,\"http_inflight\":%d,\"shutting_down\":%s%s}",
                      ok ? "ok" : "unavailable", nats_bridge_state(rt->nats), pg,
                      services_rpc_count(rt->services), sched_inflight(rt->sched), gw->inflight,
-                     rt->shutting_down ? "true" : "false");
+                     rt->shutting_down ? "true" : "false", streams);
     respond(gw, req, ok ? 200 : 503, body, (size_t)n);
 }
 

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "lua_error.h"
 #include "lua_http.h"
+#include "lua_jetstream.h"
 #include "lua_postgres.h"
 #include "lua_testing.h"
 #include "lualib_embedded.h"
@@ -544,6 +545,7 @@ static int open_core(lua_State *L)
     lua_setfield(L, -2, "rpc_mt");
     lua_postgres_register(L);
     lua_http_register(L);
+    lua_jetstream_register(L);
     lua_testing_register(L);
     return 1;
 }

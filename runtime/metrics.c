@@ -12,6 +12,7 @@
 #include "auth.h"
 #include "auth_limit.h"
 #include "http_gateway.h"
+#include "jetstream.h"
 #include "nats_bridge.h"
 #include "pg_pool.h"
 #include "scheduler.h"
@@ -213,5 +214,6 @@ void metrics_render(runtime *rt, codec_buf *out)
     header(out, "microservice_lua_memory_large_args_limit_bytes", "gauge",
            "What they may take together (a quarter of the limit; 0: no bound).");
     put(out, "microservice_lua_memory_large_args_limit_bytes %zu\n", rt->lua_mem.large_cap);
+    if (rt->js) jetstream_metrics(rt->js, out);
     render_auth(rt, out);
 }

@@ -15,6 +15,7 @@
 #include "auth_limit.h"
 #include "http_client.h"
 #include "http_gateway.h"
+#include "jetstream.h"
 #include "log.h"
 #include "lua_api.h"
 #include "nats_auth.h"
@@ -139,7 +140,8 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
     rt->httpc =
         rt->services ? http_client_new(rt, cfg->http_client_max, cfg->http_client_queue) : NULL;
     rt->timers = rt->httpc ? timers_new(rt, 10000) : NULL;
-    if (!rt->timers) {
+    rt->js = rt->timers ? jetstream_new(rt) : NULL;
+    if (!rt->js) {
         log_error(TAG, "out of memory at start-up");
         return -1;
     }
@@ -249,7 +251,8 @@ void runtime_shutdown(runtime *rt)
     service_api_stop(rt->srv_api);
     rt->srv_api = NULL;
     services_drain(rt->services);
-    timers_stop(rt->timers); /* runs in progress finish like calls */
+    timers_stop(rt->timers);    /* runs in progress finish like calls */
+    jetstream_shutdown(rt->js); /* durable consumers stop pulling */
     rt->drain_deadline = uv_now(&rt->loop) + (uint64_t)(rt->cfg.drain_timeout * 1000.0);
     uv_timer_start(&rt->drain_timer, drain_tick, 0, 10);
 }
@@ -265,6 +268,8 @@ int runtime_run(runtime *rt)
     rt->timers = NULL;
     services_free(rt->services);
     rt->services = NULL;
+    jetstream_free(rt->js);
+    rt->js = NULL;
     http_gateway_free(rt->http);
     rt->http = NULL;
     wamp_router_free(rt->wamp);

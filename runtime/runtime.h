@@ -89,6 +89,7 @@ struct auth;
 struct auth_limit;
 struct http_client;
 struct timers;
+struct jetstream;
 
 typedef struct runtime {
     uv_loop_t loop;
@@ -108,6 +109,7 @@ typedef struct runtime {
     struct auth_limit *auth_limit;
     struct http_client *httpc; /* outbound HTTP (microservice.http) */
     struct timers *timers;     /* microservice.every / after */
+    struct jetstream *js;      /* JetStream bookkeeping (jetstream.h) */
     uv_signal_t sigint, sigterm;
     uv_timer_t drain_timer;
     uint64_t drain_deadline; /* uv_now() ms */

@@ -42,7 +42,10 @@ int service_hook_run(runtime *rt, lua_State *L, int svc_idx, const char *hook, d
                      hook_done_fn done, void *udata)
 {
     lua_getfield(L, svc_idx, hook);
-    if (!lua_isfunction(L, -1)) {
+    lua_getfield(L, svc_idx, "streams"); /* the runner applies them before started */
+    bool streams = strcmp(hook, "started") == 0 && lua_istable(L, -1);
+    lua_pop(L, 1);
+    if (!lua_isfunction(L, -1) && !streams) {
         lua_pop(L, 1);
         return 0;
     }

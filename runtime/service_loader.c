@@ -310,8 +310,9 @@ static int start_version(struct services *s, int svc, const char *path, unsigned
 {
     lua_State *L = s->rt->L;
     lua_getfield(L, svc, "started");
-    bool has = lua_isfunction(L, -1) && !s->rt->cfg.no_hooks;
-    lua_pop(L, 1);
+    lua_getfield(L, svc, "streams"); /* declared JetStream streams are applied like started */
+    bool has = (lua_isfunction(L, -2) || lua_istable(L, -1)) && !s->rt->cfg.no_hooks;
+    lua_pop(L, 2);
     if (!has) return finish_load(s, svc, path, gen, reload);
     pending_load *p = calloc(1, sizeof *p);
     if (!p || !(p->path = strdup(path))) {

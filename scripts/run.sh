@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole system on this machine: installs and builds what is missing, starts a private
-# nats-server (port 4222) and, unless DATABASE_URL is set, a private PostgreSQL (port 5433), both
+# nats-server with JetStream (port 4222) and, unless DATABASE_URL is set, a private PostgreSQL (port 5433), both
 # with their files under build/run/, and the runtime on http://127.0.0.1:5000 with the services in
 # services/. Ctrl-C stops everything.
 #   NATS_PORT=4222 PG_PORT=5433 HTTP=127.0.0.1:5000 scripts/run.sh [extra microservice flags]
@@ -30,7 +30,8 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 if [ -z "${NATS_URL:-}" ]; then
-  nats-server -a 127.0.0.1 -p "$nats_port" -l "$run_dir/nats-server.log" &
+  # JetStream on (durable events, KV: docs/api/stream.md), its store under build/run/ too
+  nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$run_dir/jetstream" -l "$run_dir/nats-server.log" &
   nats_pid=$!
   for _ in $(seq 1 100); do # wait until it accepts connections (10 s at most)
     (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break

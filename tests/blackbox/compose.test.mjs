@@ -146,6 +146,8 @@ h.test('the normalized compose file: nats, postgres, http (gateway on 5000, no s
   assert.deepEqual(Object.keys(s).sort(), ['app', 'http', 'nats', 'postgres']);
 
   assert.equal(s.nats.image, 'nats:2.9');
+  assert.ok(s.nats.command.includes('-js'), 'nats runs with JetStream (issue 17)');
+  assert.ok(s.nats.volumes.some((v) => /^natsdata:\/data/.test(v)), 'its store on a volume');
   assert.equal(s.postgres.image, 'postgres:15');
   const hc = s.postgres.healthcheck;
   assert.ok(hc && Array.isArray(hc.test) && hc.test.join(' ').includes('pg_isready'), `postgres healthcheck: ${JSON.stringify(hc)}`);

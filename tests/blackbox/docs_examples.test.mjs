@@ -18,7 +18,7 @@ import path from 'node:path';
 import * as h from './lib/harness.mjs';
 import { startPostgres } from './lib/postgres.mjs';
 
-const PAGES = ['rpc', 'sleep', 'call', 'publish', 'subscribe', 'spawn', 'error', 'log', 'postgres', 'context', 'http', 'timers', 'hooks', 'testing', 'schema'];
+const PAGES = ['rpc', 'sleep', 'call', 'publish', 'subscribe', 'spawn', 'error', 'log', 'postgres', 'context', 'http', 'timers', 'hooks', 'testing', 'schema', 'stream', 'kv'];
 const DOCS = path.join(h.SOURCE_DIR, 'docs', 'api');
 const EXAMPLES = path.join(h.SOURCE_DIR, 'docs', 'examples');
 const SERVICES = 'docs/examples/services'; // relative to the source dir, as the pages say
@@ -108,7 +108,7 @@ function exampleApi(req, res) {
 before(async () => {
   for (const p of PAGES) pages.set(p, fs.readFileSync(path.join(DOCS, `${p}.md`), 'utf8'));
   dir = h.workDir('docs_examples');
-  [nats, pg] = await Promise.all([h.startNats({ dir }), startPostgres({ dir })]);
+  [nats, pg] = await Promise.all([h.startNats({ dir, jetstream: true }), startPostgres({ dir })]);
   api = http.createServer(exampleApi);
   await new Promise((resolve) => api.listen(0, '127.0.0.1', resolve));
 });

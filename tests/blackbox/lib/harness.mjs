@@ -263,13 +263,15 @@ function natsInfo(port, timeoutMs = 1000) {
 
 // config: optional text of a nats-server configuration file (written to <dir>/<name>-<port>.conf,
 // returned as configFile; the listen address and port come from the command line).
-export async function startNats({ dir, port, name = 'nats', config } = {}) {
+// jetstream: true adds -js with its store in <dir>/<name>-<port>-js (under the build tree).
+export async function startNats({ dir, port, name = 'nats', config, jetstream = false } = {}) {
   for (let attempt = 0; ; attempt++) {
     const p = port || await freePort();
     const logFile = path.join(dir, `${name}-${p}.log`);
     const configFile = config === undefined ? null : path.join(dir, `${name}-${p}.conf`);
     if (configFile) fs.writeFileSync(configFile, config);
-    const proc = spawnChild(NATS_SERVER, [...(configFile ? ['-c', configFile] : []), '-a', '127.0.0.1', '-p', String(p), '-l', logFile], {
+    const js = jetstream ? ['-js', '-sd', path.join(dir, `${name}-${p}-js`)] : [];
+    const proc = spawnChild(NATS_SERVER, [...(configFile ? ['-c', configFile] : []), ...js, '-a', '127.0.0.1', '-p', String(p), '-l', logFile], {
       logFile: path.join(dir, `${name}-${p}.stdio.log`),
     });
     logFiles.add(logFile);
@@ -294,6 +296,47 @@ export async function startNats({ dir, port, name = 'nats', config } = {}) {
       stop: (signal = 'SIGTERM') => stopChild(proc, signal),
     };
   }
+}
+
+// A cluster of n nats-servers with JetStream (routes on loopback, stores in <dir>/<name><i>-js,
+// under the build tree). Returns { servers, urls, url, stop, kill(i), start(i), untilReady() };
+// each server { i, port, cport, mport, proc }. Every process is a harness child: stopAll() stops
+// them too. untilReady waits until every running server is routed to the others and the
+// JetStream meta group has a leader.
+export async function startNatsCluster({ dir, n = 3, name = 'jsc' } = {}) {
+  const servers = [];
+  for (let i = 0; i < n; i++) servers.push({ i, port: await freePort(), cport: await freePort(), mport: await freePort() });
+  const launch = (s) => {
+    const routes = servers.filter((o) => o !== s).map((o) => `nats://127.0.0.1:${o.cport}`).join(',');
+    const logFile = path.join(dir, `${name}${s.i}.log`);
+    s.proc = spawnChild(NATS_SERVER, ['-a', '127.0.0.1', '-p', String(s.port), '-m', String(s.mport),
+      '-n', `${name}${s.i}`, '-js', '-sd', path.join(dir, `${name}${s.i}-js`),
+      '-cluster', `nats://127.0.0.1:${s.cport}`, '-routes', routes, '-cluster_name', name, '-l', logFile],
+    { logFile: logFile + '.stdio' });
+    logFiles.add(logFile);
+  };
+  const running = () => servers.filter((s) => s.proc && alive(s.proc));
+  const monitor = async (s, what) => (await fetch(`http://127.0.0.1:${s.mport}/${what}`, { signal: AbortSignal.timeout(1000) })).json();
+  const untilReady = () => waitFor(async () => {
+    const live = running();
+    for (const s of live) {
+      if ((await monitor(s, 'routez')).num_routes < live.length - 1) return false;
+      const jsz = await monitor(s, 'jsz');
+      if (!jsz.meta_cluster || !jsz.meta_cluster.leader) return false;
+    }
+    return true;
+  }, { timeout: 30000, interval: 100, what: `${n} nats-servers routed with a JetStream meta leader` });
+  for (const s of servers) launch(s);
+  await untilReady();
+  return {
+    servers,
+    urls: servers.map((s) => `nats://127.0.0.1:${s.port}`),
+    url: servers.map((s) => `nats://127.0.0.1:${s.port}`).join(','),
+    kill: (i, signal = 'SIGKILL') => stopChild(servers[i].proc, signal),
+    start: (i) => launch(servers[i]),
+    untilReady,
+    stop: () => Promise.all(servers.map((s) => stopChild(s.proc))),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
