@@ -96,6 +96,13 @@ static void listen_when_ready(void *arg)
     }
 }
 
+/* The bus pauses its intake while --max-inflight calls run (resumed by nats_bridge_kick). */
+static bool intake_full(void *arg)
+{
+    runtime *rt = arg;
+    return sched_inflight(rt->sched) >= rt->cfg.max_inflight;
+}
+
 /* Helpers shared by services live in DIR/lib (never loaded as services): first on package.path,
  * so require "name" finds DIR/lib/name.lua or DIR/lib/name/init.lua. */
 static void add_lib_path(lua_State *L, const char *dir)
@@ -135,6 +142,7 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
     if (rt->L && cfg->max_call_memory != SIZE_MAX) rt->lua_mem.call_cap = cfg->max_call_memory;
     rt->sched = rt->L ? sched_new(rt) : NULL;
     rt->nats = rt->sched ? nats_bridge_new(rt) : NULL;
+    if (rt->nats) nats_bridge_set_pause(rt->nats, intake_full, rt);
     rt->services = rt->nats ? services_new(rt) : NULL;
     rt->httpc =
         rt->services ? http_client_new(rt, cfg->http_client_max, cfg->http_client_queue) : NULL;
