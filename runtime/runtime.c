@@ -262,6 +262,41 @@ void runtime_shutdown(runtime *rt)
     uv_timer_start(&rt->drain_timer, drain_tick, 0, 10);
 }
 
+/* What keeps uv_loop_close from closing, counted by type (as Neovim's log_uv_handles): says
+ * which subsystem left a handle. */
+typedef struct handle_census {
+    int total, count[UV_HANDLE_TYPE_MAX], active[UV_HANDLE_TYPE_MAX], closing[UV_HANDLE_TYPE_MAX];
+} handle_census;
+
+static void count_handle(uv_handle_t *h, void *arg)
+{
+    handle_census *c = arg;
+    uv_handle_type type = uv_handle_get_type(h);
+    if ((int)type < 0 || type >= UV_HANDLE_TYPE_MAX) type = UV_UNKNOWN_HANDLE;
+    c->total++;
+    c->count[type]++;
+    c->active[type] += uv_is_active(h) != 0;
+    c->closing[type] += uv_is_closing(h) != 0;
+}
+
+static void log_open_handles(uv_loop_t *loop)
+{
+    handle_census c = {0};
+    uv_walk(loop, count_handle, &c);
+    char list[1024] = "";
+    size_t used = 0;
+    for (int t = 0; t < UV_HANDLE_TYPE_MAX && used < sizeof list; t++) {
+        if (!c.count[t]) continue;
+        const char *name = uv_handle_type_name((uv_handle_type)t);
+        int n = snprintf(list + used, sizeof list - used, "%s%d %s (%d active, %d closing)",
+                         used ? ", " : "", c.count[t], name ? name : "unknown", c.active[t],
+                         c.closing[t]);
+        if (n < 0) break;
+        used += (size_t)n;
+    }
+    log_debug(TAG, "loop closed with %d handles still open: %s", c.total, list);
+}
+
 int runtime_run(runtime *rt)
 {
     uv_run(&rt->loop, UV_RUN_DEFAULT);
@@ -289,7 +324,7 @@ int runtime_run(runtime *rt)
     rt->auth = NULL;
     auth_limit_free(rt->auth_limit);
     rt->auth_limit = NULL;
-    if (uv_loop_close(&rt->loop) != 0) log_debug(TAG, "loop closed with handles still open");
+    if (uv_loop_close(&rt->loop) != 0) log_open_handles(&rt->loop);
     nats_Close();
     return rc;
 }
