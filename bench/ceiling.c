@@ -76,6 +76,7 @@ int main(int argc, char **argv)
     };
     runtime_config cfg;
     runtime_config_defaults(&cfg);
+    cfg.tls_cert = cfg.tls_key = NULL; /* plain HTTP only, whatever $TLS_CERT says */
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (c == 'H' && parse_http(&cfg, optarg) == 0) continue;

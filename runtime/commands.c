@@ -252,6 +252,7 @@ int command_list(int argc, char **argv)
     runtime_config cfg;
     runtime_config_defaults(&cfg);
     cfg.http_enabled = false;
+    cfg.tls_cert = cfg.tls_key = NULL; /* no HTTPS either */
     cfg.watch = false;
     cfg.services_dir = dir;
     log_set_level(LOG_WARN);
@@ -404,6 +405,7 @@ int command_test(int argc, char **argv)
     runtime_config cfg;
     runtime_config_defaults(&cfg);
     cfg.http_enabled = false;
+    cfg.tls_cert = cfg.tls_key = NULL; /* no HTTPS either */
     cfg.watch = false;
     cfg.drain_timeout = 0; /* when the runner returns, what is left (a timed-out test) goes */
     const char *env = getenv("NATS_URL");

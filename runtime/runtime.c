@@ -19,6 +19,7 @@
 #include "lua_api.h"
 #include "nats_auth.h"
 #include "nats_bridge.h"
+#include "options.h"
 #include "pg_pool.h"
 #include "scheduler.h"
 #include "service_api.h"
@@ -29,48 +30,13 @@
 
 #define TAG "runtime"
 
+/* The defaults of the flags come from the options table (options.c); these fields have none. */
 void runtime_config_defaults(runtime_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
-    cfg->http_enabled = true;
-    snprintf(cfg->http_host, sizeof cfg->http_host, "127.0.0.1");
-    cfg->http_port = 5000;
-    snprintf(cfg->https_host, sizeof cfg->https_host, "127.0.0.1");
-    cfg->https_port = 5443;
-    const char *nats = getenv("NATS_URL");
-    cfg->nats_url = (nats && nats[0]) ? nats : "nats://127.0.0.1:4222";
-    nats_auth_from_env(&cfg->nats_auth);
-    const char *pg = getenv("DATABASE_URL");
-    cfg->postgres = (pg && pg[0]) ? pg : NULL;
-    cfg->frontend_dir = "./frontend";
+    options_defaults(cfg);
     cfg->services_dir = "./services";
-    cfg->postgres_pool = 4;
     cfg->postgres_wait = 30.0;
-    cfg->workers = 1;
-    cfg->body_limit = 1024 * 1024;
-    cfg->max_depth = 64;
-    cfg->call_timeout = 60.0;
-    cfg->drain_timeout = 10.0;
-    cfg->max_inflight = 32768;
-    cfg->max_conn_inflight = 100;
-    cfg->max_http_inflight = 10000;
-    cfg->max_call_timeout = 300.0;
-    cfg->max_lua_memory = (size_t)1024 * 1024 * 1024;
-    cfg->max_call_memory = SIZE_MAX;
-    cfg->max_sessions = 10000;
-    cfg->max_session_subs = 1000;
-    cfg->max_session_regs = 1000;
-    cfg->max_session_calls = 1000;
-    cfg->join_timeout = 10.0;
-    cfg->max_callee_pending = 1000;
-    cfg->session_idle_timeout = 300.0;
-    cfg->http_client_max = 64;
-    cfg->http_client_queue = 10000;
-    const char *auth_file = getenv("MICROSERVICE_AUTH");
-    cfg->auth_file = (auth_file && auth_file[0]) ? auth_file : NULL;
-    cfg->auth_max_failures = 10;
-    cfg->auth_failure_window = 60.0;
-    cfg->auth_signature_window = 60.0;
     cfg->watch = true;
 }
 
