@@ -20,6 +20,7 @@
 
 #include "log.h"
 #include "nats_bridge.h"
+#include "options.h"
 #include "runtime.h"
 
 #define SUBJECT "greeting_service.hello"
@@ -54,19 +55,6 @@ static void watch_cb(uv_prepare_t *h)
     uv_close((uv_handle_t *)h, watch_closed);
 }
 
-static int parse_http(runtime_config *cfg, const char *arg)
-{
-    const char *colon = strrchr(arg, ':');
-    if (!colon || colon == arg || (size_t)(colon - arg) >= sizeof cfg->http_host) return -1;
-    memcpy(cfg->http_host, arg, (size_t)(colon - arg));
-    cfg->http_host[colon - arg] = '\0';
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end || port < 0 || port > 65535) return -1;
-    cfg->http_port = (int)port;
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -76,9 +64,10 @@ int main(int argc, char **argv)
     };
     runtime_config cfg;
     runtime_config_defaults(&cfg);
+    cfg.tls_cert = cfg.tls_key = NULL; /* plain HTTP only, whatever $TLS_CERT says */
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (c == 'H' && parse_http(&cfg, optarg) == 0) continue;
+        if (c == 'H' && options_set(&cfg, options_find("http"), optarg) == 0) continue;
         if (c == 'N') {
             cfg.nats_url = optarg;
             continue;

@@ -24,6 +24,7 @@
 #include "lua_api.h"
 #include "lua_error.h"
 #include "nats_bridge.h"
+#include "options.h"
 #include "rpc_error.h"
 #include "scheduler.h"
 #include "services.h"
@@ -39,7 +40,8 @@ static void call_usage(FILE *out)
                  "  Prints the reply [args, kwargs]; exits 1 on an RPC error (printed on stderr\n"
                  "  as `error: URI: message (code)`, then `args: [...]` when there are more than\n"
                  "  one and `kwargs: {...}` when there are any), 2 on a usage error.\n"
-                 "NATS OPTIONS (as for the runtime):\n" NATS_AUTH_USAGE);
+                 "NATS OPTIONS (as for the runtime):\n");
+    options_usage(out, OPTION_NATS_AUTH);
 }
 
 /* A command-line word as a JSON value: itself if it parses, else a string. */
@@ -88,23 +90,40 @@ static int print_error_reply(natsMsg *reply)
     return 1;
 }
 
-enum { CALL_OPT_NATS_AUTH = 1000 };
+#define OPT_BASE 1000 /* getopt_long value of options[0] */
+
+/* --kw name=value into kwargs; -1 (said on stderr) when it is not name=value. */
+static int add_kw(json_t *kwargs, const char *kv)
+{
+    const char *eq = strchr(kv, '=');
+    if (!eq || eq == kv) {
+        fprintf(stderr, "microservice call: --kw wants name=value, got '%s'\n", kv);
+        return -1;
+    }
+    char name[256];
+    snprintf(name, sizeof name, "%.*s", (int)(eq - kv), kv);
+    json_object_set_new(kwargs, name, word_value(eq + 1));
+    return 0;
+}
+
+/* A row of the options table that `call` takes, named by a command-line word ("--nats"). */
+static const option_row *call_option(const char *word)
+{
+    const option_row *o = strncmp(word, "--", 2) == 0 ? options_find(word + 2) : NULL;
+    return o && (o->flags & OPTION_CALL) ? o : NULL;
+}
 
 int command_call(int argc, char **argv)
 {
-    static const struct option opts[] = {
+    struct option opts[OPTIONS_MAX + 5] = {
         {"kw", required_argument, NULL, 'k'},
-        {"nats", required_argument, NULL, 'n'},
         {"timeout", required_argument, NULL, 't'},
         {"json", no_argument, NULL, 'j'},
         {"help", no_argument, NULL, 'h'},
-        NATS_AUTH_LONG_OPTIONS(CALL_OPT_NATS_AUTH),
-        {NULL, 0, NULL, 0},
     };
-    const char *env = getenv("NATS_URL");
-    const char *url = env && env[0] ? env : "nats://127.0.0.1:4222";
-    nats_auth_config auth;
-    nats_auth_from_env(&auth);
+    options_getopt(opts + 4, OPTIONS_MAX, OPTION_CALL, OPT_BASE); /* --nats, NATS OPTIONS */
+    runtime_config cfg; /* for its NATS options and their environment defaults */
+    runtime_config_defaults(&cfg);
     char err[512];
     double timeout = 60;
     bool compact = false;
@@ -112,12 +131,14 @@ int command_call(int argc, char **argv)
     int c, rc = 2;
     optind = 1;
     while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+        const option_row *o = options_of_getopt(c, OPT_BASE);
+        if (o) {
+            if (options_set(&cfg, o, optarg) != 0) goto out;
+            continue;
+        }
         switch (c) {
         case 'k':
             if (add_kw(kwargs, optarg) != 0) goto out;
-            break;
-        case 'n':
-            url = optarg;
             break;
         case 't':
             timeout = atof(optarg);
@@ -130,10 +151,6 @@ int command_call(int argc, char **argv)
             rc = 0;
             goto out;
         default:
-            if (c >= CALL_OPT_NATS_AUTH && c < CALL_OPT_NATS_AUTH + NATS_AUTH_NOPTS) {
-                nats_auth_set(&auth, c - CALL_OPT_NATS_AUTH, optarg);
-                break;
-            }
             call_usage(stderr);
             goto out;
         }
@@ -141,16 +158,14 @@ int command_call(int argc, char **argv)
     /* the procedure, then positional arguments (options may come after them too) */
     const char *procedure = NULL;
     for (; optind < argc; optind++) {
-        bool has_arg = false;
-        int which = nats_auth_lookup(argv[optind], &has_arg);
-        if (which >= 0 && (!has_arg || optind + 1 < argc)) {
-            nats_auth_set(&auth, which, has_arg ? argv[++optind] : NULL);
+        const option_row *o = call_option(argv[optind]);
+        bool has_arg = o && o->kind != OPTION_FLAG;
+        if (o && (!has_arg || optind + 1 < argc)) {
+            if (options_set(&cfg, o, has_arg ? argv[++optind] : NULL) != 0) goto out;
         } else if (strcmp(argv[optind], "--kw") == 0 && optind + 1 < argc) {
             if (add_kw(kwargs, argv[++optind]) != 0) goto out;
         } else if (strcmp(argv[optind], "--json") == 0) {
             compact = true;
-        } else if (strcmp(argv[optind], "--nats") == 0 && optind + 1 < argc) {
-            url = argv[++optind];
         } else if (strcmp(argv[optind], "--timeout") == 0 && optind + 1 < argc) {
             timeout = atof(argv[++optind]);
         } else if (!procedure) {
@@ -163,7 +178,9 @@ int command_call(int argc, char **argv)
         call_usage(stderr);
         goto out;
     }
-    if (nats_auth_check(&auth, err, sizeof err) != 0) {
+    const char *url = cfg.nats_url;
+    const nats_auth_config *auth = &cfg.nats_auth;
+    if (nats_auth_check(auth, err, sizeof err) != 0) {
         fprintf(stderr, "microservice call: %s\n", err);
         goto out;
     }
@@ -179,7 +196,7 @@ int command_call(int argc, char **argv)
     char log_url[2048];
     nats_auth_redact(url, log_url, sizeof log_url);
     natsStatus st = natsOptions_Create(&no);
-    if (st == NATS_OK && nats_auth_apply(no, url, &auth, err, sizeof err) != 0) {
+    if (st == NATS_OK && nats_auth_apply(no, url, auth, err, sizeof err) != 0) {
         fprintf(stderr, "microservice call: %s\n", err);
         rc = 2;
         goto done;
@@ -253,6 +270,7 @@ int command_list(int argc, char **argv)
     runtime_config cfg;
     runtime_config_defaults(&cfg);
     cfg.http_enabled = false;
+    cfg.tls_cert = cfg.tls_key = NULL; /* no HTTPS either */
     cfg.watch = false;
     cfg.services_dir = dir;
     log_set_level(LOG_WARN);
@@ -291,7 +309,8 @@ static void test_usage(FILE *out)
         "  --watch           run again each time a .lua or .sql file is saved in the\n"
         "                    services folder or the test files' folders (until Ctrl-C)\n"
         "  Prints a report and `N passed, N failed, N skipped`; exits 1 if a test failed.\n"
-        "NATS OPTIONS (as for the runtime):\n" NATS_AUTH_USAGE);
+        "NATS OPTIONS (as for the runtime):\n");
+    options_usage(out, OPTION_NATS_AUTH);
 }
 
 typedef struct test_run {
@@ -395,16 +414,17 @@ static void command_usage(const char *name, FILE *out)
 
 int command_test(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"services", required_argument, NULL, 's'},  {"nats", required_argument, NULL, 'n'},
-        {"postgres", required_argument, NULL, 'p'},  {"timeout", required_argument, NULL, 't'},
+    struct option opts[OPTIONS_MAX + 9] = {
+        {"services", required_argument, NULL, 's'},  {"timeout", required_argument, NULL, 't'},
         {"log-level", required_argument, NULL, 'l'}, {"help", no_argument, NULL, 'h'},
         {"fail-on-skip", no_argument, NULL, 'S'},    {"watch", no_argument, NULL, 'w'},
-        NATS_AUTH_LONG_OPTIONS(CALL_OPT_NATS_AUTH),  {NULL, 0, NULL, 0},
     };
+    options_getopt(opts + 6, OPTIONS_MAX, OPTION_TEST, OPT_BASE); /* --nats, --postgres, NATS */
+    const option_row *nats = options_find("nats");
     runtime_config cfg;
     runtime_config_defaults(&cfg);
     cfg.http_enabled = false;
+    cfg.tls_cert = cfg.tls_key = NULL; /* no HTTPS either */
     cfg.watch = false;
     cfg.drain_timeout = 0; /* when the runner returns, what is left (a timed-out test) goes */
     const char *env = getenv("NATS_URL");
@@ -417,17 +437,16 @@ int command_test(int argc, char **argv)
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        const option_row *o = options_of_getopt(c, OPT_BASE);
+        if (o) {
+            if (options_set(&cfg, o, optarg) != 0) return 2;
+            online |= o == nats;
+            continue;
+        }
         switch (c) {
         case 's':
             cfg.services_dir = optarg;
             services_given = true;
-            break;
-        case 'n':
-            cfg.nats_url = optarg;
-            online = true;
-            break;
-        case 'p':
-            cfg.postgres = optarg;
             break;
         case 't':
             timeout = atof(optarg);
@@ -447,10 +466,6 @@ int command_test(int argc, char **argv)
             command_usage(argv[0], stdout);
             return 0;
         default:
-            if (c >= CALL_OPT_NATS_AUTH && c < CALL_OPT_NATS_AUTH + NATS_AUTH_NOPTS) {
-                nats_auth_set(&cfg.nats_auth, c - CALL_OPT_NATS_AUTH, optarg);
-                break;
-            }
             command_usage(argv[0], stderr);
             return 2;
         }

@@ -1,6 +1,6 @@
-/* nats_auth.c: owns the NATS credential and TLS options (user and password, token, NKey seed,
- * .creds file, CA, client certificate), their checks and how they and the server list are set on a
- * natsOptions, plus hiding user information of URLs in logs.
+/* nats_auth.c: owns the NATS credentials and TLS settings (user and password, token, NKey seed,
+ * .creds file, CA, client certificate; their flags are rows of options.c), their checks and how
+ * they and the server list are set on a natsOptions, plus hiding user information of URLs in logs.
  *
  * nats.c 3.4's natsOptions_SetNKeyFromSeed wants the user's public key besides the seed file and
  * has no public function that derives it, so it is derived here from the seed with OpenSSL's
@@ -20,73 +20,6 @@
 #define NKEY_PREFIX_USER (20 << 3) /* 'U' */
 #define NKEY_SEED_LEN 58           /* base32 of 2 + 32 + 2 bytes */
 #define NKEY_PUB_LEN 56            /* base32 of 1 + 32 + 2 bytes */
-
-static const char *env_or_null(const char *name)
-{
-    const char *v = getenv(name);
-    return v && v[0] ? v : NULL;
-}
-
-void nats_auth_from_env(nats_auth_config *a)
-{
-    memset(a, 0, sizeof *a);
-    a->user = env_or_null("NATS_USER");
-    a->password = env_or_null("NATS_PASSWORD");
-    a->token = env_or_null("NATS_TOKEN");
-    a->nkey_seed_file = env_or_null("NATS_NKEY");
-    a->creds_file = env_or_null("NATS_CREDS");
-    a->ca_file = env_or_null("NATS_CA");
-    a->cert_file = env_or_null("NATS_CERT");
-    a->key_file = env_or_null("NATS_KEY");
-}
-
-void nats_auth_set(nats_auth_config *a, int which, const char *arg)
-{
-    switch (which) {
-    case NATS_AUTH_OPT_USER:
-        a->user = arg;
-        break;
-    case NATS_AUTH_OPT_PASSWORD:
-        a->password = arg;
-        break;
-    case NATS_AUTH_OPT_TOKEN:
-        a->token = arg;
-        break;
-    case NATS_AUTH_OPT_NKEY:
-        a->nkey_seed_file = arg;
-        break;
-    case NATS_AUTH_OPT_CREDS:
-        a->creds_file = arg;
-        break;
-    case NATS_AUTH_OPT_TLS:
-        a->tls = true;
-        break;
-    case NATS_AUTH_OPT_CA:
-        a->ca_file = arg;
-        break;
-    case NATS_AUTH_OPT_CERT:
-        a->cert_file = arg;
-        break;
-    case NATS_AUTH_OPT_KEY:
-        a->key_file = arg;
-        break;
-    default:
-        break;
-    }
-}
-
-int nats_auth_lookup(const char *word, bool *has_arg)
-{
-    static const struct option opts[] = {NATS_AUTH_LONG_OPTIONS(0)};
-    if (strncmp(word, "--", 2) != 0) return -1;
-    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
-        if (strcmp(word + 2, opts[i].name) == 0) {
-            *has_arg = opts[i].has_arg == required_argument;
-            return opts[i].val;
-        }
-    }
-    return -1;
-}
 
 /* ---- files ---- */
 

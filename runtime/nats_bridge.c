@@ -54,7 +54,6 @@
 #include "log.h"
 #include "nats_auth.h"
 #include "nats_connect_probe.h"
-#include "scheduler.h"
 
 #define TAG "nats"
 #define SUB_PENDING_MSGS 65536
@@ -171,6 +170,9 @@ struct nats_bridge {
 
     void (*on_ready)(void *arg); /* see nats_bridge_on_ready */
     void *on_ready_arg;
+
+    nb_pause_fn pause; /* see nats_bridge_set_pause; NULL: never paused */
+    void *pause_udata;
 
     bool closing;
     void (*on_closed)(void *arg);
@@ -704,7 +706,7 @@ static void idle_cb(uv_idle_t *h)
 
 static bool intake_paused(nats_bridge *nb)
 {
-    return sched_inflight(nb->rt->sched) >= nb->rt->cfg.max_inflight;
+    return nb->pause && nb->pause(nb->pause_udata);
 }
 
 /* A drained subscription is done once nats.c says so and we took every message it holds. */
@@ -783,6 +785,12 @@ static void check_cb(uv_check_t *h)
 static void sub_async_cb(uv_async_t *a)
 {
     (void)a;
+}
+
+void nats_bridge_set_pause(nats_bridge *nb, nb_pause_fn fn, void *udata)
+{
+    nb->pause = fn;
+    nb->pause_udata = udata;
 }
 
 void nats_bridge_kick(nats_bridge *nb)

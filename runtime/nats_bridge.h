@@ -78,7 +78,12 @@ bool nats_bridge_misdirected(nats_bridge *nb, natsMsg *msg, bool want_request);
  * handlers, requests refused by subscribers. */
 void nats_bridge_counters(nats_bridge *nb, uint64_t *dropped, uint64_t *ignored_events,
                           uint64_t *ignored_requests);
-/* The intake paused because too many calls are in flight; call when one ends. */
+/* Asked at every loop turn whether to stop taking messages from the subscriptions for now (the
+ * runtime pauses while --max-inflight calls run); while it says true nothing is taken, and
+ * nats.c buffers (then drops, as a slow consumer). fn NULL: never paused. */
+typedef bool (*nb_pause_fn)(void *udata);
+void nats_bridge_set_pause(nats_bridge *nb, nb_pause_fn fn, void *udata);
+/* The intake may have been paused (see nats_bridge_set_pause); call when that may have ended. */
 void nats_bridge_kick(nats_bridge *nb);
 
 /* headers: NULL or a NULL-terminated list of name, value pairs. Returns NB_OK, NB_UNAVAILABLE

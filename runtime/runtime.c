@@ -20,6 +20,7 @@
 #include "lua_api.h"
 #include "nats_auth.h"
 #include "nats_bridge.h"
+#include "options.h"
 #include "pg_pool.h"
 #include "scheduler.h"
 #include "service_api.h"
@@ -30,48 +31,13 @@
 
 #define TAG "runtime"
 
+/* The defaults of the flags come from the options table (options.c); these fields have none. */
 void runtime_config_defaults(runtime_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
-    cfg->http_enabled = true;
-    snprintf(cfg->http_host, sizeof cfg->http_host, "127.0.0.1");
-    cfg->http_port = 5000;
-    snprintf(cfg->https_host, sizeof cfg->https_host, "127.0.0.1");
-    cfg->https_port = 5443;
-    const char *nats = getenv("NATS_URL");
-    cfg->nats_url = (nats && nats[0]) ? nats : "nats://127.0.0.1:4222";
-    nats_auth_from_env(&cfg->nats_auth);
-    const char *pg = getenv("DATABASE_URL");
-    cfg->postgres = (pg && pg[0]) ? pg : NULL;
-    cfg->frontend_dir = "./frontend";
+    options_defaults(cfg);
     cfg->services_dir = "./services";
-    cfg->postgres_pool = 4;
     cfg->postgres_wait = 30.0;
-    cfg->workers = 1;
-    cfg->body_limit = 1024 * 1024;
-    cfg->max_depth = 64;
-    cfg->call_timeout = 60.0;
-    cfg->drain_timeout = 10.0;
-    cfg->max_inflight = 32768;
-    cfg->max_conn_inflight = 100;
-    cfg->max_http_inflight = 10000;
-    cfg->max_call_timeout = 300.0;
-    cfg->max_lua_memory = (size_t)1024 * 1024 * 1024;
-    cfg->max_call_memory = SIZE_MAX;
-    cfg->max_sessions = 10000;
-    cfg->max_session_subs = 1000;
-    cfg->max_session_regs = 1000;
-    cfg->max_session_calls = 1000;
-    cfg->join_timeout = 10.0;
-    cfg->max_callee_pending = 1000;
-    cfg->session_idle_timeout = 300.0;
-    cfg->http_client_max = 64;
-    cfg->http_client_queue = 10000;
-    const char *auth_file = getenv("MICROSERVICE_AUTH");
-    cfg->auth_file = (auth_file && auth_file[0]) ? auth_file : NULL;
-    cfg->auth_max_failures = 10;
-    cfg->auth_failure_window = 60.0;
-    cfg->auth_signature_window = 60.0;
     cfg->watch = true;
 }
 
@@ -95,6 +61,13 @@ static void listen_when_ready(void *arg)
         log_error(TAG, "cannot listen: this worker stops");
         runtime_shutdown(rt);
     }
+}
+
+/* The bus pauses its intake while --max-inflight calls run (resumed by nats_bridge_kick). */
+static bool intake_full(void *arg)
+{
+    runtime *rt = arg;
+    return sched_inflight(rt->sched) >= rt->cfg.max_inflight;
 }
 
 /* Helpers shared by services live in DIR/lib (never loaded as services): first on package.path,
@@ -136,6 +109,7 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
     if (rt->L && cfg->max_call_memory != SIZE_MAX) rt->lua_mem.call_cap = cfg->max_call_memory;
     rt->sched = rt->L ? sched_new(rt) : NULL;
     rt->nats = rt->sched ? nats_bridge_new(rt) : NULL;
+    if (rt->nats) nats_bridge_set_pause(rt->nats, intake_full, rt);
     rt->services = rt->nats ? services_new(rt) : NULL;
     rt->httpc =
         rt->services ? http_client_new(rt, cfg->http_client_max, cfg->http_client_queue) : NULL;
@@ -257,6 +231,41 @@ void runtime_shutdown(runtime *rt)
     uv_timer_start(&rt->drain_timer, drain_tick, 0, 10);
 }
 
+/* What keeps uv_loop_close from closing, counted by type (as Neovim's log_uv_handles): says
+ * which subsystem left a handle. */
+typedef struct handle_census {
+    int total, count[UV_HANDLE_TYPE_MAX], active[UV_HANDLE_TYPE_MAX], closing[UV_HANDLE_TYPE_MAX];
+} handle_census;
+
+static void count_handle(uv_handle_t *h, void *arg)
+{
+    handle_census *c = arg;
+    uv_handle_type type = uv_handle_get_type(h);
+    if ((int)type < 0 || type >= UV_HANDLE_TYPE_MAX) type = UV_UNKNOWN_HANDLE;
+    c->total++;
+    c->count[type]++;
+    c->active[type] += uv_is_active(h) != 0;
+    c->closing[type] += uv_is_closing(h) != 0;
+}
+
+static void log_open_handles(uv_loop_t *loop)
+{
+    handle_census c = {0};
+    uv_walk(loop, count_handle, &c);
+    char list[1024] = "";
+    size_t used = 0;
+    for (int t = 0; t < UV_HANDLE_TYPE_MAX && used < sizeof list; t++) {
+        if (!c.count[t]) continue;
+        const char *name = uv_handle_type_name((uv_handle_type)t);
+        int n = snprintf(list + used, sizeof list - used, "%s%d %s (%d active, %d closing)",
+                         used ? ", " : "", c.count[t], name ? name : "unknown", c.active[t],
+                         c.closing[t]);
+        if (n < 0) break;
+        used += (size_t)n;
+    }
+    log_debug(TAG, "loop closed with %d handles still open: %s", c.total, list);
+}
+
 int runtime_run(runtime *rt)
 {
     uv_run(&rt->loop, UV_RUN_DEFAULT);
@@ -286,7 +295,7 @@ int runtime_run(runtime *rt)
     rt->auth = NULL;
     auth_limit_free(rt->auth_limit);
     rt->auth_limit = NULL;
-    if (uv_loop_close(&rt->loop) != 0) log_debug(TAG, "loop closed with handles still open");
+    if (uv_loop_close(&rt->loop) != 0) log_open_handles(&rt->loop);
     nats_Close();
     return rc;
 }

@@ -80,7 +80,14 @@ task *sched_current(lua_State *L, const char **err);
  * Lua error when L is not a task's main coroutine. */
 int sched_yield_op(lua_State *L, sched_op *op);
 /* Completion side. Returns the coroutine to push results on, or NULL when the op no longer owns
- * the task (it must then drop its results). */
+ * the task (it must then drop its results): the task was cancelled or expired, or waits on
+ * another op (the token check), even when the pooled task and coroutine serve another call now.
+ *
+ * A completion that fires before the yield (before sched_yield_op, or while the task is still
+ * running) gets NULL too and its results are lost: the task then waits on the op until its
+ * deadline or a cancel. So a completion always comes from a later loop callback, never from
+ * inside the C function that yields; an operation that can finish at once defers its completion
+ * to the loop (as sched_yield_turn does) or returns its result without yielding. */
 lua_State *sched_op_target(sched_op *op);
 /* Resumes op's task with nargs values pushed on sched_op_target(op). */
 void sched_op_resume(sched_op *op, int nargs);
