@@ -92,20 +92,6 @@ static int print_error_reply(natsMsg *reply)
 
 #define OPT_BASE 1000 /* getopt_long value of options[0] */
 
-/* --kw name=value into kwargs; -1 (said on stderr) when it is not name=value. */
-static int add_kw(json_t *kwargs, const char *kv)
-{
-    const char *eq = strchr(kv, '=');
-    if (!eq || eq == kv) {
-        fprintf(stderr, "microservice call: --kw wants name=value, got '%s'\n", kv);
-        return -1;
-    }
-    char name[256];
-    snprintf(name, sizeof name, "%.*s", (int)(eq - kv), kv);
-    json_object_set_new(kwargs, name, word_value(eq + 1));
-    return 0;
-}
-
 /* A row of the options table that `call` takes, named by a command-line word ("--nats"). */
 static const option_row *call_option(const char *word)
 {
