@@ -20,7 +20,8 @@ static void usage(FILE *out)
     fprintf(
         out,
         "usage: microservice [--http HOST:PORT|off] [--nats URL[,URL...]] [--postgres CONNINFO]\n"
-        "                    [--postgres-pool N] [--tls-cert FILE --tls-key FILE]\n"
+        "                    [--postgres-pool N] [--postgres-statements N]\n"
+        "                    [--tls-cert FILE --tls-key FILE]\n"
         "                    [--https HOST:PORT] [--http-redirect]\n"
         "                    [--frontend DIR] [--workers N] [--log-level LEVEL]\n"
         "                    [--call-timeout S] [--drain-timeout S] [--body-limit BYTES]\n"
@@ -48,6 +49,8 @@ static void usage(FILE *out)
         "  --postgres CONN    PostgreSQL conninfo or URL (default $DATABASE_URL); the migrations\n"
         "                     in SERVICES_DIR/migrations are applied at start-up\n"
         "  --postgres-pool N  database connections (default 4)\n"
+        "  --postgres-statements N  SQL texts each connection prepares and reuses (default\n"
+        "                     256; 0: every statement is parsed and planned each time)\n"
         "  --frontend DIR     static files served at / (default ./frontend)\n"
         "  --workers N|auto   worker processes sharing the port (default 1; auto: one per core)\n"
         "  --log-level L      debug, info, warn or error (default info)\n"
@@ -194,6 +197,7 @@ enum {
     OPT_NATS,
     OPT_POSTGRES,
     OPT_POSTGRES_POOL,
+    OPT_POSTGRES_STATEMENTS,
     OPT_FRONTEND,
     OPT_WORKERS,
     OPT_LOG_LEVEL,
@@ -234,6 +238,7 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         {"nats", required_argument, NULL, OPT_NATS},
         {"postgres", required_argument, NULL, OPT_POSTGRES},
         {"postgres-pool", required_argument, NULL, OPT_POSTGRES_POOL},
+        {"postgres-statements", required_argument, NULL, OPT_POSTGRES_STATEMENTS},
         {"frontend", required_argument, NULL, OPT_FRONTEND},
         {"workers", required_argument, NULL, OPT_WORKERS},
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
@@ -288,6 +293,10 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         case OPT_POSTGRES_POOL:
             if (parse_number(optarg, 1, 256, &v) != 0) goto bad_number;
             cfg->postgres_pool = (int)v;
+            break;
+        case OPT_POSTGRES_STATEMENTS:
+            if (parse_number(optarg, 0, 100000, &v) != 0) goto bad_number;
+            cfg->postgres_statements = (int)v;
             break;
         case OPT_FRONTEND:
             cfg->frontend_dir = optarg;

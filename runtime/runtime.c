@@ -45,6 +45,7 @@ void runtime_config_defaults(runtime_config *cfg)
     cfg->frontend_dir = "./frontend";
     cfg->services_dir = "./services";
     cfg->postgres_pool = 4;
+    cfg->postgres_statements = 256;
     cfg->postgres_wait = 30.0;
     cfg->workers = 1;
     cfg->body_limit = 1024 * 1024;
@@ -148,7 +149,8 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
         char dir[4096];
         snprintf(dir, sizeof dir, "%s/migrations", cfg->services_dir);
         if (pg_migrate(cfg->postgres, dir, cfg->postgres_wait) != 0) return -1;
-        rt->pg = pg_pool_new(rt, cfg->postgres, cfg->postgres_pool, 10000);
+        rt->pg =
+            pg_pool_new(rt, cfg->postgres, cfg->postgres_pool, 10000, cfg->postgres_statements);
         if (!rt->pg) return -1;
         pg_pool_start(rt->pg);
     }
