@@ -413,16 +413,20 @@ static void send_rollback(pg_conn *c)
 }
 
 /* "cached plan must not change result type" (DDL changed what the statement returns) or
- * "prepared statement ... does not exist" (the session ran DEALLOCATE or DISCARD): the server
- * refused a cached statement for being cached. */
-static bool stale_statement(const PGresult *res, bool *exists)
+ * "prepared statement "<its name>" does not exist" (the session ran DEALLOCATE or DISCARD): the
+ * server refused cached statement number id for being cached. */
+static bool stale_statement(const PGresult *res, unsigned id, bool *exists)
 {
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    if (!state) return false;
+    const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    if (!state || !msg) return false;
     *exists = strcmp(state, "26000") != 0;
-    if (!*exists) return true;
-    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-    return strcmp(state, "0A000") == 0 && msg && strstr(msg, "cached plan must not change");
+    if (!*exists) {
+        char quoted[40];
+        snprintf(quoted, sizeof quoted, "\"" PG_STMT_NAME "\"", id);
+        return strstr(msg, quoted) != NULL;
+    }
+    return strcmp(state, "0A000") == 0 && strstr(msg, "cached plan must not change");
 }
 
 /* Records what the server said of the job's named statement. Returns true when the job was
@@ -432,19 +436,21 @@ static bool statement_settle(pg_conn *c, pg_job *j, bool ok, PGresult *res)
 {
     pg_stmt *st = j->stmt;
     j->stmt = NULL;
-    if (!st || !st->sql || st->id != j->stmt_id) return false; /* forgotten meanwhile */
+    if (!st) return false;
+    /* an earlier statement may have found it stale and freed its slot (even for another) */
+    bool current = st->sql && st->id == j->stmt_id;
     if (j->prepares) {
-        if (j->prepare_answered && j->prepare_ok)
+        if (current && j->prepare_answered && j->prepare_ok)
             st->state = STMT_READY;
-        else
+        else if (current)
             pg_stmts_forget(&c->stmts, st); /* not on the server */
         return false;
     }
-    bool exists;
-    if (ok || !stale_statement(res, &exists)) return false;
-    if (exists)
+    bool exists = true;
+    if (ok || !stale_statement(res, j->stmt_id, &exists)) return false;
+    if (current && exists)
         st->state = STMT_DEAD; /* keeps its slot: the server still holds it */
-    else
+    else if (current)
         pg_stmts_forget(&c->stmts, st);
     if (j->abandoned) return false;
     log_debug(TAG, "connection %d: a cached statement went stale; running it again unnamed",

@@ -1,7 +1,9 @@
 /* pg_stmts.c: owns one connection's cache of prepared statements: SQL text -> statement name,
  * with the state of its Parse. A fixed array of cap slots (allocated once, so entry pointers held
  * by statements in flight stay valid); lookups compare a hash first. No eviction: libpq 15 has no
- * asynchronous Close of a statement, so once the slots are taken further SQL texts run unnamed. */
+ * asynchronous Close of a statement, so once the slots are taken further SQL texts run unnamed. A
+ * statement made stale by DDL stays on the server, so its slot stays taken (STMT_DEAD) until the
+ * connection is replaced. */
 #include "pg_stmts.h"
 
 #include <stdio.h>
@@ -27,10 +29,11 @@ pg_stmt *pg_stmts_find(pg_stmts *s, const char *sql)
 {
     if (s->n == 0) return NULL;
     uint64_t h = sql_hash(sql);
-    for (int i = 0; i < s->cap; i++) {
+    for (int i = 0, seen = 0; i < s->cap && seen < s->n; i++) {
         pg_stmt *st = &s->slots[i];
-        if (st->sql && st->state != STMT_DEAD && st->hash == h && strcmp(st->sql, sql) == 0)
-            return st;
+        if (!st->sql) continue;
+        seen++;
+        if (st->state != STMT_DEAD && st->hash == h && strcmp(st->sql, sql) == 0) return st;
     }
     return NULL;
 }
@@ -46,7 +49,7 @@ pg_stmt *pg_stmts_add(pg_stmts *s, const char *sql)
     st->hash = sql_hash(sql);
     st->state = STMT_PREPARING;
     st->id = s->next_id++;
-    snprintf(st->name, sizeof st->name, "microservice_%u", st->id);
+    snprintf(st->name, sizeof st->name, PG_STMT_NAME, st->id);
     s->n++;
     return st;
 }

@@ -12,6 +12,8 @@ enum pg_stmt_state {
     STMT_DEAD,      /* on the server but unusable (its result type changed): keeps its slot */
 };
 
+#define PG_STMT_NAME "microservice_%u" /* a statement's name on the server, from its id */
+
 typedef struct pg_stmt {
     uint64_t hash;
     char *sql;

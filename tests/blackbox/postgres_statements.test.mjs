@@ -87,6 +87,10 @@ h.test('DDL that changes a cached statement\'s result type: the next run answers
   await pg.psql("ALTER TABLE stmt_t ADD COLUMN b text DEFAULT 'x'");
   assert.deepEqual(await run(rt, sql), [{ a: 1, b: 'x' }], 'no "cached plan must not change result type"');
   assert.deepEqual(await run(rt, sql), [{ a: 1, b: 'x' }]);
+  // again, with many in flight on the connection when the first one learns it is stale
+  await pg.psql("ALTER TABLE stmt_t ADD COLUMN c int DEFAULT 3");
+  const all = await Promise.all(Array.from({ length: 20 }, () => run(rt, sql)));
+  for (const rows of all) assert.deepEqual(rows, [{ a: 1, b: 'x', c: 3 }]);
 });
 
 h.test('DEALLOCATE ALL by a service: cached statements are prepared again', async () => {
@@ -97,6 +101,12 @@ h.test('DEALLOCATE ALL by a service: cached statements are prepared again', asyn
   assert.deepEqual(await run(rt, sql, ['c']), [{ s: 'c' }], 'no "prepared statement does not exist"');
   assert.deepEqual(await run(rt, sql, ['d']), [{ s: 'd' }]);
   assert.equal(await preparedCount(rt, sql), 1);
+  // again, with many in flight on the connection when the first one learns it is gone
+  await run(rt, 'DEALLOCATE ALL');
+  const all = await Promise.all(Array.from({ length: 20 }, (_, i) => run(rt, sql, [`p${i}`])));
+  all.forEach((rows, i) => assert.deepEqual(rows, [{ s: `p${i}` }]));
+  // a service's own EXECUTE of a statement that does not exist is its error, not a stale one
+  await assert.rejects(run(rt, 'EXECUTE no_such_statement'), (e) => e.sqlstate === '26000');
 });
 
 h.test('statements of a transaction stay unnamed', async () => {
