@@ -133,20 +133,36 @@ static void push_value(lua_State *L, const PGresult *r, int row, int col, int ma
     }
 }
 
-/* Pushes rows (an array of tables keyed by column name) and the affected-row count. */
+/* Pushes rows (an array of tables keyed by column name) and the affected-row count. The column
+ * names are made Lua strings once, on the stack below the rows, not once per row (PostgreSQL's
+ * 1,664 columns at most fit LuaJIT's stack; if it cannot grow, names are made per row). */
 static void push_result(lua_State *L, const PGresult *r, int max_depth)
 {
     int nrows = PQntuples(r), ncols = PQnfields(r);
+    bool once = ncols > 0 && lua_checkstack(L, ncols + 8);
+    int names = lua_gettop(L) + 1;
+    for (int c = 0; once && c < ncols; c++)
+        lua_pushstring(L, PQfname(r, c));
     lua_createtable(L, nrows, 0);
     luaL_getmetatable(L, CODEC_ARRAY_MT);
     lua_setmetatable(L, -2);
     for (int i = 0; i < nrows; i++) {
         lua_createtable(L, 0, ncols);
         for (int c = 0; c < ncols; c++) {
+            if (!once) {
+                push_value(L, r, i, c, max_depth);
+                lua_setfield(L, -2, PQfname(r, c));
+                continue;
+            }
+            lua_pushvalue(L, names + c);
             push_value(L, r, i, c, max_depth);
-            lua_setfield(L, -2, PQfname(r, c));
+            lua_rawset(L, -3);
         }
         lua_rawseti(L, -2, i + 1);
+    }
+    if (once) { /* the rows take the first name's slot; the other names go */
+        lua_replace(L, names);
+        lua_settop(L, names);
     }
     const char *affected = PQcmdTuples((PGresult *)r);
     lua_pushnumber(L, affected[0] ? strtod(affected, NULL) : nrows);
@@ -197,36 +213,52 @@ static void op_cancel(sched_op *op)
     free(o);
 }
 
+/* Pushes (false, wamp.error.unavailable with message); returns 2. */
+static int push_unavailable(lua_State *L, const char *message)
+{
+    lua_pushboolean(L, 0);
+    lua_api_push_error(L, URI_UNAVAILABLE, message);
+    return 2;
+}
+
+/* The one start of both completion handlers: marks o answered and returns the coroutine to
+ * resume, or NULL when the pool answered before the task could yield (a failure, or a free
+ * connection): the yielding side then reads o itself, and why is kept for it. */
+static lua_State *op_answered(pg_op *o, const char *why)
+{
+    o->job = NULL;
+    o->done = true;
+    lua_State *co = sched_op_target(&o->base);
+    if (!co)
+        snprintf(o->message, sizeof o->message, "%s", why ? why : "the database is unavailable");
+    return co;
+}
+
+/* The one end: resumes the task with the n values pushed on its coroutine; o is gone after. */
+static void op_resume(pg_op *o, int n)
+{
+    sched_op_resume(&o->base, n);
+    free(o);
+}
+
 /* Resumes with (true, rows, count) or (false, error). */
 static void query_done(void *udata, enum pg_status st, PGresult *res, const char *message)
 {
     pg_op *o = udata;
-    o->job = NULL;
-    o->done = true;
-    lua_State *co = sched_op_target(&o->base);
-    if (!co) { /* finished synchronously: the yielding side reads the result itself */
-        const char *why = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : message;
-        snprintf(o->message, sizeof o->message, "%s", why ? why : "the database is unavailable");
-        if (res) PQclear(res);
-        return;
-    }
-    int n;
-    if (st == PG_OK) {
+    lua_State *co =
+        op_answered(o, res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : message);
+    if (co && st == PG_OK) {
         lua_pushboolean(co, 1);
         push_result(co, res, o->rt->cfg.max_depth);
-        n = 3;
-    } else if (st == PG_SQL_ERROR) {
+        op_resume(o, 3);
+    } else if (co && st == PG_SQL_ERROR) {
         lua_pushboolean(co, 0);
         push_sql_error(co, res, message);
-        n = 2;
-    } else {
-        lua_pushboolean(co, 0);
-        lua_api_push_error(co, URI_UNAVAILABLE, message);
-        n = 2;
+        op_resume(o, 2);
+    } else if (co) {
+        op_resume(o, push_unavailable(co, message));
     }
     if (res) PQclear(res);
-    sched_op_resume(&o->base, n);
-    free(o);
 }
 
 static pg_pool *pool_of(lua_State *L, runtime **rtp)
@@ -234,13 +266,6 @@ static pg_pool *pool_of(lua_State *L, runtime **rtp)
     runtime *rt = lua_api_runtime(L);
     *rtp = rt;
     return rt->pg;
-}
-
-static int unavailable(lua_State *L, const char *message)
-{
-    lua_pushboolean(L, 0);
-    lua_api_push_error(L, URI_UNAVAILABLE, message);
-    return 2;
 }
 
 /* Replaces the argument at idx with its parameter text (a string), or nil for SQL NULL: nil and
@@ -290,8 +315,7 @@ static void param_to_text(lua_State *L, int idx, runtime *rt)
 static int yield_unless_done(lua_State *L, pg_op *o)
 {
     if (o->done) {
-        lua_pushboolean(L, 0);
-        lua_api_push_error(L, URI_UNAVAILABLE, o->message);
+        push_unavailable(L, o->message);
         free(o);
         return 2;
     }
@@ -307,7 +331,7 @@ static int core_pg_query(lua_State *L)
     const char *sql = luaL_checkstring(L, 2);
     const char *err;
     if (!sched_current(L, &err)) return luaL_error(L, "%s", err);
-    if (!p) return unavailable(L, "no database is configured (--postgres or DATABASE_URL)");
+    if (!p) return push_unavailable(L, "no database is configured (--postgres or DATABASE_URL)");
     int nparams = lua_gettop(L) - 2;
     if (nparams > MAX_PARAMS) return luaL_error(L, "too many parameters (%d)", nparams);
     for (int i = 0; i < nparams; i++)
@@ -344,25 +368,19 @@ static void release_on_task_end(void *arg)
 static void reserve_done(void *udata, enum pg_status st, pg_conn *conn, const char *message)
 {
     pg_op *o = udata;
-    o->job = NULL;
-    o->done = true;
-    lua_State *co = sched_op_target(&o->base);
-    if (!co) { /* answered before the task yielded (a free connection, or a failure) */
+    lua_State *co = op_answered(o, message ? message : "unavailable");
+    if (!co) {
         o->conn = conn;
-        snprintf(o->message, sizeof o->message, "%s", message ? message : "unavailable");
         return;
     }
-    if (st == PG_OK) {
-        sched_set_finalizer(o->base.task, release_on_task_end, conn);
-        lua_pushboolean(co, 1);
-        lua_pushlightuserdata(co, conn);
-        sched_op_resume(&o->base, 2);
-    } else {
-        lua_pushboolean(co, 0);
-        lua_api_push_error(co, URI_UNAVAILABLE, message);
-        sched_op_resume(&o->base, 2);
+    if (st != PG_OK) {
+        op_resume(o, push_unavailable(co, message));
+        return;
     }
-    free(o);
+    sched_set_finalizer(o->base.task, release_on_task_end, conn);
+    lua_pushboolean(co, 1);
+    lua_pushlightuserdata(co, conn);
+    op_resume(o, 2);
 }
 
 /* pg_reserve() -> true, conn | false, err (the caller then sends BEGIN on conn) */
@@ -372,7 +390,7 @@ static int core_pg_reserve(lua_State *L)
     pg_pool *p = pool_of(L, &rt);
     const char *err;
     if (!sched_current(L, &err)) return luaL_error(L, "%s", err);
-    if (!p) return unavailable(L, "no database is configured (--postgres or DATABASE_URL)");
+    if (!p) return push_unavailable(L, "no database is configured (--postgres or DATABASE_URL)");
     pg_op *o = calloc(1, sizeof *o);
     if (!o) return luaL_error(L, "out of memory");
     o->base.cancel = op_cancel;

@@ -133,6 +133,10 @@ const option_row options[] = {
     {.name = "postgres-pool", .kind = OPTION_INT, .offset = FIELD(postgres_pool), .min = 1,
      .max = 256, .def = 4, .arg = "N", .flags = OPTION_RUNTIME,
      .help = "database connections (default 4)"},
+    {.name = "postgres-statements", .kind = OPTION_INT, .offset = FIELD(postgres_statements),
+     .min = 0, .max = 100000, .def = 256, .arg = "N", .flags = OPTION_RUNTIME,
+     .help = "SQL texts each connection prepares and reuses (default 256;\n"
+             "0: every statement is parsed and planned each time)"},
     {.name = "frontend", .kind = OPTION_STRING, .offset = FIELD(frontend_dir),
      .def_str = "./frontend", .arg = "DIR", .flags = OPTION_RUNTIME,
      .help = "static files served at / (default ./frontend)"},

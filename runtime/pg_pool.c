@@ -7,7 +7,13 @@
  * the socket between steps, so the handle follows PQsocket). A query is PQsendQueryParams +
  * PQflush, then PQconsumeInput / PQgetResult as the socket becomes readable. A connection that
  * breaks fails its query with PG_UNAVAILABLE and is replaced; while no connection is up and the
- * last attempt failed, new queries fail at once instead of waiting. */
+ * last attempt failed, new queries fail at once instead of waiting.
+ *
+ * Statements on shared connections are prepared by name the first time a connection sees their
+ * SQL text (pg_stmts.c), Parse and Bind/Execute in the same sync segment, and from then on run as
+ * Bind/Execute only: the server skips parsing and planning. Statements of a reservation (a
+ * transaction) stay unnamed, so a cached statement that goes stale (its result type changed by
+ * DDL) can be retried unnamed without touching anyone's transaction. */
 #include "pg_pool.h"
 
 #include <dirent.h>
@@ -17,6 +23,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "pg_stmts.h"
 
 #define TAG "postgres"
 #define RETRY_MIN_MS 100
@@ -37,6 +44,12 @@ struct pg_job {
     bool abandoned;
     bool internal_rollback; /* sent by the pool for an abandoned reservation */
     char *sql;
+    pg_stmt *stmt;         /* the named statement it runs, or NULL: unnamed */
+    unsigned stmt_id;      /* stmt's id when sent (its slot may be reused by then) */
+    bool prepares;         /* it sent the Parse of stmt */
+    bool prepare_answered; /* the answer to that Parse has come */
+    bool prepare_ok;       /* and it was a success */
+    bool unnamed;          /* never prepare (a retry after a stale statement) */
     int nparams;
     char **values;
     int *lengths;
@@ -56,12 +69,14 @@ struct pg_conn {
     PGconn *pg;
     uv_poll_t *poll; /* allocated: closed asynchronously, freed in its close callback */
     int fd;
+    int events; /* what poll watches: uv_poll_start costs two epoll_ctl calls, so only changes */
     enum conn_state state;
     bool reserved;
     bool rollback_on_idle; /* reservation abandoned mid-statement */
     bool held_for_reserve; /* takes no new statements until it is empty, then is reserved */
     job_fifo sent;         /* statements sent and not yet answered, in pipeline order */
     PGresult *result;      /* the answer to sent.head so far */
+    pg_stmts stmts;        /* its prepared statements */
     uv_timer_t retry;
     int retry_ms;
 };
@@ -71,6 +86,7 @@ struct pg_pool {
     char *conninfo;
     int size;
     int queue_limit;
+    int statements; /* prepared statements per connection at most */
     pg_conn *conns;
     job_fifo queue; /* waiting for a connection */
     int up;         /* connections IDLE or BUSY */
@@ -153,6 +169,14 @@ static void fifo_push(job_fifo *q, pg_job *j)
     q->n++;
 }
 
+static void fifo_push_front(job_fifo *q, pg_job *j)
+{
+    j->next = q->head;
+    q->head = j;
+    if (!q->tail) q->tail = j;
+    q->n++;
+}
+
 static pg_job *fifo_pop(job_fifo *q)
 {
     pg_job *j = q->head;
@@ -201,6 +225,7 @@ static void poll_close(pg_conn *c)
     uv_close((uv_handle_t *)c->poll, poll_free_cb);
     c->poll = NULL;
     c->fd = -1;
+    c->events = 0;
 }
 
 /* Watches the connection's current socket for events. */
@@ -219,7 +244,10 @@ static int poll_watch(pg_conn *c, int events)
         c->poll->data = c;
         c->fd = fd;
     }
-    return uv_poll_start(c->poll, events, on_poll);
+    if (c->events == events) return 0;
+    int rc = uv_poll_start(c->poll, events, on_poll);
+    c->events = rc == 0 ? events : 0;
+    return rc;
 }
 
 /* ---- connection life ---- */
@@ -255,6 +283,7 @@ static void conn_down(pg_conn *c, const char *reason)
         job_finish(j, PG_UNAVAILABLE, NULL, "the database connection was lost", NULL);
         j = next;
     }
+    pg_stmts_clear(&c->stmts); /* the server's statements went with the connection */
     if (p->closing) return;
     if (!was_up) p->last_attempt_failed = true;
     if (p->up == 0 && p->last_attempt_failed) fail_queue(p, "the database is unavailable");
@@ -322,12 +351,39 @@ static void conn_connect(pg_conn *c)
 
 /* ---- statements ---- */
 
+/* Queues the statement's messages: Bind/Execute of its prepared statement, or Parse (named) and
+ * Bind/Execute the first time this connection sees its SQL, or an unnamed statement (in a
+ * reservation, when the cache is full, or while another statement's Parse of the same SQL is
+ * still unanswered). */
+static int send_statement(pg_conn *c, pg_job *j)
+{
+    const char *const *values = (const char *const *)j->values;
+    pg_stmt *st = NULL;
+    if (!c->reserved && !j->unnamed && j->sql) {
+        st = pg_stmts_find(&c->stmts, j->sql);
+        if (!st && (st = pg_stmts_add(&c->stmts, j->sql))) {
+            if (!PQsendPrepare(c->pg, st->name, j->sql, 0, NULL)) {
+                pg_stmts_forget(&c->stmts, st);
+                return 0;
+            }
+            j->prepares = true;
+        } else if (st && st->state != STMT_READY) {
+            st = NULL;
+        }
+    }
+    j->stmt = st;
+    j->stmt_id = st ? st->id : 0;
+    if (!st)
+        return PQsendQueryParams(c->pg, j->sql, j->nparams, NULL, values, j->lengths, j->formats,
+                                 0);
+    return PQsendQueryPrepared(c->pg, st->name, j->nparams, values, j->lengths, j->formats, 0);
+}
+
 /* Sends a statement and its sync point; the answer comes back in order (see read_results). */
 static void send_job(pg_conn *c, pg_job *j)
 {
-    if (!PQsendQueryParams(c->pg, j->sql, j->nparams, NULL, (const char *const *)j->values,
-                           j->lengths, j->formats, 0) ||
-        !PQpipelineSync(c->pg)) {
+    if (!send_statement(c, j) || !PQpipelineSync(c->pg)) {
+        if (j->prepares) pg_stmts_forget(&c->stmts, j->stmt);
         if (PQstatus(c->pg) == CONNECTION_BAD) {
             job_finish(j, PG_UNAVAILABLE, NULL, "the database connection was lost", NULL);
             conn_down(c, PQerrorMessage(c->pg));
@@ -356,6 +412,55 @@ static void send_rollback(pg_conn *c)
     send_job(c, rb);
 }
 
+/* "cached plan must not change result type" (DDL changed what the statement returns) or
+ * "prepared statement "<its name>" does not exist" (the session ran DEALLOCATE or DISCARD): the
+ * server refused cached statement number id for being cached. */
+static bool stale_statement(const PGresult *res, unsigned id, bool *exists)
+{
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    if (!state || !msg) return false;
+    *exists = strcmp(state, "26000") != 0;
+    if (!*exists) {
+        char quoted[40];
+        snprintf(quoted, sizeof quoted, "\"" PG_STMT_NAME "\"", id);
+        return strstr(msg, quoted) != NULL;
+    }
+    return strcmp(state, "0A000") == 0 && strstr(msg, "cached plan must not change");
+}
+
+/* Records what the server said of the job's named statement. Returns true when the job was
+ * refused for running a stale cached statement and goes back to the queue to run unnamed (it
+ * ran on a shared connection, in its own implicit transaction, which the error rolled back). */
+static bool statement_settle(pg_conn *c, pg_job *j, bool ok, PGresult *res)
+{
+    pg_stmt *st = j->stmt;
+    j->stmt = NULL;
+    if (!st) return false;
+    /* an earlier statement may have found it stale and freed its slot (even for another) */
+    bool current = st->sql && st->id == j->stmt_id;
+    if (j->prepares) {
+        if (current && j->prepare_answered && j->prepare_ok)
+            st->state = STMT_READY;
+        else if (current)
+            pg_stmts_forget(&c->stmts, st); /* not on the server */
+        return false;
+    }
+    bool exists = true;
+    if (ok || !stale_statement(res, j->stmt_id, &exists)) return false;
+    if (current && exists)
+        st->state = STMT_DEAD; /* keeps its slot: the server still holds it */
+    else if (current)
+        pg_stmts_forget(&c->stmts, st);
+    if (j->abandoned) return false;
+    log_debug(TAG, "connection %d: a cached statement went stale; running it again unnamed",
+              c->index);
+    j->unnamed = true;
+    j->conn = NULL;
+    fifo_push_front(&c->pool->queue, j);
+    return true;
+}
+
 /* The sync point of the oldest statement arrived: it is answered. */
 static void statement_done(pg_conn *c)
 {
@@ -366,6 +471,11 @@ static void statement_done(pg_conn *c)
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     bool ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || st == PGRES_EMPTY_QUERY;
     bool was_rollback = j->internal_rollback;
+    if (statement_settle(c, j, ok, res)) {
+        if (res) PQclear(res);
+        dispatch(c->pool);
+        return;
+    }
     job_finish(j, ok ? PG_OK : PG_SQL_ERROR, res, res ? NULL : "no result", NULL);
     if (c->state != C_IDLE) return; /* more in flight, or the callback sent the next one */
     if (c->rollback_on_idle) {
@@ -418,6 +528,15 @@ static void read_results(pg_conn *c)
             PQclear(r);
             statement_done(c);
             continue;
+        }
+        pg_job *head = c->sent.head;
+        if (head->prepares && !head->prepare_answered) { /* the answer to its Parse */
+            head->prepare_answered = true;
+            head->prepare_ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+            if (head->prepare_ok) {
+                PQclear(r);
+                continue;
+            }
         }
         keep_result(c, r);
     }
@@ -505,13 +624,14 @@ static void dispatch(pg_pool *p)
 
 /* ---- public ---- */
 
-pg_pool *pg_pool_new(runtime *rt, const char *conninfo, int size, int queue_limit)
+pg_pool *pg_pool_new(runtime *rt, const char *conninfo, int size, int queue_limit, int statements)
 {
     pg_pool *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->rt = rt;
     p->size = size > 0 ? size : 4;
     p->queue_limit = queue_limit > 0 ? queue_limit : 10000;
+    p->statements = statements > 0 ? statements : 0;
     p->conninfo = strdup(conninfo);
     p->conns = calloc((size_t)p->size, sizeof *p->conns);
     if (!p->conninfo || !p->conns) {
@@ -525,6 +645,7 @@ pg_pool *pg_pool_new(runtime *rt, const char *conninfo, int size, int queue_limi
         c->pool = p;
         c->index = i;
         c->fd = -1;
+        pg_stmts_init(&c->stmts, p->statements);
         uv_timer_init(&rt->loop, &c->retry);
         c->retry.data = c;
     }
@@ -665,6 +786,8 @@ void pg_pool_close(pg_pool *p, void (*on_closed)(void *arg), void *arg)
 void pg_pool_free(pg_pool *p)
 {
     if (!p) return;
+    for (int i = 0; i < p->size; i++)
+        pg_stmts_free(&p->conns[i].stmts);
     free(p->conns);
     free(p->conninfo);
     free(p);

@@ -27,7 +27,9 @@ typedef void (*pg_result_fn)(void *udata, enum pg_status status, PGresult *resul
 typedef void (*pg_reserve_fn)(void *udata, enum pg_status status, pg_conn *conn,
                               const char *message);
 
-pg_pool *pg_pool_new(runtime *rt, const char *conninfo, int size, int queue_limit);
+/* statements: how many SQL texts each connection prepares at most (0: none, every statement is
+ * parsed and planned each time). */
+pg_pool *pg_pool_new(runtime *rt, const char *conninfo, int size, int queue_limit, int statements);
 /* Starts connecting every connection (asynchronously); failures are retried with backoff. */
 void pg_pool_start(pg_pool *p);
 /* "off" (no database), "connecting", "connected", "down". */

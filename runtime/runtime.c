@@ -124,7 +124,8 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
         char dir[4096];
         snprintf(dir, sizeof dir, "%s/migrations", cfg->services_dir);
         if (pg_migrate(cfg->postgres, dir, cfg->postgres_wait) != 0) return -1;
-        rt->pg = pg_pool_new(rt, cfg->postgres, cfg->postgres_pool, 10000);
+        rt->pg =
+            pg_pool_new(rt, cfg->postgres, cfg->postgres_pool, 10000, cfg->postgres_statements);
         if (!rt->pg) return -1;
         pg_pool_start(rt->pg);
     }

@@ -32,9 +32,10 @@ typedef struct runtime_config {
     bool http_redirect;   /* the plain listener answers 308 to https (except /healthz) */
     const char *nats_url; /* one URL or a comma-separated list; NULL: no bus (offline) */
     nats_auth_config nats_auth;
-    const char *postgres; /* NULL: no database */
-    int postgres_pool;    /* connections */
-    double postgres_wait; /* seconds to wait for the database at start-up (migrations) */
+    const char *postgres;    /* NULL: no database */
+    int postgres_pool;       /* connections */
+    int postgres_statements; /* prepared statements per connection (0: none) */
+    double postgres_wait;    /* seconds to wait for the database at start-up (migrations) */
     const char *frontend_dir;
     const char *services_dir;
     /* `microservice test --nats`: RPCs served on PREFIX<procedure> only (NULL: as named) */
