@@ -31,6 +31,7 @@ static void usage(FILE *out)
         "                    [--max-callee-pending N] [--session-idle-timeout S]\n"
         "                    [--max-http-inflight N] [--max-call-timeout S]\n"
         "                    [--http-client-max N] [--http-client-queue N]\n"
+        "                    [--prefer-local on|off]\n"
         "                    [--nats-user U --nats-password P] [--nats-token T] [--nats-nkey "
         "FILE]\n"
         "                    [--nats-creds FILE] [--nats-tls] [--nats-ca FILE]\n"
@@ -75,6 +76,9 @@ static void usage(FILE *out)
         "                     (default 64)\n"
         "  --http-client-queue N  more outbound HTTP requests that wait for one of them, in order\n"
         "                     (default 10000); beyond, a request fails at once (unavailable)\n"
+        "  --prefer-local on|off  a call of an RPC that a Lua service of this process serves\n"
+        "                     runs in-process, not over NATS (default on, or\n"
+        "                     $MICROSERVICE_PREFER_LOCAL); see docs/local-dispatch.md\n"
         "  --max-session-calls N  calls in flight per WAMP session (default 1000)\n"
         "  --join-timeout S   seconds a WebSocket may take to HELLO and authenticate (default 10)\n"
         "  --max-callee-pending N  invocations waiting for one WAMP callee; more are refused\n"
@@ -224,6 +228,7 @@ enum {
     OPT_MAX_CALL_TIMEOUT,
     OPT_HTTP_CLIENT_MAX,
     OPT_HTTP_CLIENT_QUEUE,
+    OPT_PREFER_LOCAL,
     OPT_NATS_AUTH, /* NATS_AUTH_NOPTS ids from here */
 };
 
@@ -264,6 +269,7 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         {"max-call-timeout", required_argument, NULL, OPT_MAX_CALL_TIMEOUT},
         {"http-client-max", required_argument, NULL, OPT_HTTP_CLIENT_MAX},
         {"http-client-queue", required_argument, NULL, OPT_HTTP_CLIENT_QUEUE},
+        {"prefer-local", required_argument, NULL, OPT_PREFER_LOCAL},
         NATS_AUTH_LONG_OPTIONS(OPT_NATS_AUTH),
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -416,6 +422,13 @@ static int parse_args(int argc, char **argv, runtime_config *cfg)
         case OPT_HTTP_CLIENT_QUEUE:
             if (parse_number(optarg, 0, 1 << 20, &v) != 0) goto bad_number;
             cfg->http_client_queue = (int)v;
+            break;
+        case OPT_PREFER_LOCAL:
+            if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
+                fprintf(stderr, "microservice: --prefer-local wants on or off, got '%s'\n", optarg);
+                return -1;
+            }
+            cfg->prefer_local = strcmp(optarg, "on") == 0;
             break;
         case 'h':
             usage(stdout);

@@ -15,6 +15,7 @@
 #include "auth_limit.h"
 #include "http_client.h"
 #include "http_gateway.h"
+#include "local_dispatch.h"
 #include "log.h"
 #include "lua_api.h"
 #include "nats_auth.h"
@@ -72,6 +73,8 @@ void runtime_config_defaults(runtime_config *cfg)
     cfg->auth_failure_window = 60.0;
     cfg->auth_signature_window = 60.0;
     cfg->watch = true;
+    const char *prefer_local = getenv("MICROSERVICE_PREFER_LOCAL");
+    cfg->prefer_local = !(prefer_local && strcmp(prefer_local, "off") == 0);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -139,7 +142,8 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
     rt->httpc =
         rt->services ? http_client_new(rt, cfg->http_client_max, cfg->http_client_queue) : NULL;
     rt->timers = rt->httpc ? timers_new(rt, 10000) : NULL;
-    if (!rt->timers) {
+    rt->local = rt->timers ? local_dispatch_new(rt) : NULL;
+    if (!rt->local) {
         log_error(TAG, "out of memory at start-up");
         return -1;
     }
@@ -197,6 +201,8 @@ static void http_closed(void *arg)
     rt->finished = true;
     http_client_close(rt->httpc); /* frees itself once its handles are closed */
     rt->httpc = NULL;
+    local_dispatch_close(rt->local); /* the same */
+    rt->local = NULL;
     uv_close((uv_handle_t *)&rt->sigint, handle_closed);
     uv_close((uv_handle_t *)&rt->sigterm, handle_closed);
     uv_close((uv_handle_t *)&rt->drain_timer, handle_closed);
@@ -274,6 +280,8 @@ int runtime_run(runtime *rt)
     rt->L = NULL;
     nats_bridge_free(rt->nats);
     rt->nats = NULL;
+    local_dispatch_close(rt->local); /* when the loop ended without the shutdown path */
+    rt->local = NULL;
     uv_run(&rt->loop, UV_RUN_NOWAIT); /* close callbacks of what was just freed */
     pg_pool_free(rt->pg);
     rt->pg = NULL;

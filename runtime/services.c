@@ -74,8 +74,29 @@ typedef struct call_ctx {
     char authid[AUTH_ID_MAX]; /* the caller, when a trusted gateway signed it; "" otherwise */
     char authrole[AUTH_ROLE_MAX];
     size_t args_held; /* the share of the Lua memory for large arguments it holds (lua_memory.c) */
-    char reply[];     /* reply subject, "" when the message had none */
+    services_reply_fn reply_fn; /* an in-process call's reply (local_dispatch.c), or NULL */
+    void *reply_udata;
+    char reply[]; /* reply subject, "" when the message had none */
 } call_ctx;
+
+/* Where a reply goes: a NATS reply subject ("" or NULL: nowhere) or, for an in-process call, a
+ * function. Both paths build the same bytes and headers, so their semantics cannot drift. */
+typedef struct reply_to {
+    const char *subject;
+    services_reply_fn fn;
+    void *udata;
+} reply_to;
+
+static reply_to ctx_reply_to(const call_ctx *c)
+{
+    reply_to to = {c->reply, c->reply_fn, c->reply_udata};
+    return to;
+}
+
+static bool has_reply(const reply_to *to)
+{
+    return to->fn || (to->subject && to->subject[0]);
+}
 
 #define LOAD_MESSAGES_MAX 16
 
@@ -98,6 +119,15 @@ struct services {
 };
 
 static void rpc_release(struct services *s, rpc_entry *e);
+
+static void deliver(struct services *s, const reply_to *to, const char *data, size_t len,
+                    const char *const *headers)
+{
+    if (to->fn)
+        to->fn(to->udata, NB_OK, data, len, headers);
+    else if (to->subject && to->subject[0])
+        nats_bridge_publish(s->rt->nats, to->subject, NULL, data, len, headers);
+}
 
 /* What a script's table says about its service, for the NATS service API. */
 typedef struct service_meta {
@@ -252,7 +282,7 @@ int services_rpc_count(struct services *s)
 
 /* ---- replies ---- */
 
-static void reply_error(struct services *s, const char *reply, const char *uri, const char *msg,
+static void reply_error(struct services *s, const reply_to *to, const char *uri, const char *msg,
                         int code)
 {
     codec_buf *buf = services_scratch(s);
@@ -261,11 +291,11 @@ static void reply_error(struct services *s, const char *reply, const char *uri, 
     rpc_error_header_text(line, sizeof line, msg);
     snprintf(codetext, sizeof codetext, "%d", code);
     const char *headers[] = {HDR_SERVICE_ERROR, line, HDR_SERVICE_ERROR_CODE, codetext, NULL};
-    nats_bridge_publish(s->rt->nats, reply, NULL, buf->data, buf->len, headers);
+    deliver(s, to, buf->data, buf->len, headers);
 }
 
 /* The error value at the top of co (microservice.error or a failed call) as a reply. */
-static void reply_app_error(struct services *s, const char *reply, lua_State *co)
+static void reply_app_error(struct services *s, const reply_to *to, lua_State *co)
 {
     int e = lua_gettop(co);
     lua_getfield(co, e, "uri");
@@ -303,17 +333,17 @@ static void reply_app_error(struct services *s, const char *reply, lua_State *co
         codec_buf_append(buf, ",\"args\":", 8) || codec_encode(co, e + 3, buf, depth, &err) ||
         codec_buf_append(buf, ",\"kwargs\":", 10) || codec_encode(co, e + 4, buf, depth, &err) ||
         codec_buf_append(buf, "}", 1)) {
-        reply_error(s, reply, uri, msg, code);
+        reply_error(s, to, uri, msg, code);
         return;
     }
     char line[256], codetext[16];
     rpc_error_header_text(line, sizeof line, msg);
     snprintf(codetext, sizeof codetext, "%d", code);
     const char *headers[] = {HDR_SERVICE_ERROR, line, HDR_SERVICE_ERROR_CODE, codetext, NULL};
-    nats_bridge_publish(s->rt->nats, reply, NULL, buf->data, buf->len, headers);
+    deliver(s, to, buf->data, buf->len, headers);
 }
 
-static void reply_result(struct services *s, const char *reply, lua_State *co, int nres,
+static void reply_result(struct services *s, const reply_to *to, lua_State *co, int nres,
                          const char *label)
 {
     int base = lua_gettop(co) - nres;
@@ -321,13 +351,13 @@ static void reply_result(struct services *s, const char *reply, lua_State *co, i
     codec_error err;
     if (codec_encode_envelope(co, nres >= 1 ? base + 1 : 0, nres >= 2 ? base + 2 : 0, buf,
                               s->rt->cfg.max_depth, &err) == 0) {
-        nats_bridge_publish(s->rt->nats, reply, NULL, buf->data, buf->len, NULL);
+        deliver(s, to, buf->data, buf->len, NULL);
         return;
     }
     log_error(label, "cannot encode the result: %s", err.msg);
     char msg[300];
     snprintf(msg, sizeof msg, "cannot encode the result: %s", err.msg);
-    reply_error(s, reply, URI_RUNTIME_ERROR, msg, 500);
+    reply_error(s, to, URI_RUNTIME_ERROR, msg, 500);
 }
 
 static void lua_sub_release(lua_sub *ls);
@@ -398,24 +428,27 @@ static void call_done(task *t, enum task_end how, lua_State *co, int nres)
     call_ctx *c = t->udata;
     struct services *s = c->svcs;
     if (c->rpc) record_call(c->rpc, how, co, uv_hrtime() - c->started);
-    if (how == TASK_APP_ERROR && !c->reply[0]) log_app_error(t, co);
-    if (c->reply[0]) {
+    reply_to to = ctx_reply_to(c);
+    if (how == TASK_APP_ERROR && !has_reply(&to)) log_app_error(t, co);
+    if (how == TASK_EXPIRED && to.fn) { /* in-process: as the bus caller's own timer would say */
+        to.fn(to.udata, NB_TIMEOUT, NULL, 0, NULL);
+    } else if (has_reply(&to)) {
         switch (how) {
         case TASK_OK:
-            reply_result(s, c->reply, co, nres, t->label);
+            reply_result(s, &to, co, nres, t->label);
             break;
         case TASK_ERROR:
-            reply_error(s, c->reply, URI_RUNTIME_ERROR, lua_tostring(co, -1), 500);
+            reply_error(s, &to, URI_RUNTIME_ERROR, lua_tostring(co, -1), 500);
             break;
         case TASK_APP_ERROR:
-            reply_app_error(s, c->reply, co);
+            reply_app_error(s, &to, co);
             break;
         case TASK_CANCELLED:
-            reply_error(s, c->reply, URI_UNAVAILABLE,
-                        "the service shut down before the call completed", 503);
+            reply_error(s, &to, URI_UNAVAILABLE, "the service shut down before the call completed",
+                        503);
             break;
         case TASK_EXPIRED:
-            reply_error(s, c->reply, URI_TIMEOUT, "the call's timeout passed", 504);
+            reply_error(s, &to, URI_TIMEOUT, "the call's timeout passed", 504);
             break;
         }
     }
@@ -426,9 +459,8 @@ static void call_done(task *t, enum task_end how, lua_State *co, int nres)
     nats_bridge_kick(s->rt->nats);
 }
 
-static call_ctx *call_ctx_new(struct services *s, natsMsg *msg)
+static call_ctx *call_ctx_new(struct services *s, const char *reply)
 {
-    const char *reply = natsMsg_GetReply(msg);
     size_t n = reply ? strlen(reply) : 0;
     call_ctx *c = malloc(sizeof *c + n + 1);
     if (!c) return NULL;
@@ -438,36 +470,38 @@ static call_ctx *call_ctx_new(struct services *s, natsMsg *msg)
     c->started = uv_hrtime();
     c->authid[0] = c->authrole[0] = '\0';
     c->args_held = 0;
+    c->reply_fn = NULL;
+    c->reply_udata = NULL;
     memcpy(c->reply, reply ? reply : "", n + 1);
     return c;
 }
 
-/* Pushes args and kwargs of msg on co, their Lua memory metered and held by c (lua_memory.c);
- * on a malformed or too large envelope answers (when it can) and returns -1 with nothing pushed. */
-static int push_envelope(struct services *s, call_ctx *c, lua_State *co, natsMsg *msg,
-                         const char *label)
+/* Pushes the args and kwargs of the envelope data on co, their Lua memory metered and held by c
+ * (lua_memory.c); on a malformed or too large envelope answers (when it can) and returns -1 with
+ * nothing pushed. subject names the message in the log. */
+static int push_envelope(struct services *s, call_ctx *c, lua_State *co, const char *data,
+                         size_t len, const char *subject, const char *label)
 {
     codec_error err;
-    int len = natsMsg_GetDataLength(msg), rc = -1, code = 400;
+    int rc = -1, code = 400;
     lua_memory *m = &s->rt->lua_mem;
     codec_meter meter = {&m->allocated, lua_memory_args_budget(m)};
     size_t before = m->allocated;
-    if ((size_t)len > s->rt->cfg.body_limit)
-        snprintf(err.msg, sizeof err.msg, "body of %d bytes is over the limit of %zu", len,
+    if (len > s->rt->cfg.body_limit)
+        snprintf(err.msg, sizeof err.msg, "body of %zu bytes is over the limit of %zu", len,
                  s->rt->cfg.body_limit);
     else
-        rc = codec_decode_envelope_metered(co, natsMsg_GetData(msg), (size_t)len,
-                                           s->rt->cfg.max_depth, &meter, &err);
+        rc = codec_decode_envelope_metered(co, data, len, s->rt->cfg.max_depth, &meter, &err);
     if (rc == 0) {
         c->args_held = lua_memory_hold_args(m, m->allocated - before);
         return 0;
     }
     if (rc == CODEC_TOO_LARGE) code = lua_memory_refuse_args(m, meter.max, err.msg, sizeof err.msg);
-    const char *reply = natsMsg_GetReply(msg);
-    if (reply && reply[0])
-        reply_error(s, reply, code == 503 ? URI_UNAVAILABLE : URI_INVALID_ARGUMENT, err.msg, code);
+    reply_to to = ctx_reply_to(c);
+    if (has_reply(&to))
+        reply_error(s, &to, code == 503 ? URI_UNAVAILABLE : URI_INVALID_ARGUMENT, err.msg, code);
     else
-        log_warn(label, "message on %s dropped: %s", natsMsg_GetSubject(msg), err.msg);
+        log_warn(label, "message on %s dropped: %s", subject, err.msg);
     return -1;
 }
 
@@ -475,69 +509,65 @@ static int push_envelope(struct services *s, call_ctx *c, lua_State *co, natsMsg
 
 /* The caller's identity, when a gateway holding the same bus_secret signed it for this subject;
  * anything unsigned or forged is ignored (the call runs without an identity). */
-static void take_caller(struct services *s, call_ctx *c, task *t, natsMsg *msg)
+static void take_caller(call_ctx *c, task *t, const char *id, const char *role)
 {
-    const char *id = NULL, *role = NULL;
-    if (!auth_identity_of(s->rt->auth, msg, &id, &role)) return;
+    if (!id || !role) return;
     snprintf(c->authid, sizeof c->authid, "%s", id);
     snprintf(c->authrole, sizeof c->authrole, "%s", role);
     t->authid = c->authid;
     t->authrole = c->authrole;
 }
 
-/* The caller's trace id, when its message carries a valid traceparent (else one is made when
- * first needed). */
-static void take_trace(task *t, natsMsg *msg)
+/* The caller's trace id, when it sent a valid traceparent (else one is made when first needed). */
+static void take_trace(task *t, const char *traceparent)
 {
-    const char *v = NULL;
-    if (natsMsgHeader_Get(msg, TRACE_HEADER, &v) == NATS_OK && v)
-        trace_parse(v, strlen(v), t->trace_id);
+    if (traceparent) trace_parse(traceparent, strlen(traceparent), t->trace_id);
 }
 
-static void on_rpc_msg(void *udata, natsMsg *msg)
+static const char *msg_header(natsMsg *msg, const char *name)
 {
-    rpc_entry *e = udata;
+    const char *v = NULL;
+    return natsMsgHeader_Get(msg, name, &v) == NATS_OK ? v : NULL;
+}
+
+/* One call of e, from NATS or in-process (services_call_local): admission, envelope, deadline,
+ * caller, trace, binding, then the task. Answers through in->to itself when the call cannot run.
+ * Returns the started task, or NULL. */
+static task *rpc_take(rpc_entry *e, const services_call *in, const reply_to *to)
+{
     struct services *s = e->svcs;
-    if (nats_bridge_misdirected(s->rt->nats, msg, true)) return; /* an event never runs an RPC */
     if (!lua_memory_admit(&s->rt->lua_mem)) {
         char msg_text[96];
         snprintf(msg_text, sizeof msg_text, "Lua memory limit reached (%zu MiB)",
                  s->rt->lua_mem.limit >> 20);
         e->calls++;
         record_error(e, msg_text);
-        if (natsMsg_GetReply(msg))
-            reply_error(s, natsMsg_GetReply(msg), URI_UNAVAILABLE, msg_text, 503);
-        nats_bridge_release(s->rt->nats, msg);
-        return;
+        if (has_reply(to)) reply_error(s, to, URI_UNAVAILABLE, msg_text, 503);
+        return NULL;
     }
-    call_ctx *c = call_ctx_new(s, msg);
+    call_ctx *c = call_ctx_new(s, to->subject);
     task *t = c ? sched_task_new(s->rt->sched, call_done, c, e->subject) : NULL;
     if (!t) {
-        if (natsMsg_GetReply(msg))
-            reply_error(s, natsMsg_GetReply(msg), URI_UNAVAILABLE, "out of memory", 503);
+        if (has_reply(to)) reply_error(s, to, URI_UNAVAILABLE, "out of memory", 503);
         free(c);
-        nats_bridge_release(s->rt->nats, msg);
-        return;
+        return NULL;
     }
+    c->reply_fn = to->fn;
+    c->reply_udata = to->udata;
     lua_State *co = t->co;
-    if (push_envelope(s, c, co, msg, e->subject) != 0) {
+    if (push_envelope(s, c, co, in->data, in->len, e->subject, e->subject) != 0) {
         e->calls++;
         record_error(e, "malformed envelope");
         sched_task_discard(t);
         free(c);
-        nats_bridge_release(s->rt->nats, msg);
-        return;
+        return NULL;
     }
     /* the caller's timeout, at most --max-call-timeout (also without one) */
-    const char *timeout = NULL;
     double deadline = s->rt->cfg.max_call_timeout;
-    if (natsMsgHeader_Get(msg, NB_HDR_TIMEOUT, &timeout) == NATS_OK && timeout &&
-        strtod(timeout, NULL) / 1000.0 < deadline)
-        deadline = strtod(timeout, NULL) / 1000.0;
+    if (in->timeout_s > 0 && in->timeout_s < deadline) deadline = in->timeout_s;
     sched_set_deadline(t, deadline);
-    take_caller(s, c, t, msg);
-    take_trace(t, msg);
-    nats_bridge_release(s->rt->nats, msg);
+    take_caller(c, t, in->authid, in->authrole);
+    take_trace(t, in->traceparent);
     /* stack: args kwargs -> args kwargs fn bound... -> fn bound... */
     lua_rawgeti(co, LUA_REGISTRYINDEX, e->fn_ref);
     char err[256];
@@ -545,17 +575,35 @@ static void on_rpc_msg(void *udata, natsMsg *msg)
     if (n < 0) {
         e->calls++;
         record_error(e, err);
-        if (c->reply[0]) reply_error(s, c->reply, URI_INVALID_ARGUMENT, err, 400);
+        if (has_reply(to)) reply_error(s, to, URI_INVALID_ARGUMENT, err, 400);
         sched_task_discard(t);
         lua_memory_release_args(&s->rt->lua_mem, c->args_held);
         free(c);
-        return;
+        return NULL;
     }
     lua_remove(co, 1);
     lua_remove(co, 1);
     c->rpc = e;
     e->tasks++;
     sched_start(t, n);
+    return t;
+}
+
+static void on_rpc_msg(void *udata, natsMsg *msg)
+{
+    rpc_entry *e = udata;
+    struct services *s = e->svcs;
+    if (nats_bridge_misdirected(s->rt->nats, msg, true)) return; /* an event never runs an RPC */
+    services_call in = {
+        natsMsg_GetData(msg),         (size_t)natsMsg_GetDataLength(msg), 0, NULL, NULL,
+        msg_header(msg, TRACE_HEADER)};
+    const char *timeout = msg_header(msg, NB_HDR_TIMEOUT);
+    if (timeout) in.timeout_s = strtod(timeout, NULL) / 1000.0;
+    if (!auth_identity_of(s->rt->auth, msg, &in.authid, &in.authrole))
+        in.authid = in.authrole = NULL;
+    reply_to to = {natsMsg_GetReply(msg), NULL, NULL};
+    rpc_take(e, &in, &to); /* the task holds copies of what it needs from msg */
+    nats_bridge_release(s->rt->nats, msg);
 }
 
 static bool valid_service_name(const char *name)
@@ -1048,7 +1096,7 @@ static void on_sub_msg(void *udata, natsMsg *msg)
         nats_bridge_release(s->rt->nats, msg);
         return;
     }
-    call_ctx *c = call_ctx_new(s, msg);
+    call_ctx *c = call_ctx_new(s, natsMsg_GetReply(msg));
     task *t = c ? sched_task_new(s->rt->sched, call_done, c, ls->subject) : NULL;
     if (!t) {
         free(c);
@@ -1057,13 +1105,14 @@ static void on_sub_msg(void *udata, natsMsg *msg)
     }
     lua_State *co = t->co;
     lua_rawgeti(co, LUA_REGISTRYINDEX, ls->fn_ref);
-    if (push_envelope(s, c, co, msg, ls->subject) != 0) {
+    if (push_envelope(s, c, co, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg),
+                      natsMsg_GetSubject(msg), ls->subject) != 0) {
         sched_task_discard(t);
         free(c);
         nats_bridge_release(s->rt->nats, msg);
         return;
     }
-    take_trace(t, msg);
+    take_trace(t, msg_header(msg, TRACE_HEADER));
     lua_pushstring(co, natsMsg_GetSubject(msg));
     nats_bridge_release(s->rt->nats, msg);
     c->sub = ls;
@@ -1194,6 +1243,16 @@ int services_print(struct services *s, FILE *out)
     }
     free(v);
     return n;
+}
+
+task *services_call_local(struct services *s, const char *procedure, const services_call *in,
+                          services_reply_fn fn, void *udata, bool *found)
+{
+    rpc_entry *e = rpc_find(s, procedure);
+    *found = e != NULL;
+    if (!e) return NULL;
+    reply_to to = {NULL, fn, udata};
+    return rpc_take(e, in, &to);
 }
 
 const char *services_procedure_name(struct services *s, const char *procedure)

@@ -83,6 +83,27 @@ int services_print(struct services *s, FILE *out);
 /* The name of the loaded RPC procedure as the registry owns it (valid while the RPC is loaded), or
  * NULL when no loaded service declares it. */
 const char *services_procedure_name(struct services *s, const char *procedure);
+/* An in-process call (local_dispatch.c): the reply a NATS caller would get, as a function call.
+ * status is NB_OK (data and headers as a bus reply would carry them, valid during the call) or
+ * NB_TIMEOUT (the caller's timeout passed: the callee was abandoned). */
+typedef void (*services_reply_fn)(void *udata, int status, const char *data, size_t len,
+                                  const char *const *headers);
+/* What a call brings, from a NATS message or from an in-process caller. */
+typedef struct services_call {
+    const char *data; /* the envelope [args, kwargs] (JSON) */
+    size_t len;
+    double timeout_s;              /* how long the caller waits; <= 0: not said */
+    const char *authid, *authrole; /* the caller when known (checked or signed); NULL: none */
+    const char *traceparent;       /* W3C traceparent of the caller, or NULL */
+} services_call;
+struct task;
+/* Runs procedure's current version in this process through the very path a request from NATS
+ * takes (admission, envelope, deadline, binding, metrics); fn gets the reply, once (also when the
+ * call is refused before it starts: then this returns NULL). Returns the running task (cancel it
+ * with sched_cancel) or NULL; *found is false when no loaded service declares procedure (then fn
+ * is never called). Not from inside a task: the callee starts at once on the C stack. */
+struct task *services_call_local(struct services *s, const char *procedure, const services_call *in,
+                                 services_reply_fn fn, void *udata, bool *found);
 int services_bind(struct services *s, lua_State *L, const char *procedure, int args_idx,
                   int kwargs_idx, const char **uri, char *err, size_t errlen);
 

@@ -307,6 +307,11 @@ export async function startNats({ dir, port, name = 'nats', config } = {}) {
 //   env          extra environment
 //   name         log name
 //   ready        'healthz' (default when http), {rpc: 'svc.method', payload} (NATS readiness), or false
+// MICROSERVICE_TEST_PREFER_LOCAL=off runs every runtime with --prefer-local off (calls of RPCs
+// served in the same process go over NATS): tests/CMakeLists.txt runs the semantic tests both
+// ways. Tests that see the difference (a call on the bus or not) read preferLocal.
+export const preferLocal = process.env.MICROSERVICE_TEST_PREFER_LOCAL !== 'off';
+
 export async function startRuntime({ dir, natsUrl, servicesDir: sdir, http = true, args = [], env = {}, name = 'runtime', ready, logLevel = 'debug' } = {}) {
   for (let attempt = 0; ; attempt++) {
     const port = http === false ? null : (typeof http === 'number' ? http : await freePort());
@@ -315,6 +320,7 @@ export async function startRuntime({ dir, natsUrl, servicesDir: sdir, http = tru
       '--http', port ? `127.0.0.1:${port}` : 'off',
       '--nats', natsUrl,
       '--log-level', logLevel,
+      ...(preferLocal || args.includes('--prefer-local') ? [] : ['--prefer-local', 'off']),
       ...args,
       sdir,
     ];
