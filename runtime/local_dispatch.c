@@ -200,13 +200,14 @@ void local_dispatch_close(local_dispatch *ld)
 }
 
 /* In-process when allowed, on, not in `microservice test --nats` (its RPCs live on private
- * subjects there), a loaded Lua service declares subject, and --max-inflight is not reached. */
+ * subjects there), a loaded Lua service declares subject and does not share it with WAMP callees
+ * (shared = true asks for balancing over the bus), and --max-inflight is not reached. */
 static bool goes_local(runtime *rt, bool allow_local, const char *subject)
 {
     local_dispatch *ld = rt->local;
     return allow_local && ld && !ld->closing && rt->cfg.prefer_local &&
            !rt->cfg.rpc_subject_prefix && sched_inflight(rt->sched) < rt->cfg.max_inflight &&
-           services_procedure_name(rt->services, subject) != NULL;
+           services_serves_alone(rt->services, subject);
 }
 
 static const char *header_value(const char *const *headers, const char *name)

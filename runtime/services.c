@@ -1249,10 +1249,16 @@ task *services_call_local(struct services *s, const char *procedure, const servi
                           services_reply_fn fn, void *udata, bool *found)
 {
     rpc_entry *e = rpc_find(s, procedure);
-    *found = e != NULL;
-    if (!e) return NULL;
+    *found = e && !e->shared; /* shared: balanced with WAMP callees over the bus */
+    if (!*found) return NULL;
     reply_to to = {NULL, fn, udata};
     return rpc_take(e, in, &to);
+}
+
+bool services_serves_alone(struct services *s, const char *procedure)
+{
+    rpc_entry *e = rpc_find(s, procedure);
+    return e && !e->shared;
 }
 
 const char *services_procedure_name(struct services *s, const char *procedure)

@@ -99,9 +99,13 @@ typedef struct services_call {
 struct task;
 /* Runs procedure's current version in this process through the very path a request from NATS
  * takes (admission, envelope, deadline, binding, metrics); fn gets the reply, once (also when the
- * call is refused before it starts: then this returns NULL). Returns the running task (cancel it
- * with sched_cancel) or NULL; *found is false when no loaded service declares procedure (then fn
- * is never called). Not from inside a task: the callee starts at once on the C stack. */
+ * call is refused before it starts: then this returns NULL). Returns the running task (abandon
+ * it with sched_abandon) or NULL; *found is false when no loaded service declares procedure, or
+ * its service is shared (then fn is never called). Not from inside a task: the callee starts at
+ * once on the C stack. */
+/* A loaded Lua service declares procedure and does not share it with WAMP callees (shared =
+ * true: calls are balanced over the bus with them). */
+bool services_serves_alone(struct services *s, const char *procedure);
 struct task *services_call_local(struct services *s, const char *procedure, const services_call *in,
                                  services_reply_fn fn, void *udata, bool *found);
 int services_bind(struct services *s, lua_State *L, const char *procedure, int args_idx,

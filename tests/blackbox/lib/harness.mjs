@@ -312,6 +312,16 @@ export async function startNats({ dir, port, name = 'nats', config } = {}) {
 // ways. Tests that see the difference (a call on the bus or not) read preferLocal.
 export const preferLocal = process.env.MICROSERVICE_TEST_PREFER_LOCAL !== 'off';
 
+// The HTTP status of /healthz while the bus is down for a runtime that serves RPCs: 200
+// ("degraded": its own RPCs still answer in-process) with --prefer-local on, else 503.
+export const busDownHealth = preferLocal ? 200 : 503;
+
+// Calls (tasks) running in rt, from /healthz through curl (node's fetch pool may be busy with the
+// very calls being counted).
+export async function inflight(rt) {
+  return (await curl(rt.url('/healthz'))).json.inflight;
+}
+
 export async function startRuntime({ dir, natsUrl, servicesDir: sdir, http = true, args = [], env = {}, name = 'runtime', ready, logLevel = 'debug' } = {}) {
   for (let attempt = 0; ; attempt++) {
     const port = http === false ? null : (typeof http === 'number' ? http : await freePort());
