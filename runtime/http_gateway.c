@@ -258,7 +258,7 @@ static void call_dispose(void *p)
         call->gw->stats.abandoned_unsent++; /* it never reaches the bus */
     } else {
         call->gw->stats.abandoned_sent++;
-        rpc_handle_cancel(&call->handle);
+        rpc_handle_cancel(call->gw->rt, &call->handle);
     }
     if (call->conn) call->conn->resets++;
     call_end(call);

@@ -271,16 +271,27 @@ int rpc_call_start(runtime *rt, bool allow_local, const char *subject, const cha
     return NB_OK;
 }
 
-void rpc_handle_cancel(rpc_handle *h)
+/* Over the bus, the serving process is told (services.h, SERVICES_CANCEL_SUBJECT): it abandons
+ * the call as an in-process callee would be. Best effort: lost with the bus, like the request. */
+static void cancel_bus(runtime *rt, nb_request *r)
 {
-    if (h->bus) nb_request_cancel(h->bus);
+    char reply[160];
+    int n = nb_request_reply_subject(r, reply, sizeof reply);
+    nb_request_cancel(r);
+    if (n > 0 && (size_t)n < sizeof reply)
+        nats_bridge_publish(rt->nats, SERVICES_CANCEL_SUBJECT, NULL, reply, (size_t)n, NULL);
+}
+
+void rpc_handle_cancel(runtime *rt, rpc_handle *h)
+{
+    if (h->bus) cancel_bus(rt, h->bus);
     local_call *lc = h->local;
     h->bus = NULL;
     h->local = NULL;
     if (!lc) return;
     lc->fn = NULL; /* queued: freed when the queue is taken; running: freed by its reply */
     if (lc->bus) {
-        nb_request_cancel(lc->bus);
+        cancel_bus(rt, lc->bus);
         free(lc);
     } else if (lc->task) {
         /* its pending operation (e.g. an outbound HTTP transfer) is aborted; local_reply frees

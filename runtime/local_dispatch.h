@@ -33,8 +33,9 @@ int rpc_call_start(runtime *rt, bool allow_local, const char *subject, const cha
                    const char *const *headers, const char *authid, const char *authrole,
                    double timeout_s, nb_reply_fn fn, void *udata, rpc_handle *out);
 /* The caller is gone: fn will not run. An in-process callee is cancelled (its pending operation,
- * e.g. an outbound HTTP transfer, is aborted). Safe on an empty handle; not after fn ran. */
-void rpc_handle_cancel(rpc_handle *h);
+ * e.g. an outbound HTTP transfer, is aborted); over the bus, the serving process is told to do
+ * the same (SERVICES_CANCEL_SUBJECT). Safe on an empty handle; not after fn ran. */
+void rpc_handle_cancel(runtime *rt, rpc_handle *h);
 
 /* Calls taken in-process and sent over the bus since start, for /metrics. */
 void local_dispatch_counters(const local_dispatch *ld, uint64_t *local_calls, uint64_t *bus_calls);

@@ -131,7 +131,7 @@ typedef struct call_op {
 static void call_cancel(sched_op *op)
 {
     call_op *c = (call_op *)op;
-    rpc_handle_cancel(&c->handle);
+    rpc_handle_cancel(c->rt, &c->handle);
     free(c);
 }
 

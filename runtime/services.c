@@ -76,6 +76,9 @@ typedef struct call_ctx {
     size_t args_held; /* the share of the Lua memory for large arguments it holds (lua_memory.c) */
     services_reply_fn reply_fn; /* an in-process call's reply (local_dispatch.c), or NULL */
     void *reply_udata;
+    task *task;                   /* a request taken from NATS, while it runs */
+    struct call_ctx *prev, *next; /* on the services' bus_calls list, for SERVICES_CANCEL_SUBJECT */
+    bool listed;
     char reply[]; /* reply subject, "" when the message had none */
 } call_ctx;
 
@@ -116,6 +119,8 @@ struct services {
     char *load_messages[LOAD_MESSAGES_MAX];
     int nload_messages;
     codec_buf scratch;
+    nb_sub *cancel_sub;  /* SERVICES_CANCEL_SUBJECT */
+    call_ctx *bus_calls; /* running requests taken from NATS that have a reply subject */
 };
 
 static void rpc_release(struct services *s, rpc_entry *e);
@@ -423,10 +428,22 @@ static void record_call(rpc_entry *e, enum task_end how, lua_State *co, uint64_t
     }
 }
 
+static void bus_call_unlink(struct services *s, call_ctx *c)
+{
+    if (!c->listed) return;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->bus_calls = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->listed = false;
+}
+
 static void call_done(task *t, enum task_end how, lua_State *co, int nres)
 {
     call_ctx *c = t->udata;
     struct services *s = c->svcs;
+    bus_call_unlink(s, c);
     if (c->rpc) record_call(c->rpc, how, co, uv_hrtime() - c->started);
     reply_to to = ctx_reply_to(c);
     if (how == TASK_APP_ERROR && !has_reply(&to)) log_app_error(t, co);
@@ -472,6 +489,9 @@ static call_ctx *call_ctx_new(struct services *s, const char *reply)
     c->args_held = 0;
     c->reply_fn = NULL;
     c->reply_udata = NULL;
+    c->task = NULL;
+    c->prev = c->next = NULL;
+    c->listed = false;
     memcpy(c->reply, reply ? reply : "", n + 1);
     return c;
 }
@@ -585,6 +605,13 @@ static task *rpc_take(rpc_entry *e, const services_call *in, const reply_to *to)
     lua_remove(co, 1);
     c->rpc = e;
     e->tasks++;
+    if (to->subject && to->subject[0]) { /* its caller may cancel it (SERVICES_CANCEL_SUBJECT) */
+        c->task = t;
+        c->next = s->bus_calls;
+        if (s->bus_calls) s->bus_calls->prev = c;
+        s->bus_calls = c;
+        c->listed = true;
+    }
     sched_start(t, n);
     return t;
 }
@@ -1020,6 +1047,22 @@ void services_remove_file(struct services *s, const char *path)
     log_info(TAG, "%s removed: %d RPCs retired", path, removed);
 }
 
+/* A caller abandoned the request whose reply subject is the body: if this process serves it, its
+ * task is abandoned as a gone in-process caller's would be. A linear search: cancels are rare
+ * (abandoned calls only) and the list is bounded by --max-inflight. */
+static void on_cancel_msg(void *udata, natsMsg *msg)
+{
+    struct services *s = udata;
+    const char *reply = natsMsg_GetData(msg);
+    int len = natsMsg_GetDataLength(msg);
+    for (call_ctx *c = s->bus_calls; c && reply && len > 0; c = c->next) {
+        if ((size_t)len != strlen(c->reply) || memcmp(c->reply, reply, (size_t)len) != 0) continue;
+        sched_abandon(c->task, "its caller went away (cancel message)"); /* frees c */
+        break;
+    }
+    nats_bridge_release(s->rt->nats, msg);
+}
+
 static int compare_names(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
@@ -1059,6 +1102,9 @@ int services_load_dir(struct services *s, const char *dir)
     }
     free(names);
     log_info(TAG, "%d RPCs from %s", rpcs, dir);
+    if (!s->cancel_sub)
+        s->cancel_sub =
+            nats_bridge_subscribe(s->rt->nats, SERVICES_CANCEL_SUBJECT, NULL, on_cancel_msg, s);
     nats_bridge_confirm(s->rt->nats);
     return rpcs;
 }
@@ -1375,6 +1421,8 @@ void services_each_rpc(struct services *s, const char *file,
 
 void services_drain(struct services *s)
 {
+    if (s->cancel_sub) nb_sub_close(s->cancel_sub);
+    s->cancel_sub = NULL;
     for (rpc_entry *e = s->rpcs; e; e = e->next) {
         if (e->sub) nb_sub_drain(e->sub);
         e->sub = NULL; /* the bridge frees it once drained */

@@ -15,6 +15,11 @@
  * REGISTER asks there first and is refused when the procedure is served and not shared
  * (docs/wamp.md). A Lua service shares its RPCs with `shared = true` in its table. */
 #define SERVICES_PROBE_PREFIX "$MS.PROC."
+/* A caller that abandons a request (HTTP client gone, WAMP CANCEL, a cancelled Lua caller)
+ * publishes its reply subject here; every process subscribes, and the one serving that request
+ * abandons its task (aborting e.g. its outbound HTTP transfer), as an in-process callee would be
+ * (docs/local-dispatch.md). */
+#define SERVICES_CANCEL_SUBJECT "$MS.CANCEL"
 
 struct services *services_new(runtime *rt);
 /* Loads every *.lua in dir. A script that fails is logged with file and line and skipped; the

@@ -923,7 +923,7 @@ static void on_cancel(session *s, json_t *msg)
         if (c->request != req || c->ack) continue;
         call_unlink(c);
         s->ncalls--;
-        rpc_handle_cancel(&(rpc_handle){c->req, c->local});
+        rpc_handle_cancel(s->r->rt, &(rpc_handle){c->req, c->local});
         send_error(s, CALL, req, "wamp.error.canceled", "the call was canceled");
         free(c);
         return;
@@ -1624,7 +1624,10 @@ static void session_end(session *s)
     while (s->calls) {
         pending_call *c = s->calls;
         s->calls = c->next;
-        rpc_handle_cancel(&(rpc_handle){c->req, c->local});
+        if (c->ack)
+            nb_request_cancel(c->req); /* not a CALL */
+        else
+            rpc_handle_cancel(s->r->rt, &(rpc_handle){c->req, c->local});
         free(c->procedure);
         free(c);
     }
