@@ -147,19 +147,26 @@ static void start_one(local_dispatch *ld, local_call *lc)
     lc->task = t;
 }
 
+/* Calls queued while this pass runs (a callee's reply resumes its caller, which may call again)
+ * are started in the same pass, up to this many rounds, so a loop of calls does not wait for a
+ * turn of the loop per call, nor starve the loop. */
+#define CHECK_ROUNDS 64
+
 static void check_cb(uv_check_t *h)
 {
     local_dispatch *ld = h->data;
-    local_call *list = ld->head;
-    ld->head = ld->tail = NULL;
-    while (list) {
-        local_call *lc = list;
-        list = lc->next;
-        lc->next = NULL;
-        if (!lc->fn)
-            free(lc); /* cancelled before it started */
-        else
-            start_one(ld, lc);
+    for (int round = 0; round < CHECK_ROUNDS && ld->head; round++) {
+        local_call *list = ld->head;
+        ld->head = ld->tail = NULL;
+        while (list) {
+            local_call *lc = list;
+            list = lc->next;
+            lc->next = NULL;
+            if (!lc->fn)
+                free(lc); /* cancelled before it started */
+            else
+                start_one(ld, lc);
+        }
     }
     if (!ld->head) {
         uv_idle_stop(&ld->idle);
