@@ -40,7 +40,8 @@ async function inflight() {
 // HTTP calls of an RPC served by the same process run in-process (--prefer-local on, the
 // default): they never reach the bus, so they are counted where they run.
 async function helloWhilePending(seen, firstDone, t, tStart, local = false) {
-  await h.waitFor(async () => (local ? await inflight() : seen.n) >= N, { timeout: 30000, interval: 20, what: `${N} sleeping calls to be pending (saw ${seen.n} on the bus)` });
+  let running = 0;
+  await h.waitFor(async () => (local ? (running = await inflight()) : seen.n) >= N, { timeout: 30000, interval: 20, what: `${N} sleeping calls to be pending (${local ? `${running} running` : `saw ${seen.n} on the bus`})` });
   t.diagnostic(`all ${N} calls on the bus after ${Date.now() - tStart} ms`);
   const t0 = Date.now();
   const hello = await h.post(rt, 'greeting_service.hello', [['Bob'], { last_name: 'Ross' }]);
