@@ -423,7 +423,7 @@ static void record_call(rpc_entry *e, enum task_end how, lua_State *co, uint64_t
         record_error(e, "cancelled at shutdown");
         break;
     case TASK_EXPIRED:
-        record_error(e, "abandoned after the caller's timeout");
+        record_error(e, "abandoned: its caller stopped waiting (timeout or gone)");
         break;
     }
 }

@@ -12,6 +12,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import path from 'node:path';
 import * as h from './lib/harness.mjs';
+import * as w from './lib/wamp.mjs';
 
 const LOCAL = h.preferLocal;
 let dir, nats, rt, nc, api;
@@ -40,6 +41,7 @@ after(async () => {
   if (nc) await nc.close().catch(() => {});
   api?.closeAllConnections();
   api?.close();
+  await w.closeAllWamp();
   await h.stopAll();
 });
 
@@ -112,6 +114,18 @@ h.test('a caller that goes away cancels the callee: its outbound HTTP transfer i
   await h.waitFor(() => hangs.closed > closed, { timeout: 10000, what: 'the server to see the transfer aborted' });
   assert.match(rt.log(), /\[local_test\.hang\] abandoned: its caller went away/);
   session.close();
+});
+
+h.test('a WAMP CANCEL cancels the callee too: its outbound HTTP transfer is aborted', async () => {
+  const url = `http://127.0.0.1:${api.address().port}/hang`;
+  const requests = hangs.requests, closed = hangs.closed;
+  const raw = await w.RawWamp.session(w.wsUrl(rt), 'json');
+  raw.send([w.MSG.CALL, 1, {}, 'local_test.hang', [url], {}]);
+  await h.waitFor(() => hangs.requests > requests, { what: 'the outbound request to reach the server' });
+  raw.send([w.MSG.CANCEL, 1, {}]);
+  const err = await raw.next((m) => m[0] === w.MSG.ERROR && m[2] === 1, 3000, 'ERROR canceled');
+  assert.equal(err[4], 'wamp.error.canceled');
+  await h.waitFor(() => hangs.closed > closed, { timeout: 10000, what: 'the server to see the transfer aborted' });
 });
 
 // Last: it stops the bus.
