@@ -122,15 +122,18 @@ M.sleep = core.sleep
 local test_hooks = {}
 M._test_hooks = test_hooks
 
---- Calls an RPC over NATS: returns its args and kwargs, or raises the remote error (an error
--- value with uri, args, kwargs and code; catch it with pcall). opts.timeout in seconds.
+--- Calls an RPC: returns its args and kwargs, or raises the remote error (an error value with
+-- uri, args, kwargs and code; catch it with pcall). opts.timeout in seconds. An RPC that a
+-- service of this process serves runs in-process (--prefer-local, docs/local-dispatch.md);
+-- opts["local"] = false (local is a Lua keyword) or opts.prefer_local = false sends it over NATS.
 function M.call(procedure, args, kwargs, opts)
   if test_hooks.call then
     local answered, a, k = test_hooks.call(procedure, args, kwargs, opts)
     if answered then return a, k end
   end
-  local timeout = opts and opts.timeout
-  local ok, a, k = core.call(procedure, args, kwargs, timeout)
+  local timeout, allow_local = opts and opts.timeout, true
+  if opts and (opts["local"] == false or opts.prefer_local == false) then allow_local = false end
+  local ok, a, k = core.call(procedure, args, kwargs, timeout, allow_local)
   if ok then return a, k end
   error(a, 0)
 end

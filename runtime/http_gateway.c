@@ -33,6 +33,7 @@
 #include "auth_limit.h"
 #include "codec.h"
 #include "jetstream.h"
+#include "local_dispatch.h"
 #include "log.h"
 #include "nats_bridge.h"
 #include "pg_pool.h"
@@ -112,9 +113,9 @@ enum call_state { CALL_DONE, CALL_QUEUED, CALL_PENDING };
 typedef struct gw_call {
     struct http_gateway *gw;
     h2o_req_t *req;
-    gw_conn *conn; /* NULL if not found; valid while the request is */
-    nb_request *nbreq;
-    conn_calls *cc; /* its connection's count, held while queued or pending */
+    gw_conn *conn;     /* NULL if not found; valid while the request is */
+    rpc_handle handle; /* in-process or over NATS (local_dispatch.h) */
+    conn_calls *cc;    /* its connection's count, held while queued or pending */
     enum call_state state;
     struct gw_call *prev, *next;   /* the queue, while queued */
     char *subject;                 /* in the request's pool */
@@ -258,7 +259,7 @@ static void call_dispose(void *p)
         call->gw->stats.abandoned_unsent++; /* it never reaches the bus */
     } else {
         call->gw->stats.abandoned_sent++;
-        nb_request_cancel(call->nbreq);
+        rpc_handle_cancel(call->gw->rt, &call->handle);
     }
     if (call->conn) call->conn->resets++;
     call_end(call);
@@ -384,10 +385,10 @@ static bool authorize_call(struct http_gateway *gw, h2o_req_t *req, const char *
 static void send_call(gw_call *call)
 {
     struct http_gateway *gw = call->gw;
-    int rc = nats_bridge_request_as(gw->rt->nats, call->subject, call->req->entity.base,
-                                    call->req->entity.len, call->trace[0] ? call->trace : NULL,
-                                    call->authid, call->authrole, call->timeout, on_reply, call,
-                                    &call->nbreq);
+    int rc =
+        rpc_call_start(gw->rt, true, call->subject, call->req->entity.base, call->req->entity.len,
+                       call->trace[0] ? call->trace : NULL, call->authid, call->authrole,
+                       call->timeout, on_reply, call, &call->handle);
     if (rc == NB_OK) {
         call->state = CALL_PENDING;
         return;
@@ -559,17 +560,25 @@ static void respond_health(struct http_gateway *gw, h2o_req_t *req)
 {
     runtime *rt = gw->rt;
     const char *pg = pg_pool_state(rt->pg);
+    /* With the bus down, the RPCs served here still answer in-process (local_dispatch.h): the
+     * process stays in the balancer's pool ("degraded", 200) and says which part is down. */
     char streams[1024]; /* JetStream streams it cannot reach, named */
     int unreachable = jetstream_health(rt->js, streams, sizeof streams);
-    bool ok = nats_bridge_ready(rt->nats) && !rt->shutting_down &&
-              (!rt->pg || strcmp(pg, "connected") == 0) && unreachable == 0;
+    bool bus = nats_bridge_ready(rt->nats);
+    bool local = rt->cfg.prefer_local && services_rpc_count(rt->services) > 0;
+    bool ok = (bus || local) && !rt->shutting_down && (!rt->pg || strcmp(pg, "connected") == 0) &&
+              unreachable == 0;
     char body[1536];
     int n = snprintf(body, sizeof body,
                      "{\"status\":\"%s\",\"nats\":\"%s\",\"postgres\":\"%s\",\"rpcs\":%d,"
-                     "\"inflight\":%d,\"http_inflight\":%d,\"shutting_down\":%s%s}",
-                     ok ? "ok" : "unavailable", nats_bridge_state(rt->nats), pg,
-                     services_rpc_count(rt->services), sched_inflight(rt->sched), gw->inflight,
-                     rt->shutting_down ? "true" : "false", streams);
+                     "\"local_dispatch\":%s,\"inflight\":%d,\"http_inflight\":%d,"
+                     "\"shutting_down\":%s%s}",
+                     !ok   ? "unavailable"
+                     : bus ? "ok"
+                           : "degraded",
+                     nats_bridge_state(rt->nats), pg, services_rpc_count(rt->services),
+                     rt->cfg.prefer_local ? "true" : "false", sched_inflight(rt->sched),
+                     gw->inflight, rt->shutting_down ? "true" : "false", streams);
     respond(gw, req, ok ? 200 : 503, body, (size_t)n);
 }
 

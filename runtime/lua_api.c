@@ -14,6 +14,7 @@
 
 #include "auth.h"
 #include "codec.h"
+#include "local_dispatch.h"
 #include "log.h"
 #include "lua_error.h"
 #include "lua_http.h"
@@ -135,14 +136,14 @@ static int core_sleep(lua_State *L)
 
 typedef struct call_op {
     sched_op base;
-    nb_request *req;
+    rpc_handle handle; /* in-process or over NATS (local_dispatch.h) */
     runtime *rt;
 } call_op;
 
 static void call_cancel(sched_op *op)
 {
     call_op *c = (call_op *)op;
-    if (c->req) nb_request_cancel(c->req);
+    rpc_handle_cancel(c->rt, &c->handle);
     free(c);
 }
 
@@ -188,7 +189,8 @@ static void push_remote_error(lua_State *co, runtime *rt, natsMsg *reply)
 static void call_reply_cb(void *udata, enum nb_status status, natsMsg *reply)
 {
     call_op *c = udata;
-    c->req = NULL;
+    c->handle.bus = NULL;
+    c->handle.local = NULL;
     lua_State *co = sched_op_target(&c->base);
     if (!co) {
         if (reply) nats_bridge_release(c->rt->nats, reply);
@@ -253,6 +255,7 @@ static int core_call(lua_State *L)
     const char *procedure = luaL_checkstring(L, 1);
     /* without a timeout: the caller's time left (so the callee gives up when we do) */
     double timeout = lua_isnoneornil(L, 4) ? lua_api_default_timeout(L) : luaL_checknumber(L, 4);
+    bool allow_local = lua_isnoneornil(L, 5) || lua_toboolean(L, 5); /* opts["local"] */
     const char *err;
     task *t = sched_current(L, &err);
     if (!t) return luaL_error(L, "%s", err);
@@ -265,8 +268,8 @@ static int core_call(lua_State *L)
     char traceparent[TRACEPARENT_LEN + 1];
     trace_format(traceparent, sched_trace_id(t)); /* the trace goes on */
     const char *headers[] = {TRACE_HEADER, traceparent, NULL};
-    int rc = nats_bridge_request_as(rt->nats, procedure, buf->data, buf->len, headers, t->authid,
-                                    t->authrole, timeout, call_reply_cb, c, &c->req);
+    int rc = rpc_call_start(rt, allow_local, procedure, buf->data, buf->len, headers, t->authid,
+                            t->authrole, timeout, call_reply_cb, c, &c->handle);
     if (rc != NB_OK) {
         free(c);
         lua_pushboolean(L, 0);

@@ -13,6 +13,7 @@
 #include "auth_limit.h"
 #include "http_gateway.h"
 #include "jetstream.h"
+#include "local_dispatch.h"
 #include "nats_bridge.h"
 #include "pg_pool.h"
 #include "scheduler.h"
@@ -119,6 +120,15 @@ static void render_auth(runtime *rt, codec_buf *out)
     }
 }
 
+/* A counter with two labelled series. */
+static void counter_pair(codec_buf *out, const char *name, const char *help, const char *label_a,
+                         uint64_t a, const char *label_b, uint64_t b)
+{
+    header(out, name, "counter", help);
+    put(out, "%s{%s} %llu\n", name, label_a, (unsigned long long)a);
+    put(out, "%s{%s} %llu\n", name, label_b, (unsigned long long)b);
+}
+
 void metrics_render(runtime *rt, codec_buf *out)
 {
     static const char *const parts[][3] = {
@@ -155,6 +165,12 @@ void metrics_render(runtime *rt, codec_buf *out)
                "HTTP calls queued or waiting for their reply (--max-http-inflight).");
         put(out, "microservice_http_calls_in_flight %d\n", http_gateway_inflight(rt->http));
     }
+    uint64_t local_calls = 0, bus_calls = 0;
+    local_dispatch_counters(rt->local, &local_calls, &bus_calls);
+    counter_pair(out, "microservice_calls_started_total",
+                 "Calls made by this process (HTTP, WAMP, microservice.call), by where they went: "
+                 "in-process (--prefer-local) or over NATS.",
+                 "path=\"local\"", local_calls, "path=\"bus\"", bus_calls);
     int subs = 0, regs = 0;
     wamp_router_counts(rt->wamp, &subs, &regs);
     header(out, "microservice_wamp_sessions", "gauge", "Open WAMP sessions.");
@@ -174,13 +190,11 @@ void metrics_render(runtime *rt, codec_buf *out)
     header(out, "microservice_nats_dropped_messages_total", "counter",
            "Subscription messages dropped because the queue to the loop was full.");
     put(out, "microservice_nats_dropped_messages_total %llu\n", (unsigned long long)dropped);
-    header(out, "microservice_nats_ignored_messages_total", "counter",
-           "Messages refused by the bus rule: events sent to an RPC, requests sent to a "
-           "subscriber.");
-    put(out, "microservice_nats_ignored_messages_total{kind=\"event_to_rpc\"} %llu\n",
-        (unsigned long long)ign_events);
-    put(out, "microservice_nats_ignored_messages_total{kind=\"request_to_subscriber\"} %llu\n",
-        (unsigned long long)ign_requests);
+    counter_pair(out, "microservice_nats_ignored_messages_total",
+                 "Messages refused by the bus rule: events sent to an RPC, requests sent to a "
+                 "subscriber.",
+                 "kind=\"event_to_rpc\"", ign_events, "kind=\"request_to_subscriber\"",
+                 ign_requests);
     header(out, "microservice_postgres_connections_up", "gauge",
            "PostgreSQL connections up (0 without a database).");
     put(out, "microservice_postgres_connections_up %d\n", pg_pool_connections_up(rt->pg));

@@ -273,6 +273,11 @@ void nb_request_allow_progress(nb_request *r, const char *header)
     r->progress_header = header;
 }
 
+int nb_request_reply_subject(const nb_request *r, char *out, size_t size)
+{
+    return snprintf(out, size, "%s.%llu", r->nb->inbox, (unsigned long long)r->id);
+}
+
 void nb_request_cancel(nb_request *r)
 {
     nb_request *taken = table_take(r->nb, r->id);

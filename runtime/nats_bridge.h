@@ -106,6 +106,8 @@ int nats_bridge_request_as(nats_bridge *nb, const char *subject, const char *dat
 void nb_request_allow_progress(nb_request *r, const char *header);
 /* fn will not run; safe from inside other callbacks. */
 void nb_request_cancel(nb_request *r);
+/* The reply subject of a pending request (what its server answers to); returns its length. */
+int nb_request_reply_subject(const nb_request *r, char *out, size_t size);
 int nats_bridge_pending_requests(nats_bridge *nb);
 /* Where this connection's requests get their replies ("_INBOX.<nuid>"). */
 const char *nats_bridge_inbox(nats_bridge *nb);

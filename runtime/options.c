@@ -78,6 +78,15 @@ static int parse_workers(runtime_config *cfg, const option_row *o, const char *a
     return 0;
 }
 
+/* on or off; the message of a bad value is the row's. */
+static int parse_on_off(runtime_config *cfg, const option_row *o, const char *arg)
+{
+    (void)o;
+    if (strcmp(arg, "on") != 0 && strcmp(arg, "off") != 0) return -1;
+    cfg->prefer_local = strcmp(arg, "on") == 0;
+    return 0;
+}
+
 /* The log level is the logger's, not the config's: set at once, as the flag is read. */
 static int parse_log_level(runtime_config *cfg, const option_row *o, const char *arg)
 {
@@ -204,6 +213,12 @@ const option_row options[] = {
      .min = 0, .max = 1 << 20, .def = 10000, .arg = "N", .flags = OPTION_RUNTIME,
      .help = "more outbound HTTP requests that wait for one of them, in order\n"
              "(default 10000); beyond, a request fails at once (unavailable)"},
+    {.name = "prefer-local", .kind = OPTION_CUSTOM, .parse = parse_on_off, .def_str = "on",
+     .env = "MICROSERVICE_PREFER_LOCAL", .arg = "on|off", .flags = OPTION_RUNTIME,
+     .bad = "wants on or off, got '%s'",
+     .help = "a call of an RPC that a Lua service of this process serves\n"
+             "runs in-process, not over NATS (default on, or\n"
+             "$MICROSERVICE_PREFER_LOCAL); see docs/local-dispatch.md"},
     {.name = "max-session-calls", .kind = OPTION_INT, .offset = FIELD(max_session_calls),
      .min = 1, .max = 1 << 20, .def = 1000, .arg = "N", .flags = OPTION_RUNTIME,
      .help = "calls in flight per WAMP session (default 1000)"},

@@ -16,6 +16,7 @@
 #include "http_client.h"
 #include "http_gateway.h"
 #include "jetstream.h"
+#include "local_dispatch.h"
 #include "log.h"
 #include "lua_api.h"
 #include "nats_auth.h"
@@ -115,7 +116,8 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
         rt->services ? http_client_new(rt, cfg->http_client_max, cfg->http_client_queue) : NULL;
     rt->timers = rt->httpc ? timers_new(rt, 10000) : NULL;
     rt->js = rt->timers ? jetstream_new(rt) : NULL;
-    if (!rt->js) {
+    rt->local = rt->js ? local_dispatch_new(rt) : NULL;
+    if (!rt->local) {
         log_error(TAG, "out of memory at start-up");
         return -1;
     }
@@ -174,6 +176,8 @@ static void http_closed(void *arg)
     rt->finished = true;
     http_client_close(rt->httpc); /* frees itself once its handles are closed */
     rt->httpc = NULL;
+    local_dispatch_close(rt->local); /* the same */
+    rt->local = NULL;
     uv_close((uv_handle_t *)&rt->sigint, handle_closed);
     uv_close((uv_handle_t *)&rt->sigterm, handle_closed);
     uv_close((uv_handle_t *)&rt->drain_timer, handle_closed);
@@ -289,6 +293,8 @@ int runtime_run(runtime *rt)
     rt->L = NULL;
     nats_bridge_free(rt->nats);
     rt->nats = NULL;
+    local_dispatch_close(rt->local); /* when the loop ended without the shutdown path */
+    rt->local = NULL;
     uv_run(&rt->loop, UV_RUN_NOWAIT); /* close callbacks of what was just freed */
     pg_pool_free(rt->pg);
     rt->pg = NULL;

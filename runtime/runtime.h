@@ -76,6 +76,7 @@ typedef struct runtime_config {
     int http_client_max;   /* outbound HTTP transfers at once */
     int http_client_queue; /* more outbound HTTP requests waiting for one of them */
     bool no_hooks;         /* the services' started / stopped are not run (`microservice list`) */
+    bool prefer_local;     /* calls of RPCs served here run in-process (local_dispatch.h) */
 } runtime_config;
 
 struct scheduler;
@@ -91,6 +92,7 @@ struct auth_limit;
 struct http_client;
 struct timers;
 struct jetstream;
+struct local_dispatch;
 
 typedef struct runtime {
     uv_loop_t loop;
@@ -108,9 +110,10 @@ typedef struct runtime {
     struct auth *auth;           /* NULL: authentication off */
     /* failed sign-ins (auth_limit.h); NULL when authentication is off */
     struct auth_limit *auth_limit;
-    struct http_client *httpc; /* outbound HTTP (microservice.http) */
-    struct timers *timers;     /* microservice.every / after */
-    struct jetstream *js;      /* JetStream bookkeeping (jetstream.h) */
+    struct http_client *httpc;    /* outbound HTTP (microservice.http) */
+    struct timers *timers;        /* microservice.every / after */
+    struct jetstream *js;         /* JetStream bookkeeping (jetstream.h) */
+    struct local_dispatch *local; /* in-process calls (local_dispatch.h) */
     uv_signal_t sigint, sigterm;
     uv_timer_t drain_timer;
     uint64_t drain_deadline; /* uv_now() ms */

@@ -368,6 +368,13 @@ const char *sched_log_tag(const task *t)
     return t->label ? t->label : "task";
 }
 
+void sched_abandon(task *t, const char *why)
+{
+    if (!t->on_done || lua_status(t->co) != LUA_YIELD) return;
+    log_info(sched_log_tag(t), "abandoned: %s" SCHED_TRACE_FMT, why, sched_trace_id(t));
+    cancel_task(t, TASK_EXPIRED);
+}
+
 void sched_cancel(task *t)
 {
     if (t->on_done && lua_status(t->co) == LUA_YIELD) cancel_task(t, TASK_CANCELLED);

@@ -110,6 +110,9 @@ const char *sched_log_tag(const task *t);
 /* Abandons t: its pending operation is cancelled through its hook, on_done runs with
  * TASK_CANCELLED. Not for the running task. */
 void sched_cancel(task *t);
+/* Abandons t as its deadline would (logged with why, on_done with TASK_EXPIRED): its caller
+ * stopped waiting. Not for the running task (then nothing happens). */
+void sched_abandon(task *t, const char *why);
 /* Cancels every in-flight task (shutdown deadline). */
 void sched_cancel_all(struct scheduler *s);
 int sched_inflight(const struct scheduler *s);

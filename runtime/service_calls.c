@@ -19,10 +19,39 @@
 #include "service_internal.h"
 #include "services.h"
 #include "timers.h"
+#include "trace.h"
+
+/* Where a reply goes: a NATS reply subject ("" or NULL: nowhere) or, for an in-process call, a
+ * function. Both paths build the same bytes and headers, so their semantics cannot drift. */
+typedef struct reply_to {
+    const char *subject;
+    services_reply_fn fn;
+    void *udata;
+} reply_to;
+
+static reply_to ctx_reply_to(const call_ctx *c)
+{
+    reply_to to = {c->reply, c->reply_fn, c->reply_udata};
+    return to;
+}
+
+static bool has_reply(const reply_to *to)
+{
+    return to->fn || (to->subject && to->subject[0]);
+}
+
+static void deliver(struct services *s, const reply_to *to, const char *data, size_t len,
+                    const char *const *headers)
+{
+    if (to->fn)
+        to->fn(to->udata, NB_OK, data, len, headers);
+    else if (to->subject && to->subject[0])
+        nats_bridge_publish(s->rt->nats, to->subject, NULL, data, len, headers);
+}
 
 /* ---- replies ---- */
 
-static void reply_error(struct services *s, const char *reply, const char *uri, const char *msg,
+static void reply_error(struct services *s, const reply_to *to, const char *uri, const char *msg,
                         int code)
 {
     codec_buf *buf = services_scratch(s);
@@ -31,11 +60,11 @@ static void reply_error(struct services *s, const char *reply, const char *uri, 
     rpc_error_header_text(line, sizeof line, msg);
     snprintf(codetext, sizeof codetext, "%d", code);
     const char *headers[] = {HDR_SERVICE_ERROR, line, HDR_SERVICE_ERROR_CODE, codetext, NULL};
-    nats_bridge_publish(s->rt->nats, reply, NULL, buf->data, buf->len, headers);
+    deliver(s, to, buf->data, buf->len, headers);
 }
 
 /* The error value at the top of co (microservice.error or a failed call) as a reply. */
-static void reply_app_error(struct services *s, const char *reply, lua_State *co)
+static void reply_app_error(struct services *s, const reply_to *to, lua_State *co)
 {
     int e = lua_gettop(co);
     lua_getfield(co, e, "uri");
@@ -73,17 +102,17 @@ static void reply_app_error(struct services *s, const char *reply, lua_State *co
         codec_buf_append(buf, ",\"args\":", 8) || codec_encode(co, e + 3, buf, depth, &err) ||
         codec_buf_append(buf, ",\"kwargs\":", 10) || codec_encode(co, e + 4, buf, depth, &err) ||
         codec_buf_append(buf, "}", 1)) {
-        reply_error(s, reply, uri, msg, code);
+        reply_error(s, to, uri, msg, code);
         return;
     }
     char line[256], codetext[16];
     rpc_error_header_text(line, sizeof line, msg);
     snprintf(codetext, sizeof codetext, "%d", code);
     const char *headers[] = {HDR_SERVICE_ERROR, line, HDR_SERVICE_ERROR_CODE, codetext, NULL};
-    nats_bridge_publish(s->rt->nats, reply, NULL, buf->data, buf->len, headers);
+    deliver(s, to, buf->data, buf->len, headers);
 }
 
-static void reply_result(struct services *s, const char *reply, lua_State *co, int nres,
+static void reply_result(struct services *s, const reply_to *to, lua_State *co, int nres,
                          const char *label)
 {
     int base = lua_gettop(co) - nres;
@@ -91,13 +120,13 @@ static void reply_result(struct services *s, const char *reply, lua_State *co, i
     codec_error err;
     if (codec_encode_envelope(co, nres >= 1 ? base + 1 : 0, nres >= 2 ? base + 2 : 0, buf,
                               s->rt->cfg.max_depth, &err) == 0) {
-        nats_bridge_publish(s->rt->nats, reply, NULL, buf->data, buf->len, NULL);
+        deliver(s, to, buf->data, buf->len, NULL);
         return;
     }
     log_error(label, "cannot encode the result: %s", err.msg);
     char msg[300];
     snprintf(msg, sizeof msg, "cannot encode the result: %s", err.msg);
-    reply_error(s, reply, URI_RUNTIME_ERROR, msg, 500);
+    reply_error(s, to, URI_RUNTIME_ERROR, msg, 500);
 }
 
 /* Logs an application error of t that has nobody to answer to. */
@@ -156,34 +185,49 @@ static void record_call(rpc_entry *e, enum task_end how, lua_State *co, uint64_t
         record_error(e, "cancelled at shutdown");
         break;
     case TASK_EXPIRED:
-        record_error(e, "abandoned after the caller's timeout");
+        record_error(e, "abandoned: its caller stopped waiting (timeout or gone)");
         break;
     }
+}
+
+static void bus_call_unlink(struct services *s, call_ctx *c)
+{
+    if (!c->listed) return;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->bus_calls = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->listed = false;
 }
 
 void call_done(task *t, enum task_end how, lua_State *co, int nres)
 {
     call_ctx *c = t->udata;
     struct services *s = c->svcs;
+    bus_call_unlink(s, c);
     if (c->rpc) record_call(c->rpc, how, co, uv_hrtime() - c->started);
-    if (how == TASK_APP_ERROR && !c->reply[0]) log_app_error(t, co);
-    if (c->reply[0]) {
+    reply_to to = ctx_reply_to(c);
+    if (how == TASK_APP_ERROR && !has_reply(&to)) log_app_error(t, co);
+    if (how == TASK_EXPIRED && to.fn) { /* in-process: as the bus caller's own timer would say */
+        to.fn(to.udata, NB_TIMEOUT, NULL, 0, NULL);
+    } else if (has_reply(&to)) {
         switch (how) {
         case TASK_OK:
-            reply_result(s, c->reply, co, nres, t->label);
+            reply_result(s, &to, co, nres, t->label);
             break;
         case TASK_ERROR:
-            reply_error(s, c->reply, URI_RUNTIME_ERROR, lua_tostring(co, -1), 500);
+            reply_error(s, &to, URI_RUNTIME_ERROR, lua_tostring(co, -1), 500);
             break;
         case TASK_APP_ERROR:
-            reply_app_error(s, c->reply, co);
+            reply_app_error(s, &to, co);
             break;
         case TASK_CANCELLED:
-            reply_error(s, c->reply, URI_UNAVAILABLE,
-                        "the service shut down before the call completed", 503);
+            reply_error(s, &to, URI_UNAVAILABLE, "the service shut down before the call completed",
+                        503);
             break;
         case TASK_EXPIRED:
-            reply_error(s, c->reply, URI_TIMEOUT, "the call's timeout passed", 504);
+            reply_error(s, &to, URI_TIMEOUT, "the call's timeout passed", 504);
             break;
         }
     }
@@ -194,9 +238,8 @@ void call_done(task *t, enum task_end how, lua_State *co, int nres)
     nats_bridge_kick(s->rt->nats);
 }
 
-call_ctx *call_ctx_new(struct services *s, natsMsg *msg)
+call_ctx *call_ctx_new(struct services *s, const char *reply)
 {
-    const char *reply = natsMsg_GetReply(msg);
     size_t n = reply ? strlen(reply) : 0;
     call_ctx *c = malloc(sizeof *c + n + 1);
     if (!c) return NULL;
@@ -206,35 +249,41 @@ call_ctx *call_ctx_new(struct services *s, natsMsg *msg)
     c->started = uv_hrtime();
     c->authid[0] = c->authrole[0] = '\0';
     c->args_held = 0;
+    c->reply_fn = NULL;
+    c->reply_udata = NULL;
+    c->task = NULL;
+    c->prev = c->next = NULL;
+    c->listed = false;
     memcpy(c->reply, reply ? reply : "", n + 1);
     return c;
 }
 
-/* Pushes args and kwargs of msg on co, their Lua memory metered and held by c (lua_memory.c);
- * on a malformed or too large envelope answers (when it can) and returns -1 with nothing pushed. */
-int push_envelope(struct services *s, call_ctx *c, lua_State *co, natsMsg *msg, const char *label)
+/* Pushes the args and kwargs of the envelope data on co, their Lua memory metered and held by c
+ * (lua_memory.c); on a malformed or too large envelope answers (when it can) and returns -1 with
+ * nothing pushed. subject names the message in the log. */
+int push_envelope(struct services *s, call_ctx *c, lua_State *co, const char *data, size_t len,
+                  const char *subject, const char *label)
 {
     codec_error err;
-    int len = natsMsg_GetDataLength(msg), rc = -1, code = 400;
+    int rc = -1, code = 400;
     lua_memory *m = &s->rt->lua_mem;
     codec_meter meter = {&m->allocated, lua_memory_args_budget(m)};
     size_t before = m->allocated;
-    if ((size_t)len > s->rt->cfg.body_limit)
-        snprintf(err.msg, sizeof err.msg, "body of %d bytes is over the limit of %zu", len,
+    if (len > s->rt->cfg.body_limit)
+        snprintf(err.msg, sizeof err.msg, "body of %zu bytes is over the limit of %zu", len,
                  s->rt->cfg.body_limit);
     else
-        rc = codec_decode_envelope_metered(co, natsMsg_GetData(msg), (size_t)len,
-                                           s->rt->cfg.max_depth, &meter, &err);
+        rc = codec_decode_envelope_metered(co, data, len, s->rt->cfg.max_depth, &meter, &err);
     if (rc == 0) {
         c->args_held = lua_memory_hold_args(m, m->allocated - before);
         return 0;
     }
     if (rc == CODEC_TOO_LARGE) code = lua_memory_refuse_args(m, meter.max, err.msg, sizeof err.msg);
-    const char *reply = natsMsg_GetReply(msg);
-    if (reply && reply[0])
-        reply_error(s, reply, code == 503 ? URI_UNAVAILABLE : URI_INVALID_ARGUMENT, err.msg, code);
+    reply_to to = ctx_reply_to(c);
+    if (has_reply(&to))
+        reply_error(s, &to, code == 503 ? URI_UNAVAILABLE : URI_INVALID_ARGUMENT, err.msg, code);
     else
-        log_warn(label, "message on %s dropped: %s", natsMsg_GetSubject(msg), err.msg);
+        log_warn(label, "message on %s dropped: %s", subject, err.msg);
     return -1;
 }
 
@@ -242,69 +291,65 @@ int push_envelope(struct services *s, call_ctx *c, lua_State *co, natsMsg *msg, 
 
 /* The caller's identity, when a gateway holding the same bus_secret signed it for this subject;
  * anything unsigned or forged is ignored (the call runs without an identity). */
-static void take_caller(struct services *s, call_ctx *c, task *t, natsMsg *msg)
+static void take_caller(call_ctx *c, task *t, const char *id, const char *role)
 {
-    const char *id = NULL, *role = NULL;
-    if (!auth_identity_of(s->rt->auth, msg, &id, &role)) return;
+    if (!id || !role) return;
     snprintf(c->authid, sizeof c->authid, "%s", id);
     snprintf(c->authrole, sizeof c->authrole, "%s", role);
     t->authid = c->authid;
     t->authrole = c->authrole;
 }
 
-/* The caller's trace id, when its message carries a valid traceparent (else one is made when
- * first needed). */
-void take_trace(task *t, natsMsg *msg)
+/* The caller's trace id, when it sent a valid traceparent (else one is made when first needed). */
+void take_trace(task *t, const char *traceparent)
 {
-    const char *v = NULL;
-    if (natsMsgHeader_Get(msg, TRACE_HEADER, &v) == NATS_OK && v)
-        trace_parse(v, strlen(v), t->trace_id);
+    if (traceparent) trace_parse(traceparent, strlen(traceparent), t->trace_id);
 }
 
-void on_rpc_msg(void *udata, natsMsg *msg)
+const char *msg_header(natsMsg *msg, const char *name)
 {
-    rpc_entry *e = udata;
+    const char *v = NULL;
+    return natsMsgHeader_Get(msg, name, &v) == NATS_OK ? v : NULL;
+}
+
+/* One call of e, from NATS or in-process (services_call_local): admission, envelope, deadline,
+ * caller, trace, binding, then the task. Answers through in->to itself when the call cannot run.
+ * Returns the started task, or NULL. */
+static task *rpc_take(rpc_entry *e, const services_call *in, const reply_to *to)
+{
     struct services *s = e->svcs;
-    if (nats_bridge_misdirected(s->rt->nats, msg, true)) return; /* an event never runs an RPC */
     if (!lua_memory_admit(&s->rt->lua_mem)) {
         char msg_text[96];
         snprintf(msg_text, sizeof msg_text, "Lua memory limit reached (%zu MiB)",
                  s->rt->lua_mem.limit >> 20);
         e->calls++;
         record_error(e, msg_text);
-        if (natsMsg_GetReply(msg))
-            reply_error(s, natsMsg_GetReply(msg), URI_UNAVAILABLE, msg_text, 503);
-        nats_bridge_release(s->rt->nats, msg);
-        return;
+        if (has_reply(to)) reply_error(s, to, URI_UNAVAILABLE, msg_text, 503);
+        return NULL;
     }
-    call_ctx *c = call_ctx_new(s, msg);
+    call_ctx *c = call_ctx_new(s, to->subject);
     task *t = c ? sched_task_new(s->rt->sched, call_done, c, e->subject) : NULL;
     if (!t) {
-        if (natsMsg_GetReply(msg))
-            reply_error(s, natsMsg_GetReply(msg), URI_UNAVAILABLE, "out of memory", 503);
+        if (has_reply(to)) reply_error(s, to, URI_UNAVAILABLE, "out of memory", 503);
         free(c);
-        nats_bridge_release(s->rt->nats, msg);
-        return;
+        return NULL;
     }
+    c->reply_fn = to->fn;
+    c->reply_udata = to->udata;
     lua_State *co = t->co;
-    if (push_envelope(s, c, co, msg, e->subject) != 0) {
+    if (push_envelope(s, c, co, in->data, in->len, e->subject, e->subject) != 0) {
         e->calls++;
         record_error(e, "malformed envelope");
         sched_task_discard(t);
         free(c);
-        nats_bridge_release(s->rt->nats, msg);
-        return;
+        return NULL;
     }
     /* the caller's timeout, at most --max-call-timeout (also without one) */
-    const char *timeout = NULL;
     double deadline = s->rt->cfg.max_call_timeout;
-    if (natsMsgHeader_Get(msg, NB_HDR_TIMEOUT, &timeout) == NATS_OK && timeout &&
-        strtod(timeout, NULL) / 1000.0 < deadline)
-        deadline = strtod(timeout, NULL) / 1000.0;
+    if (in->timeout_s > 0 && in->timeout_s < deadline) deadline = in->timeout_s;
     sched_set_deadline(t, deadline);
-    take_caller(s, c, t, msg);
-    take_trace(t, msg);
-    nats_bridge_release(s->rt->nats, msg);
+    take_caller(c, t, in->authid, in->authrole);
+    take_trace(t, in->traceparent);
     /* stack: args kwargs -> args kwargs fn bound... -> fn bound... */
     lua_rawgeti(co, LUA_REGISTRYINDEX, e->fn_ref);
     char err[256];
@@ -312,17 +357,74 @@ void on_rpc_msg(void *udata, natsMsg *msg)
     if (n < 0) {
         e->calls++;
         record_error(e, err);
-        if (c->reply[0]) reply_error(s, c->reply, URI_INVALID_ARGUMENT, err, 400);
+        if (has_reply(to)) reply_error(s, to, URI_INVALID_ARGUMENT, err, 400);
         sched_task_discard(t);
         lua_memory_release_args(&s->rt->lua_mem, c->args_held);
         free(c);
-        return;
+        return NULL;
     }
     lua_remove(co, 1);
     lua_remove(co, 1);
     c->rpc = e;
     e->tasks++;
+    if (to->subject && to->subject[0]) { /* its caller may cancel it (SERVICES_CANCEL_SUBJECT) */
+        c->task = t;
+        c->next = s->bus_calls;
+        if (s->bus_calls) s->bus_calls->prev = c;
+        s->bus_calls = c;
+        c->listed = true;
+    }
     sched_start(t, n);
+    return t;
+}
+
+void on_rpc_msg(void *udata, natsMsg *msg)
+{
+    rpc_entry *e = udata;
+    struct services *s = e->svcs;
+    if (nats_bridge_misdirected(s->rt->nats, msg, true)) return; /* an event never runs an RPC */
+    services_call in = {
+        natsMsg_GetData(msg),         (size_t)natsMsg_GetDataLength(msg), 0, NULL, NULL,
+        msg_header(msg, TRACE_HEADER)};
+    const char *timeout = msg_header(msg, NB_HDR_TIMEOUT);
+    if (timeout) in.timeout_s = strtod(timeout, NULL) / 1000.0;
+    if (!auth_identity_of(s->rt->auth, msg, &in.authid, &in.authrole))
+        in.authid = in.authrole = NULL;
+    reply_to to = {natsMsg_GetReply(msg), NULL, NULL};
+    rpc_take(e, &in, &to); /* the task holds copies of what it needs from msg */
+    nats_bridge_release(s->rt->nats, msg);
+}
+
+/* A caller abandoned the request whose reply subject is the body: if this process serves it, its
+ * task is abandoned as a gone in-process caller's would be. A linear search: cancels are rare
+ * (abandoned calls only) and the list is bounded by --max-inflight. */
+void on_cancel_msg(void *udata, natsMsg *msg)
+{
+    struct services *s = udata;
+    const char *reply = natsMsg_GetData(msg);
+    int len = natsMsg_GetDataLength(msg);
+    for (call_ctx *c = s->bus_calls; c && reply && len > 0; c = c->next) {
+        if ((size_t)len != strlen(c->reply) || memcmp(c->reply, reply, (size_t)len) != 0) continue;
+        sched_abandon(c->task, "its caller went away (cancel message)"); /* frees c */
+        break;
+    }
+    nats_bridge_release(s->rt->nats, msg);
+}
+
+task *services_call_local(struct services *s, const char *procedure, const services_call *in,
+                          services_reply_fn fn, void *udata, bool *found)
+{
+    rpc_entry *e = rpc_find(s, procedure);
+    *found = e && !e->shared; /* shared: balanced with WAMP callees over the bus */
+    if (!*found) return NULL;
+    reply_to to = {NULL, fn, udata};
+    return rpc_take(e, in, &to);
+}
+
+bool services_serves_alone(struct services *s, const char *procedure)
+{
+    rpc_entry *e = rpc_find(s, procedure);
+    return e && !e->shared;
 }
 
 /* ---- spawn ---- */

@@ -61,7 +61,12 @@ typedef struct call_ctx {
     char authid[AUTH_ID_MAX]; /* the caller, when a trusted gateway signed it; "" otherwise */
     char authrole[AUTH_ROLE_MAX];
     size_t args_held; /* the share of the Lua memory for large arguments it holds (lua_memory.c) */
-    char reply[];     /* reply subject, "" when the message had none */
+    services_reply_fn reply_fn; /* an in-process call's reply (local_dispatch.c), or NULL */
+    void *reply_udata;
+    task *task;                   /* a request taken from NATS, while it runs */
+    struct call_ctx *prev, *next; /* on the services' bus_calls list, for SERVICES_CANCEL_SUBJECT */
+    bool listed;
+    char reply[]; /* reply subject, "" when the message had none */
 } call_ctx;
 
 #define LOAD_MESSAGES_MAX 16
@@ -82,6 +87,8 @@ struct services {
     char *load_messages[LOAD_MESSAGES_MAX];
     int nload_messages;
     codec_buf scratch;
+    nb_sub *cancel_sub;  /* SERVICES_CANCEL_SUBJECT */
+    call_ctx *bus_calls; /* running requests taken from NATS that have a reply subject */
 };
 
 /* What a script's table says about its service, for the NATS service API. */
@@ -113,16 +120,20 @@ void run_stopped(struct services *s, int ref);
 int declare_rpc(struct services *s, lua_State *L, int svc_idx, const char *subject,
                 const char *file, bool *added);
 bool is_rpc_value(lua_State *L, int idx);
+rpc_entry *rpc_find(struct services *s, const char *subject);
 void rpc_free(rpc_entry *e);
 void rpc_release(struct services *s, rpc_entry *e);
 void rpc_retire(struct services *s, rpc_entry *e);
 
 /* service_calls.c: calls and their replies */
-call_ctx *call_ctx_new(struct services *s, natsMsg *msg);
+call_ctx *call_ctx_new(struct services *s, const char *reply);
 void call_done(task *t, enum task_end how, lua_State *co, int nres);
 void on_rpc_msg(void *udata, natsMsg *msg);
-int push_envelope(struct services *s, call_ctx *c, lua_State *co, natsMsg *msg, const char *label);
-void take_trace(task *t, natsMsg *msg);
+void on_cancel_msg(void *udata, natsMsg *msg);
+int push_envelope(struct services *s, call_ctx *c, lua_State *co, const char *data, size_t len,
+                  const char *subject, const char *label);
+void take_trace(task *t, const char *traceparent);
+const char *msg_header(natsMsg *msg, const char *name);
 
 /* service_subscriptions.c: microservice.subscribe */
 void lua_sub_free(lua_sub *ls);

@@ -92,7 +92,7 @@ void rpc_retire(struct services *s, rpc_entry *e)
     rpc_maybe_free(s, e);
 }
 
-static rpc_entry *rpc_find(struct services *s, const char *subject)
+rpc_entry *rpc_find(struct services *s, const char *subject)
 {
     for (rpc_entry *e = s->rpcs; e; e = e->next)
         if (strcmp(e->subject, subject) == 0) return e;

@@ -12,6 +12,7 @@
 #include "lua_error.h"
 #include "nats_bridge.h"
 #include "rpc_binding.h"
+#include "trace.h"
 #include "rpc_error.h"
 #include "scheduler.h"
 #include "service_hooks.h"
@@ -50,7 +51,7 @@ static void on_sub_msg(void *udata, natsMsg *msg)
         nats_bridge_release(s->rt->nats, msg);
         return;
     }
-    call_ctx *c = call_ctx_new(s, msg);
+    call_ctx *c = call_ctx_new(s, natsMsg_GetReply(msg));
     task *t = c ? sched_task_new(s->rt->sched, call_done, c, ls->subject) : NULL;
     if (!t) {
         free(c);
@@ -59,13 +60,14 @@ static void on_sub_msg(void *udata, natsMsg *msg)
     }
     lua_State *co = t->co;
     lua_rawgeti(co, LUA_REGISTRYINDEX, ls->fn_ref);
-    if (push_envelope(s, c, co, msg, ls->subject) != 0) {
+    if (push_envelope(s, c, co, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg),
+                      natsMsg_GetSubject(msg), ls->subject) != 0) {
         sched_task_discard(t);
         free(c);
         nats_bridge_release(s->rt->nats, msg);
         return;
     }
-    take_trace(t, msg);
+    take_trace(t, msg_header(msg, TRACE_HEADER));
     lua_pushstring(co, natsMsg_GetSubject(msg));
     nats_bridge_release(s->rt->nats, msg);
     c->sub = ls;

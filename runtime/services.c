@@ -31,6 +31,8 @@ codec_buf *services_scratch(struct services *s)
 
 void services_drain(struct services *s)
 {
+    if (s->cancel_sub) nb_sub_close(s->cancel_sub);
+    s->cancel_sub = NULL;
     for (rpc_entry *e = s->rpcs; e; e = e->next) {
         if (e->sub) nb_sub_drain(e->sub);
         e->sub = NULL; /* the bridge frees it once drained */

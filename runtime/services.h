@@ -15,6 +15,11 @@
  * REGISTER asks there first and is refused when the procedure is served and not shared
  * (docs/wamp.md). A Lua service shares its RPCs with `shared = true` in its table. */
 #define SERVICES_PROBE_PREFIX "$MS.PROC."
+/* A caller that abandons a request (HTTP client gone, WAMP CANCEL, a cancelled Lua caller)
+ * publishes its reply subject here; every process subscribes, and the one serving that request
+ * abandons its task (aborting e.g. its outbound HTTP transfer), as an in-process callee would be
+ * (docs/local-dispatch.md). */
+#define SERVICES_CANCEL_SUBJECT "$MS.CANCEL"
 
 struct services *services_new(runtime *rt);
 /* Loads every *.lua in dir. A script that fails is logged with file and line and skipped; the
@@ -83,6 +88,31 @@ int services_print(struct services *s, FILE *out);
 /* The name of the loaded RPC procedure as the registry owns it (valid while the RPC is loaded), or
  * NULL when no loaded service declares it. */
 const char *services_procedure_name(struct services *s, const char *procedure);
+/* An in-process call (local_dispatch.c): the reply a NATS caller would get, as a function call.
+ * status is NB_OK (data and headers as a bus reply would carry them, valid during the call) or
+ * NB_TIMEOUT (the caller's timeout passed: the callee was abandoned). */
+typedef void (*services_reply_fn)(void *udata, int status, const char *data, size_t len,
+                                  const char *const *headers);
+/* What a call brings, from a NATS message or from an in-process caller. */
+typedef struct services_call {
+    const char *data; /* the envelope [args, kwargs] (JSON) */
+    size_t len;
+    double timeout_s;              /* how long the caller waits; <= 0: not said */
+    const char *authid, *authrole; /* the caller when known (checked or signed); NULL: none */
+    const char *traceparent;       /* W3C traceparent of the caller, or NULL */
+} services_call;
+struct task;
+/* Runs procedure's current version in this process through the very path a request from NATS
+ * takes (admission, envelope, deadline, binding, metrics); fn gets the reply, once (also when the
+ * call is refused before it starts: then this returns NULL). Returns the running task (abandon
+ * it with sched_abandon) or NULL; *found is false when no loaded service declares procedure, or
+ * its service is shared (then fn is never called). Not from inside a task: the callee starts at
+ * once on the C stack. */
+/* A loaded Lua service declares procedure and does not share it with WAMP callees (shared =
+ * true: calls are balanced over the bus with them). */
+bool services_serves_alone(struct services *s, const char *procedure);
+struct task *services_call_local(struct services *s, const char *procedure, const services_call *in,
+                                 services_reply_fn fn, void *udata, bool *found);
 int services_bind(struct services *s, lua_State *L, const char *procedure, int args_idx,
                   int kwargs_idx, const char **uri, char *err, size_t errlen);
 

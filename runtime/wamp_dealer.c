@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "auth.h"
+#include "local_dispatch.h"
 #include "log.h"
 #include "nats_bridge.h"
 #include "rpc_error.h"
@@ -144,16 +145,18 @@ void on_call(session *s, json_t *msg)
     c->s = s;
     c->request = req;
     c->progress = progress;
-    int rc = nats_bridge_request_as(s->r->rt->nats, json_string_value(uri), body, len,
-                                    h ? headers : NULL, s->authid, s->authrole, timeout,
-                                    on_call_reply, c, &c->req);
+    rpc_handle handle;
+    int rc = rpc_call_start(s->r->rt, true, json_string_value(uri), body, len, h ? headers : NULL,
+                            s->authid, s->authrole, timeout, on_call_reply, c, &handle);
+    c->req = handle.bus;
+    c->local = handle.local;
     free(body);
     if (rc != NB_OK) {
         free(c);
         send_error(s, CALL, req, URI_UNAVAILABLE, "the bus is unavailable");
         return;
     }
-    if (progress) nb_request_allow_progress(c->req, HDR_PROGRESS);
+    if (progress && c->req) nb_request_allow_progress(c->req, HDR_PROGRESS);
     c->next = s->calls;
     s->calls = c;
     s->ncalls++;
@@ -171,7 +174,7 @@ void on_cancel(session *s, json_t *msg)
         if (c->request != req || c->ack) continue;
         call_unlink(c);
         s->ncalls--;
-        nb_request_cancel(c->req);
+        rpc_handle_cancel(s->r->rt, &(rpc_handle){c->req, c->local});
         send_error(s, CALL, req, "wamp.error.canceled", "the call was canceled");
         free(c);
         return;
@@ -548,7 +551,10 @@ void dealer_session_end(session *s)
     while (s->calls) {
         pending_call *c = s->calls;
         s->calls = c->next;
-        nb_request_cancel(c->req);
+        if (c->ack)
+            nb_request_cancel(c->req); /* not a CALL */
+        else
+            rpc_handle_cancel(s->r->rt, &(rpc_handle){c->req, c->local});
         free(c->procedure);
         free(c);
     }

@@ -90,6 +90,7 @@ typedef struct pending_call {
     session *s;
     uint64_t request;
     nb_request *req;
+    struct local_call *local; /* a CALL run in-process (local_dispatch.h) */
     bool progress;
     int ack;
     uint64_t ack_id;

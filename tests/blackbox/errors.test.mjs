@@ -170,20 +170,27 @@ h.test('--call-timeout sets the default call timeout (504 without ?timeout)', as
   }
 });
 
-// Last: it stops the bus.
-h.test('503 wamp.error.unavailable when the bus is down, immediately; healthz 503', async () => {
+// Last: it stops the bus. With --prefer-local on (the default) the RPCs served by the process
+// itself still answer, and /healthz stays 200 with status "degraded" (docs/local-dispatch.md);
+// a procedure served elsewhere (or every one, with --prefer-local off) gets 503 at once.
+h.test('503 wamp.error.unavailable when the bus is down, immediately; healthz says so', async () => {
   await nats.stop('SIGTERM');
+  const want = h.preferLocal ? 200 : 503;
   const health = await h.waitFor(async () => {
     const r = await fetch(rt.url('/healthz'), { signal: AbortSignal.timeout(2000) });
     const text = await r.text();
-    return r.status === 503 ? { status: r.status, text } : false;
-  }, { timeout: 15000, what: 'GET /healthz to become 503' });
+    return r.status === want && JSON.parse(text).nats !== 'connected' ? { status: r.status, text } : false;
+  }, { timeout: 15000, what: `GET /healthz to become ${want} with the bus down` });
   const hj = JSON.parse(health.text);
   assert.notEqual(hj.nats, 'connected', health.text); // "disconnected", "reconnecting", ...
-  assert.notEqual(hj.status, 'ok', health.text);
+  assert.equal(hj.status, h.preferLocal ? 'degraded' : 'unavailable', health.text);
 
+  if (h.preferLocal) {
+    const local = await h.post(rt, 'greeting_service.hello', [['Bob'], {}]);
+    assert.equal(local.status, 200, local.text);
+  }
   const t0 = Date.now();
-  const r = await h.post(rt, 'greeting_service.hello?timeout=20', [['Bob'], {}], { timeout: 25000 });
+  const r = await h.post(rt, `${h.preferLocal ? 'elsewhere_service' : 'greeting_service'}.hello?timeout=20`, [['Bob'], {}], { timeout: 25000 });
   const ms = Date.now() - t0;
   expectError(r, 503, 'wamp.error.unavailable');
   assert.ok(ms < 3000, `503 must come at once, not after a timeout (took ${ms} ms)`);

@@ -151,11 +151,18 @@ h.test('HTTP/2: a call whose stream is reset after it was sent is cancelled like
     const req = session.request({ ':method': 'POST', ':path': '/test_service.sleep' });
     req.on('error', () => {});
     req.end('[[30, "reset me"]]');
-    await h.waitFor(() => onBus.length === 1, { what: 'the call on the bus' });
+    // over the bus, or in-process (--prefer-local on): then the callee is abandoned too
+    if (h.preferLocal) await h.waitFor(async () => await h.inflight(rt) === 1, { what: 'the call to run' });
+    else await h.waitFor(() => onBus.length === 1, { what: 'the call on the bus' });
     assert.equal(await httpInflight(), 1);
     req.close(http2.constants.NGHTTP2_CANCEL);
     await h.waitFor(async () => await httpInflight() === 0, { what: 'the call to be cancelled' });
     assert.equal(await metric(ABANDONED), before + 1);
+    if (h.preferLocal) {
+      await h.waitFor(async () => await h.inflight(rt) === 0, { what: 'the callee to be abandoned' });
+      assert.match(rt.log(), /\[test_service\.sleep\] abandoned: its caller went away/);
+      assert.equal(onBus.length, 0);
+    }
   } finally {
     sub.unsubscribe();
     session.close();

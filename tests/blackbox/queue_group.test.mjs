@@ -16,8 +16,11 @@ before(async () => {
     dir, name: 'worker-B', natsUrl: nats.url, servicesDir: sdir, http: false,
     env: { WHOAMI: 'B' }, ready: { rpc: 'test_service.whoami', payload: '[]' },
   });
+  // --prefer-local off: a gateway that serves the RPCs itself would take every call in-process
+  // (docs/local-dispatch.md); spreading calls over processes is what this test is about
   gateway = await h.startRuntime({
     dir, name: 'gateway-A', natsUrl: nats.url, servicesDir: sdir, env: { WHOAMI: 'A' },
+    args: ['--prefer-local', 'off'],
   });
 });
 

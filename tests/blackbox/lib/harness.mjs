@@ -350,6 +350,21 @@ export async function startNatsCluster({ dir, n = 3, name = 'jsc' } = {}) {
 //   env          extra environment
 //   name         log name
 //   ready        'healthz' (default when http), {rpc: 'svc.method', payload} (NATS readiness), or false
+// MICROSERVICE_TEST_PREFER_LOCAL=off runs every runtime with --prefer-local off (calls of RPCs
+// served in the same process go over NATS): tests/CMakeLists.txt runs the semantic tests both
+// ways. Tests that see the difference (a call on the bus or not) read preferLocal.
+export const preferLocal = process.env.MICROSERVICE_TEST_PREFER_LOCAL !== 'off';
+
+// The HTTP status of /healthz while the bus is down for a runtime that serves RPCs: 200
+// ("degraded": its own RPCs still answer in-process) with --prefer-local on, else 503.
+export const busDownHealth = preferLocal ? 200 : 503;
+
+// Calls (tasks) running in rt, from /healthz through curl (node's fetch pool may be busy with the
+// very calls being counted).
+export async function inflight(rt) {
+  return (await curl(rt.url('/healthz'))).json.inflight;
+}
+
 export async function startRuntime({ dir, natsUrl, servicesDir: sdir, http = true, args = [], env = {}, name = 'runtime', ready, logLevel = 'debug' } = {}) {
   for (let attempt = 0; ; attempt++) {
     const port = http === false ? null : (typeof http === 'number' ? http : await freePort());
@@ -358,6 +373,7 @@ export async function startRuntime({ dir, natsUrl, servicesDir: sdir, http = tru
       '--http', port ? `127.0.0.1:${port}` : 'off',
       '--nats', natsUrl,
       '--log-level', logLevel,
+      ...(preferLocal || args.includes('--prefer-local') ? [] : ['--prefer-local', 'off']),
       ...args,
       sdir,
     ];
