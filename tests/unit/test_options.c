@@ -28,11 +28,11 @@ static void test_rows(void)
         const char *d = strstr(o->help, "default ");
         if (numeric && d && d[8] >= '0' && d[8] <= '9')
             CHECK(strtod(d + 8, NULL) == o->def || diag("--%s: help says %s", o->name, d));
-        if (o->env) { /* the help names the variable, and only strings have one */
+        if (o->env) { /* the help names the variable; strings and parsed words have one */
             char var[64];
             snprintf(var, sizeof var, "$%s", o->env);
             CHECK(strstr(o->help, var) != NULL || diag("--%s: help lacks %s", o->name, var));
-            CHECK(o->kind == OPTION_STRING);
+            CHECK(o->kind == OPTION_STRING || o->kind == OPTION_CUSTOM);
         }
     }
 }
