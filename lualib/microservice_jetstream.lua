@@ -1,6 +1,6 @@
 -- microservice.jetstream: durable events and key-value on NATS JetStream, spoken through the
 -- JetStream API subjects ($JS.API.*) with the runtime's non-blocking requests
--- (runtime/lua_jetstream.c). Owns: the streams and consumers a service declares (created or
+-- (runtime/mlua_jetstream.c). Owns: the streams and consumers a service declares (created or
 -- updated before its started hook), durable subscriptions (pull consumers), publishing with
 -- confirmation, and KV buckets. Public faces: microservice.subscribe{ durable = ... },
 -- microservice.stream.publish, microservice.kv(bucket); docs/api/stream.md and docs/api/kv.md.

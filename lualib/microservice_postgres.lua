@@ -10,7 +10,7 @@
 -- parameters ($1..$n), never spliced into the SQL: nil and null are NULL, booleans and numbers
 -- as text, strings as text (or as binary when they are not UTF-8, for bytea), tables as JSON.
 -- Rows come back as tables keyed by column name, converted by column type (see
--- runtime/lua_postgres.c); NULL is microservice.null. A SQL error is raised as a table
+-- runtime/mlua_postgres.c); NULL is microservice.null. A SQL error is raised as a table
 -- { sqlstate = "23505", message = ..., detail = ... }; a database that is down raises
 -- wamp.error.unavailable.
 local core = require "microservice.core"

@@ -59,7 +59,7 @@ int codec_decode_envelope(lua_State *L, const char *buf, size_t len, int max_dep
                           codec_error *err);
 
 /* A bound on the Lua memory a decode may take. counter points at a count of the bytes allocated on
- * L that only grows (lua_memory's `allocated`); the decode stops, pushes nothing and returns
+ * L that only grows (mlua_memory's `allocated`); the decode stops, pushes nothing and returns
  * CODEC_TOO_LARGE once that count has grown by more than max since it began (checked after each
  * element: it stops at most one element past the bound; what it made is garbage then). */
 typedef struct codec_meter {

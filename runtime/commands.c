@@ -21,14 +21,14 @@
 #include "codec.h"
 #include "log.h"
 #include "nats_auth.h"
-#include "lua_api.h"
-#include "lua_error.h"
+#include "mlua_api.h"
+#include "mlua_error.h"
 #include "nats_bridge.h"
 #include "options.h"
 #include "rpc_error.h"
 #include "scheduler.h"
 #include "services.h"
-#include "test_watch.h"
+#include "command_test_watch.h"
 
 /* ---- call ---- */
 
@@ -323,7 +323,7 @@ static void tests_done(task *t, enum task_end how, lua_State *co, int nres)
     runtime_shutdown(tr->rt);
 }
 
-/* --watch: the same command without --watch, run again on every saved file (test_watch.c).
+/* --watch: the same command without --watch, run again on every saved file (command_test_watch.c).
  * getopt has moved the options before the files (argv[optind..]). */
 static int watch_tests(int argc, char **argv, const runtime_config *cfg, bool services_given)
 {
@@ -337,7 +337,7 @@ static int watch_tests(int argc, char **argv, const runtime_config *cfg, bool se
         }
         rest[n++] = argv[i];
     }
-    int rc = test_watch(n, rest, cfg->services_dir, services_given, first_file);
+    int rc = command_test_watch(n, rest, cfg->services_dir, services_given, first_file);
     free(rest);
     return rc;
 }

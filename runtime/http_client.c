@@ -457,7 +457,7 @@ http_xfer *http_client_request(http_client *c, const hc_request *req, hc_done_fn
     return x;
 }
 
-void http_xfer_abort(http_xfer *x)
+void http_client_xfer_abort(http_xfer *x)
 {
     http_client *c = x->c;
     xfer_detach(x);

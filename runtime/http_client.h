@@ -54,7 +54,7 @@ http_client *http_client_new(runtime *rt, int max_active, int queue_limit);
 http_xfer *http_client_request(http_client *c, const hc_request *req, hc_done_fn fn, void *udata,
                                char *err, size_t errlen);
 /* fn will not run; a transfer under way is aborted (its connection closed). */
-void http_xfer_abort(http_xfer *x);
+void http_client_xfer_abort(http_xfer *x);
 int http_client_active(const http_client *c);
 int http_client_queued(const http_client *c);
 /* Fails what is left (HC_UNAVAILABLE), closes the connections and the loop handles; the client

@@ -16,9 +16,9 @@
  * next one (h2o 2.2 has no public GOAWAY: shutdown(2) makes h2o see the end of the socket and close
  * the connection, which disposes its calls), logged once and counted.
  *
- * With a certificate a second listener speaks TLS (tls.c; h2 or http/1.1 by ALPN, so WSS too) into
- * the same h2o context; with --http-redirect the plain one answers 308 to it, except /healthz which
- * health checkers probe in plain HTTP. */
+ * With a certificate a second listener speaks TLS (http_tls.c; h2 or http/1.1 by ALPN, so WSS too)
+ * into the same h2o context; with --http-redirect the plain one answers 308 to it, except /healthz
+ * which health checkers probe in plain HTTP. */
 #include "http_gateway.h"
 
 #include <h2o.h>
@@ -38,12 +38,12 @@
 #include "nats_bridge.h"
 #include "pg_pool.h"
 #include "rpc_error.h"
-#include "rpc_path.h"
+#include "http_rpc_path.h"
 #include "scheduler.h"
 #include "trace.h"
 #include "services.h"
 #include "metrics.h"
-#include "tls.h"
+#include "http_tls.h"
 #include "wamp_router.h"
 
 #define TAG "http"
@@ -666,22 +666,23 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     }
     if (h2o_memis(path.base, path.len, H2O_STRLIT("/websocket")))
         return wamp_router_upgrade(gw->rt->wamp, req);
-    char subject[RPC_SUBJECT_MAX + 1];
+    char subject[HTTP_RPC_SUBJECT_MAX + 1];
     const char *why;
-    enum rpc_path_result route =
-        rpc_path_to_subject(path.base, path.len, subject, sizeof subject, &why);
-    if (route == RPC_PATH_NOT_RPC) return -1;
+    enum http_rpc_path_result route =
+        http_rpc_path_to_subject(path.base, path.len, subject, sizeof subject, &why);
+    if (route == HTTP_RPC_PATH_NOT_RPC) return -1;
     if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"))) {
         if (frontend_has(gw, path)) return -1; /* a static file such as /app.js */
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, H2O_STRLIT("POST"));
         respond_error_status(gw, req, 405, URI_INVALID_ARGUMENT, "method not allowed: use POST");
         return 0;
     }
-    if (route == RPC_PATH_RESERVED) { /* as if nothing served it: system subjects stay hidden */
+    if (route ==
+        HTTP_RPC_PATH_RESERVED) { /* as if nothing served it: system subjects stay hidden */
         respond_error_status(gw, req, 404, URI_NO_SUCH_PROCEDURE, why);
         return 0;
     }
-    if (route == RPC_PATH_INVALID) {
+    if (route == HTTP_RPC_PATH_INVALID) {
         respond_error_status(gw, req, 400, URI_INVALID_ARGUMENT, why);
         return 0;
     }
@@ -752,7 +753,7 @@ struct http_gateway *http_gateway_new(runtime *rt)
     if (!gw) return NULL;
     gw->rt = rt;
     if (rt->cfg.tls_cert) {
-        gw->ssl_ctx = tls_server_context(rt->cfg.tls_cert, rt->cfg.tls_key);
+        gw->ssl_ctx = http_tls_server_context(rt->cfg.tls_cert, rt->cfg.tls_key);
         if (!gw->ssl_ctx) {
             free(gw);
             return NULL;

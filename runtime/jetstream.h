@@ -2,7 +2,7 @@
  * (for /metrics), the streams it could not reach (for /healthz), and the JetStream API requests
  * its Lua tasks wait on (so that the drain can wake the consumers' idle pulls). The protocol
  * itself (streams, consumers, publish, KV) is lualib/microservice_jetstream.lua over
- * runtime/lua_jetstream.c. */
+ * runtime/mlua_jetstream.c. */
 #ifndef MICROSERVICE_JETSTREAM_H
 #define MICROSERVICE_JETSTREAM_H
 

@@ -14,7 +14,7 @@
 #include "nats_auth.h"
 #include "options.h"
 #include "runtime.h"
-#include "tls.h"
+#include "http_tls.h"
 #include "workers.h"
 
 static void usage(FILE *out)
@@ -134,7 +134,7 @@ int main(int argc, char **argv)
      * request (16% of the CPU in a get_things profile, see bench/README.md). Keep it. */
     mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
     if (cfg.tls_cert) { /* a bad certificate stops the start, not each worker in a loop */
-        SSL_CTX *tls = tls_server_context(cfg.tls_cert, cfg.tls_key);
+        SSL_CTX *tls = http_tls_server_context(cfg.tls_cert, cfg.tls_key);
         if (!tls) {
             log_error("runtime", "start-up failed");
             return 1;

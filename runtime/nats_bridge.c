@@ -53,7 +53,7 @@
 #include "auth.h"
 #include "log.h"
 #include "nats_auth.h"
-#include "nats_connect_probe.h"
+#include "nats_probe.h"
 
 #define TAG "nats"
 #define SUB_PENDING_MSGS 65536
@@ -1210,7 +1210,7 @@ static natsStatus configure(nats_bridge *nb)
     return st;
 }
 
-/* A URL answered the connect probe (nats_connect_probe.c): connect to it. */
+/* A URL answered the connect probe (nats_probe.c): connect to it. */
 static void probe_found(void *arg)
 {
     nats_bridge *nb = arg;

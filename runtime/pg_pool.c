@@ -2,7 +2,7 @@
  * by one uv_poll handle), the FIFO of queries waiting for a connection, reservations for
  * transactions, reconnection with backoff, and the start-up migrations.
  *
- * Nothing here blocks the loop except pg_migrate, which runs before anything is served.
+ * Nothing here blocks the loop except pg_pool_migrate, which runs before anything is served.
  * Connecting is PQconnectStartParams + PQconnectPoll driven by the poll handle (libpq may change
  * the socket between steps, so the handle follows PQsocket). A query is PQsendQueryParams +
  * PQflush, then PQconsumeInput / PQgetResult as the socket becomes readable. A connection that
@@ -735,7 +735,7 @@ pg_job *pg_pool_reserve(pg_pool *p, pg_reserve_fn fn, void *udata)
     return j;
 }
 
-void pg_job_abandon(pg_job *j)
+void pg_pool_job_abandon(pg_job *j)
 {
     if (fifo_remove(&j->pool->queue, j)) {
         job_free(j);
@@ -912,7 +912,7 @@ static PGconn *connect_waiting(const char *conninfo, double wait_s)
     }
 }
 
-int pg_migrate(const char *conninfo, const char *dir, double wait_s)
+int pg_pool_migrate(const char *conninfo, const char *dir, double wait_s)
 {
     PGconn *pg = connect_waiting(conninfo, wait_s);
     if (!pg) return -1;

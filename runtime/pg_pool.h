@@ -48,7 +48,7 @@ pg_job *pg_pool_query(pg_pool *p, pg_conn *conn, const char *sql, int nparams,
 pg_job *pg_pool_reserve(pg_pool *p, pg_reserve_fn fn, void *udata);
 /* fn will not run. A statement already sent completes on the server and its result is dropped
  * (a reserved connection is then rolled back and released). */
-void pg_job_abandon(pg_job *job);
+void pg_pool_job_abandon(pg_job *job);
 /* Gives a reserved connection back (after COMMIT or ROLLBACK). */
 void pg_pool_release(pg_conn *conn);
 /* Gives back a reserved connection whose holder went away mid-transaction: ROLLBACK first. */
@@ -57,7 +57,7 @@ void pg_pool_release_rollback(pg_conn *conn);
 /* Applies dir/NNN_name.sql in order (blocking: start-up only, before anything is served),
  * serialized across processes by an advisory lock. Waits up to wait_s for the database.
  * 0, or -1 after logging the file and the database's message. */
-int pg_migrate(const char *conninfo, const char *dir, double wait_s);
+int pg_pool_migrate(const char *conninfo, const char *dir, double wait_s);
 
 void pg_pool_close(pg_pool *p, void (*on_closed)(void *arg), void *arg);
 void pg_pool_free(pg_pool *p);

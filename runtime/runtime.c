@@ -18,13 +18,13 @@
 #include "jetstream.h"
 #include "local_dispatch.h"
 #include "log.h"
-#include "lua_api.h"
+#include "mlua_api.h"
 #include "nats_auth.h"
 #include "nats_bridge.h"
 #include "options.h"
 #include "pg_pool.h"
 #include "scheduler.h"
-#include "service_api.h"
+#include "nats_micro.h"
 #include "service_watch.h"
 #include "services.h"
 #include "timers.h"
@@ -105,8 +105,8 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
                                             : "; no bus_secret: callers' identities do not reach "
                                               "services over NATS");
     }
-    rt->L = lua_api_new_state(rt);
-    if (rt->L) lua_memory_attach(&rt->lua_mem, rt->L, cfg->max_lua_memory);
+    rt->L = mlua_api_new_state(rt);
+    if (rt->L) mlua_memory_attach(&rt->lua_mem, rt->L, cfg->max_lua_memory);
     if (rt->L && cfg->max_call_memory != SIZE_MAX) rt->lua_mem.call_cap = cfg->max_call_memory;
     rt->sched = rt->L ? sched_new(rt) : NULL;
     rt->nats = rt->sched ? nats_bridge_new(rt) : NULL;
@@ -125,7 +125,7 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
         /* before any RPC is subscribed: the services find their schema in place */
         char dir[4096];
         snprintf(dir, sizeof dir, "%s/migrations", cfg->services_dir);
-        if (pg_migrate(cfg->postgres, dir, cfg->postgres_wait) != 0) return -1;
+        if (pg_pool_migrate(cfg->postgres, dir, cfg->postgres_wait) != 0) return -1;
         rt->pg =
             pg_pool_new(rt, cfg->postgres, cfg->postgres_pool, 10000, cfg->postgres_statements);
         if (!rt->pg) return -1;
@@ -135,7 +135,7 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
     add_lib_path(rt->L, cfg->services_dir);
     if (services_load_dir(rt->services, cfg->services_dir) < 0) return -1;
     if (cfg->watch) rt->watch = service_watch_start(rt);
-    if (cfg->nats_url) rt->srv_api = service_api_start(rt);
+    if (cfg->nats_url) rt->srv_api = nats_micro_start(rt);
     if (cfg->http_enabled || cfg->tls_cert) {
         rt->wamp = wamp_router_new(rt);
         rt->http = rt->wamp ? http_gateway_new(rt) : NULL;
@@ -227,7 +227,7 @@ void runtime_shutdown(runtime *rt)
     if (rt->wamp) wamp_router_shutdown(rt->wamp);
     service_watch_stop(rt->watch); /* no reload while draining */
     rt->watch = NULL;
-    service_api_stop(rt->srv_api);
+    nats_micro_stop(rt->srv_api);
     rt->srv_api = NULL;
     services_drain(rt->services);
     timers_stop(rt->timers);    /* runs in progress finish like calls */
@@ -288,7 +288,7 @@ int runtime_run(runtime *rt)
     rt->http = NULL;
     wamp_router_free(rt->wamp);
     rt->wamp = NULL;
-    lua_memory_detach(&rt->lua_mem);
+    mlua_memory_detach(&rt->lua_mem);
     lua_close(rt->L);
     rt->L = NULL;
     nats_bridge_free(rt->nats);

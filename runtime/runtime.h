@@ -8,7 +8,7 @@
 #include <uv.h>
 #include <lua.h>
 
-#include "lua_memory.h"
+#include "mlua_memory.h"
 
 /* Credentials and TLS for the NATS connection (see nats_auth.h); NULL: not set. */
 typedef struct nats_auth_config {
@@ -86,7 +86,7 @@ struct services;
 struct pg_pool;
 struct wamp_router;
 struct service_watch;
-struct service_api;
+struct nats_micro;
 struct auth;
 struct auth_limit;
 struct http_client;
@@ -97,7 +97,7 @@ struct local_dispatch;
 typedef struct runtime {
     uv_loop_t loop;
     lua_State *L;
-    lua_memory lua_mem; /* L's allocator: heap accounting and --max-lua-memory */
+    mlua_memory lua_mem; /* L's allocator: heap accounting and --max-lua-memory */
     runtime_config cfg;
     struct scheduler *sched;
     struct nats_bridge *nats;
@@ -106,7 +106,7 @@ typedef struct runtime {
     struct pg_pool *pg;          /* NULL without a database */
     struct wamp_router *wamp;    /* NULL with neither HTTP nor HTTPS */
     struct service_watch *watch; /* hot reload; NULL when not watching */
-    struct service_api *srv_api; /* $SRV.*; NULL without a bus */
+    struct nats_micro *srv_api;  /* $SRV.*; NULL without a bus */
     struct auth *auth;           /* NULL: authentication off */
     /* failed sign-ins (auth_limit.h); NULL when authentication is off */
     struct auth_limit *auth_limit;

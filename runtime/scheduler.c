@@ -16,8 +16,8 @@
 #include <string.h>
 
 #include "log.h"
-#include "lua_api.h"
-#include "lua_error.h"
+#include "mlua_api.h"
+#include "mlua_error.h"
 
 #define POOL_MAX 1024
 
@@ -73,10 +73,10 @@ task *sched_task_new(struct scheduler *s, task_done_fn on_done, void *udata, con
         t = calloc(1, sizeof *t);
         if (!t) return NULL;
         lua_State *L = s->rt->L;
-        int saved = lua_memory_begin_unfailing(&s->rt->lua_mem); /* L may not be the running one */
+        int saved = mlua_memory_begin_unfailing(&s->rt->lua_mem); /* L may not be the running one */
         t->co = lua_newthread(L);
         t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-        lua_memory_end_unfailing(&s->rt->lua_mem, saved);
+        mlua_memory_end_unfailing(&s->rt->lua_mem, saved);
         lua_setexdata(t->co, t);
         uv_timer_init(&s->rt->loop, &t->deadline_timer);
         t->deadline_timer.data = t;
@@ -142,7 +142,7 @@ static void finish_with_error(task *t)
 {
     lua_State *co = t->co;
     lua_State *L = t->sched->rt->L;
-    if (lua_api_is_app_error(co, -1)) {
+    if (mlua_api_is_app_error(co, -1)) {
         finish(t, TASK_APP_ERROR, 1);
         return;
     }
@@ -152,12 +152,12 @@ static void finish_with_error(task *t)
     finish(t, TASK_ERROR, 1);
 }
 
-/* After a resume in which the heap hit its cap (see lua_memory.c): LuaJIT's "not enough memory"
+/* After a resume in which the heap hit its cap (see mlua_memory.c): LuaJIT's "not enough memory"
  * said with the limit it hit. */
 static void explain_oom(task *t, int rc)
 {
     lua_State *co = t->co;
-    lua_memory *m = &t->sched->rt->lua_mem;
+    mlua_memory *m = &t->sched->rt->lua_mem;
     if (rc != LUA_ERRMEM && !(rc == LUA_ERRRUN && lua_type(co, -1) == LUA_TSTRING &&
                               strcmp(lua_tostring(co, -1), "not enough memory") == 0))
         return;
@@ -169,7 +169,7 @@ static void explain_oom(task *t, int rc)
 static void run_once(task *t, int nargs, bool *oom)
 {
     lua_State *co = t->co;
-    lua_memory *m = &t->sched->rt->lua_mem;
+    mlua_memory *m = &t->sched->rt->lua_mem;
     uint64_t failed = m->failed_allocs;
     m->resuming++;
     int rc = lua_resume(co, nargs);

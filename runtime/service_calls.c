@@ -9,8 +9,8 @@
 
 #include "auth.h"
 #include "log.h"
-#include "lua_api.h"
-#include "lua_error.h"
+#include "mlua_api.h"
+#include "mlua_error.h"
 #include "nats_bridge.h"
 #include "rpc_binding.h"
 #include "rpc_error.h"
@@ -201,7 +201,7 @@ static void bus_call_unlink(struct services *s, call_ctx *c)
     c->listed = false;
 }
 
-void call_done(task *t, enum task_end how, lua_State *co, int nres)
+void service_call_done(task *t, enum task_end how, lua_State *co, int nres)
 {
     call_ctx *c = t->udata;
     struct services *s = c->svcs;
@@ -231,14 +231,14 @@ void call_done(task *t, enum task_end how, lua_State *co, int nres)
             break;
         }
     }
-    if (c->sub) lua_sub_release(c->sub);
-    if (c->rpc) rpc_release(s, c->rpc);
-    lua_memory_release_args(&s->rt->lua_mem, c->args_held);
+    if (c->sub) service_sub_release(c->sub);
+    if (c->rpc) service_rpc_release(s, c->rpc);
+    mlua_memory_release_args(&s->rt->lua_mem, c->args_held);
     free(c);
     nats_bridge_kick(s->rt->nats);
 }
 
-call_ctx *call_ctx_new(struct services *s, const char *reply)
+call_ctx *service_call_ctx_new(struct services *s, const char *reply)
 {
     size_t n = reply ? strlen(reply) : 0;
     call_ctx *c = malloc(sizeof *c + n + 1);
@@ -259,15 +259,15 @@ call_ctx *call_ctx_new(struct services *s, const char *reply)
 }
 
 /* Pushes the args and kwargs of the envelope data on co, their Lua memory metered and held by c
- * (lua_memory.c); on a malformed or too large envelope answers (when it can) and returns -1 with
+ * (mlua_memory.c); on a malformed or too large envelope answers (when it can) and returns -1 with
  * nothing pushed. subject names the message in the log. */
-int push_envelope(struct services *s, call_ctx *c, lua_State *co, const char *data, size_t len,
-                  const char *subject, const char *label)
+int service_push_envelope(struct services *s, call_ctx *c, lua_State *co, const char *data,
+                          size_t len, const char *subject, const char *label)
 {
     codec_error err;
     int rc = -1, code = 400;
-    lua_memory *m = &s->rt->lua_mem;
-    codec_meter meter = {&m->allocated, lua_memory_args_budget(m)};
+    mlua_memory *m = &s->rt->lua_mem;
+    codec_meter meter = {&m->allocated, mlua_memory_args_budget(m)};
     size_t before = m->allocated;
     if (len > s->rt->cfg.body_limit)
         snprintf(err.msg, sizeof err.msg, "body of %zu bytes is over the limit of %zu", len,
@@ -275,10 +275,11 @@ int push_envelope(struct services *s, call_ctx *c, lua_State *co, const char *da
     else
         rc = codec_decode_envelope_metered(co, data, len, s->rt->cfg.max_depth, &meter, &err);
     if (rc == 0) {
-        c->args_held = lua_memory_hold_args(m, m->allocated - before);
+        c->args_held = mlua_memory_hold_args(m, m->allocated - before);
         return 0;
     }
-    if (rc == CODEC_TOO_LARGE) code = lua_memory_refuse_args(m, meter.max, err.msg, sizeof err.msg);
+    if (rc == CODEC_TOO_LARGE)
+        code = mlua_memory_refuse_args(m, meter.max, err.msg, sizeof err.msg);
     reply_to to = ctx_reply_to(c);
     if (has_reply(&to))
         reply_error(s, &to, code == 503 ? URI_UNAVAILABLE : URI_INVALID_ARGUMENT, err.msg, code);
@@ -301,7 +302,7 @@ static void take_caller(call_ctx *c, task *t, const char *id, const char *role)
 }
 
 /* The caller's trace id, when it sent a valid traceparent (else one is made when first needed). */
-void take_trace(task *t, const char *traceparent)
+void service_take_trace(task *t, const char *traceparent)
 {
     if (traceparent) trace_parse(traceparent, strlen(traceparent), t->trace_id);
 }
@@ -318,7 +319,7 @@ const char *msg_header(natsMsg *msg, const char *name)
 static task *rpc_take(rpc_entry *e, const services_call *in, const reply_to *to)
 {
     struct services *s = e->svcs;
-    if (!lua_memory_admit(&s->rt->lua_mem)) {
+    if (!mlua_memory_admit(&s->rt->lua_mem)) {
         char msg_text[96];
         snprintf(msg_text, sizeof msg_text, "Lua memory limit reached (%zu MiB)",
                  s->rt->lua_mem.limit >> 20);
@@ -327,8 +328,8 @@ static task *rpc_take(rpc_entry *e, const services_call *in, const reply_to *to)
         if (has_reply(to)) reply_error(s, to, URI_UNAVAILABLE, msg_text, 503);
         return NULL;
     }
-    call_ctx *c = call_ctx_new(s, to->subject);
-    task *t = c ? sched_task_new(s->rt->sched, call_done, c, e->subject) : NULL;
+    call_ctx *c = service_call_ctx_new(s, to->subject);
+    task *t = c ? sched_task_new(s->rt->sched, service_call_done, c, e->subject) : NULL;
     if (!t) {
         if (has_reply(to)) reply_error(s, to, URI_UNAVAILABLE, "out of memory", 503);
         free(c);
@@ -337,7 +338,7 @@ static task *rpc_take(rpc_entry *e, const services_call *in, const reply_to *to)
     c->reply_fn = to->fn;
     c->reply_udata = to->udata;
     lua_State *co = t->co;
-    if (push_envelope(s, c, co, in->data, in->len, e->subject, e->subject) != 0) {
+    if (service_push_envelope(s, c, co, in->data, in->len, e->subject, e->subject) != 0) {
         e->calls++;
         record_error(e, "malformed envelope");
         sched_task_discard(t);
@@ -349,7 +350,7 @@ static task *rpc_take(rpc_entry *e, const services_call *in, const reply_to *to)
     if (in->timeout_s > 0 && in->timeout_s < deadline) deadline = in->timeout_s;
     sched_set_deadline(t, deadline);
     take_caller(c, t, in->authid, in->authrole);
-    take_trace(t, in->traceparent);
+    service_take_trace(t, in->traceparent);
     /* stack: args kwargs -> args kwargs fn bound... -> fn bound... */
     lua_rawgeti(co, LUA_REGISTRYINDEX, e->fn_ref);
     char err[256];
@@ -359,7 +360,7 @@ static task *rpc_take(rpc_entry *e, const services_call *in, const reply_to *to)
         record_error(e, err);
         if (has_reply(to)) reply_error(s, to, URI_INVALID_ARGUMENT, err, 400);
         sched_task_discard(t);
-        lua_memory_release_args(&s->rt->lua_mem, c->args_held);
+        mlua_memory_release_args(&s->rt->lua_mem, c->args_held);
         free(c);
         return NULL;
     }
@@ -378,7 +379,7 @@ static task *rpc_take(rpc_entry *e, const services_call *in, const reply_to *to)
     return t;
 }
 
-void on_rpc_msg(void *udata, natsMsg *msg)
+void service_on_rpc_msg(void *udata, natsMsg *msg)
 {
     rpc_entry *e = udata;
     struct services *s = e->svcs;
@@ -443,9 +444,9 @@ int services_spawn(struct services *s, lua_State *L, int fn_idx, int nargs)
     if (parent) memcpy(t->trace_id, sched_trace_id(parent), sizeof t->trace_id); /* same trace */
     for (int i = 0; i <= nargs; i++)
         lua_pushvalue(L, fn_idx + i);
-    int saved = lua_memory_begin_unfailing(&s->rt->lua_mem); /* t->co is not the running one */
+    int saved = mlua_memory_begin_unfailing(&s->rt->lua_mem); /* t->co is not the running one */
     lua_xmove(L, t->co, nargs + 1);
-    lua_memory_end_unfailing(&s->rt->lua_mem, saved);
+    mlua_memory_end_unfailing(&s->rt->lua_mem, saved);
     sched_start_soon(t, nargs);
     return 0;
 }

@@ -62,14 +62,14 @@ int service_hook_run(runtime *rt, lua_State *L, int svc_idx, const char *hook, d
     }
     h->done = done;
     h->udata = udata;
-    int saved = lua_memory_begin_unfailing(&rt->lua_mem); /* t->co is not the running one */
+    int saved = mlua_memory_begin_unfailing(&rt->lua_mem); /* t->co is not the running one */
     lua_getglobal(L, "require"); /* the runner (lualib/microservice_hooks.lua) */
     lua_pushliteral(L, "microservice.hooks");
     lua_call(L, 1, 1);
     lua_insert(L, -2);
     lua_pushvalue(L, svc_idx);
     lua_xmove(L, t->co, 3); /* the runner, the function and self */
-    lua_memory_end_unfailing(&rt->lua_mem, saved);
+    mlua_memory_end_unfailing(&rt->lua_mem, saved);
     if (timeout > 0) sched_set_deadline(t, timeout);
     sched_start(t, 2);
     return 1;

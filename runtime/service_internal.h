@@ -39,7 +39,7 @@ typedef struct rpc_entry {
     struct rpc_entry *next;
 } rpc_entry;
 
-typedef struct lua_sub {
+typedef struct service_sub {
     struct services *svcs;
     int id;
     char *subject;
@@ -49,18 +49,18 @@ typedef struct lua_sub {
     bool unsubscribed;
     char *file;        /* the script that subscribed while loading, or NULL */
     unsigned load_gen; /* which load of that script */
-    struct lua_sub *next;
-} lua_sub;
+    struct service_sub *next;
+} service_sub;
 
 /* What a running call needs at its end; owned by the task (its udata). */
 typedef struct call_ctx {
     struct services *svcs;
     rpc_entry *rpc;
-    lua_sub *sub;
+    service_sub *sub;
     uint64_t started;         /* uv_hrtime() when the message was taken */
     char authid[AUTH_ID_MAX]; /* the caller, when a trusted gateway signed it; "" otherwise */
     char authrole[AUTH_ROLE_MAX];
-    size_t args_held; /* the share of the Lua memory for large arguments it holds (lua_memory.c) */
+    size_t args_held; /* the share of the Lua memory for large arguments it holds (mlua_memory.c) */
     services_reply_fn reply_fn; /* an in-process call's reply (local_dispatch.c), or NULL */
     void *reply_udata;
     task *task;                   /* a request taken from NATS, while it runs */
@@ -75,7 +75,7 @@ struct services {
     runtime *rt;
     rpc_entry *rpcs;
     int nrpcs;
-    lua_sub *subs;
+    service_sub *subs;
     int next_sub_id;
     rpc_entry *retired;         /* no longer declared, calls still running */
     struct service_meta *metas; /* one per loaded script */
@@ -112,32 +112,32 @@ typedef struct pending_load {
 } pending_load;
 
 /* service_loader.c: loading scripts */
-void meta_free(service_meta *m);
-void push_service_infos(struct services *s, lua_State *L);
-void run_stopped(struct services *s, int ref);
+void service_meta_free(service_meta *m);
+void service_push_infos(struct services *s, lua_State *L);
+void service_run_stopped(struct services *s, int ref);
 
 /* service_registry.c: the RPC registry */
-int declare_rpc(struct services *s, lua_State *L, int svc_idx, const char *subject,
-                const char *file, bool *added);
-bool is_rpc_value(lua_State *L, int idx);
+int service_declare_rpc(struct services *s, lua_State *L, int svc_idx, const char *subject,
+                        const char *file, bool *added);
+bool service_is_rpc_value(lua_State *L, int idx);
 rpc_entry *rpc_find(struct services *s, const char *subject);
-void rpc_free(rpc_entry *e);
-void rpc_release(struct services *s, rpc_entry *e);
-void rpc_retire(struct services *s, rpc_entry *e);
+void service_rpc_free(rpc_entry *e);
+void service_rpc_release(struct services *s, rpc_entry *e);
+void service_rpc_retire(struct services *s, rpc_entry *e);
 
 /* service_calls.c: calls and their replies */
-call_ctx *call_ctx_new(struct services *s, const char *reply);
-void call_done(task *t, enum task_end how, lua_State *co, int nres);
-void on_rpc_msg(void *udata, natsMsg *msg);
+call_ctx *service_call_ctx_new(struct services *s, const char *reply);
+void service_call_done(task *t, enum task_end how, lua_State *co, int nres);
+void service_on_rpc_msg(void *udata, natsMsg *msg);
 void on_cancel_msg(void *udata, natsMsg *msg);
-int push_envelope(struct services *s, call_ctx *c, lua_State *co, const char *data, size_t len,
-                  const char *subject, const char *label);
-void take_trace(task *t, const char *traceparent);
+int service_push_envelope(struct services *s, call_ctx *c, lua_State *co, const char *data,
+                          size_t len, const char *subject, const char *label);
+void service_take_trace(task *t, const char *traceparent);
 const char *msg_header(natsMsg *msg, const char *name);
 
 /* service_subscriptions.c: microservice.subscribe */
-void lua_sub_free(lua_sub *ls);
-void lua_sub_release(lua_sub *ls);
-void unsubscribe_entry(struct services *s, lua_sub *ls);
+void service_sub_free(service_sub *ls);
+void service_sub_release(service_sub *ls);
+void service_unsubscribe_entry(struct services *s, service_sub *ls);
 
 #endif

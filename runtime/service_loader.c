@@ -18,8 +18,8 @@
 
 #include "auth.h"
 #include "log.h"
-#include "lua_api.h"
-#include "lua_error.h"
+#include "mlua_api.h"
+#include "mlua_error.h"
 #include "nats_bridge.h"
 #include "rpc_binding.h"
 #include "rpc_error.h"
@@ -29,7 +29,7 @@
 #include "services.h"
 #include "timers.h"
 
-void meta_free(service_meta *m)
+void service_meta_free(service_meta *m)
 {
     free(m->file);
     free(m->name);
@@ -46,7 +46,7 @@ static void meta_remove(struct services *s, const char *file)
             service_meta *m = *p;
             *p = m->next;
             luaL_unref(s->rt->L, LUA_REGISTRYINDEX, m->svc_ref);
-            meta_free(m);
+            service_meta_free(m);
             return;
         }
     }
@@ -150,16 +150,16 @@ static bool valid_service_name(const char *name)
  * or those of every other load. */
 static void drop_load_subs(struct services *s, const char *file, unsigned gen, bool same_gen)
 {
-    for (lua_sub *ls = s->subs, *next; ls; ls = next) {
+    for (service_sub *ls = s->subs, *next; ls; ls = next) {
         next = ls->next;
         if (ls->unsubscribed || !ls->file || strcmp(ls->file, file) != 0) continue;
-        if ((ls->load_gen == gen) == same_gen) unsubscribe_entry(s, ls);
+        if ((ls->load_gen == gen) == same_gen) service_unsubscribe_entry(s, ls);
     }
     timers_drop_file(s->rt->timers, file, gen, same_gen);
 }
 
 /* Runs the stopped function of the service table ref (if it has one) and lets go of the ref. */
-void run_stopped(struct services *s, int ref)
+void service_run_stopped(struct services *s, int ref)
 {
     lua_State *L = s->rt->L;
     if (s->rt->cfg.no_hooks) luaL_unref(L, LUA_REGISTRYINDEX, ref);
@@ -228,11 +228,11 @@ static int finish_load(struct services *s, int svc, const char *path, unsigned g
     int count = 0, added = 0;
     lua_pushnil(L);
     while (lua_next(L, svc)) {
-        if (lua_type(L, -2) == LUA_TSTRING && is_rpc_value(L, -1)) {
+        if (lua_type(L, -2) == LUA_TSTRING && service_is_rpc_value(L, -1)) {
             char subject[512];
             snprintf(subject, sizeof subject, "%s.%s", service, lua_tostring(L, -2));
             bool is_new;
-            if (declare_rpc(s, L, svc, subject, path, &is_new) == 0) {
+            if (service_declare_rpc(s, L, svc, subject, path, &is_new) == 0) {
                 count++;
                 added += is_new;
                 lua_pushboolean(L, 1);
@@ -249,12 +249,12 @@ static int finish_load(struct services *s, int svc, const char *path, unsigned g
         bool still = lua_toboolean(L, -1);
         lua_pop(L, 1);
         if (!still) {
-            rpc_retire(s, e);
+            service_rpc_retire(s, e);
             removed++;
         }
     }
     drop_load_subs(s, path, gen, false); /* the previous version's */
-    run_stopped(s, meta_update(s, L, svc, path));
+    service_run_stopped(s, meta_update(s, L, svc, path));
     if (reload)
         log_info(TAG, "reloaded %s: service %s with %d RPCs (%d new, %d removed)", path, service,
                  count, added, removed);
@@ -296,7 +296,7 @@ static void started_done(void *udata, bool ok)
         }
         drop_load_subs(s, p->path, p->gen, true);
         if (ok)
-            run_stopped(s, p->svc_ref); /* it started: it may have things to release */
+            service_run_stopped(s, p->svc_ref); /* it started: it may have things to release */
         else
             luaL_unref(L, LUA_REGISTRYINDEX, p->svc_ref);
     }
@@ -359,7 +359,7 @@ void services_remove_file(struct services *s, const char *path)
     for (rpc_entry *e = s->rpcs, *next; e; e = next) {
         next = e->next;
         if (strcmp(e->file, path) == 0) {
-            rpc_retire(s, e);
+            service_rpc_retire(s, e);
             removed++;
         }
     }
@@ -368,7 +368,7 @@ void services_remove_file(struct services *s, const char *path)
     drop_load_subs(s, path, s->load_gen, false);
     for (service_meta *m = s->metas; m; m = m->next) {
         if (strcmp(m->file, path) != 0) continue;
-        run_stopped(s, m->svc_ref);
+        service_run_stopped(s, m->svc_ref);
         m->svc_ref = LUA_NOREF;
     }
     meta_remove(s, path);
@@ -431,7 +431,7 @@ void services_each_service(struct services *s, void (*fn)(void *u, const service
 }
 
 /* {{name=, version=, description=}, ...}: the loaded services, for the document's info. */
-void push_service_infos(struct services *s, lua_State *L)
+void service_push_infos(struct services *s, lua_State *L)
 {
     lua_newtable(L);
     int i = 0;

@@ -10,8 +10,8 @@
 
 #include "auth.h"
 #include "log.h"
-#include "lua_api.h"
-#include "lua_error.h"
+#include "mlua_api.h"
+#include "mlua_error.h"
 #include "nats_bridge.h"
 #include "rpc_binding.h"
 #include "rpc_error.h"
@@ -26,7 +26,7 @@ int services_rpc_count(struct services *s)
     return s->nrpcs;
 }
 
-void rpc_free(rpc_entry *e)
+void service_rpc_free(rpc_entry *e)
 {
     lua_State *L = e->svcs->rt->L;
     if (L && e->fn_ref > 0) { /* 0: never set (luaL_ref starts at 1) */
@@ -56,10 +56,10 @@ static void rpc_maybe_free(struct services *s, rpc_entry *e)
 {
     if (!e->retired || e->tasks > 0 || e->draining) return;
     list_remove(&s->retired, e);
-    rpc_free(e);
+    service_rpc_free(e);
 }
 
-void rpc_release(struct services *s, rpc_entry *e)
+void service_rpc_release(struct services *s, rpc_entry *e)
 {
     e->tasks--;
     rpc_maybe_free(s, e);
@@ -74,7 +74,7 @@ static void rpc_sub_gone(void *udata)
 }
 
 /* No longer declared: no new calls (the subscription drains), freed after the last one. */
-void rpc_retire(struct services *s, rpc_entry *e)
+void service_rpc_retire(struct services *s, rpc_entry *e)
 {
     list_remove(&s->rpcs, e);
     s->nrpcs--;
@@ -153,8 +153,8 @@ static void rpc_probe_subscribe(struct services *s, rpc_entry *e, const char *bu
 
 /* Declares subject for file with the rpc value on top of L: new code for an RPC this file already
  * declares, or a new subscribed RPC. */
-int declare_rpc(struct services *s, lua_State *L, int svc_idx, const char *subject,
-                const char *file, bool *added)
+int service_declare_rpc(struct services *s, lua_State *L, int svc_idx, const char *subject,
+                        const char *file, bool *added)
 {
     rpc_entry *e = rpc_find(s, subject);
     *added = false;
@@ -174,13 +174,14 @@ int declare_rpc(struct services *s, lua_State *L, int svc_idx, const char *subje
     e->file = strdup(file);
     e->shared = service_shared(L, svc_idx);
     if (!e->subject || !e->method || !e->file || rpc_set_code(e, L, svc_idx) != 0) {
-        rpc_free(e);
+        service_rpc_free(e);
         return -1;
     }
     const char *prefix = s->rt->cfg.rpc_subject_prefix;
     char bus_subject[600];
     snprintf(bus_subject, sizeof bus_subject, "%s%s", prefix ? prefix : "", subject);
-    e->sub = nats_bridge_subscribe_polled(s->rt->nats, bus_subject, bus_subject, on_rpc_msg, e);
+    e->sub =
+        nats_bridge_subscribe_polled(s->rt->nats, bus_subject, bus_subject, service_on_rpc_msg, e);
     if (!e->sub) log_error(TAG, "%s: %s could not be subscribed", file, bus_subject);
     rpc_probe_subscribe(s, e, bus_subject);
     e->next = s->rpcs;
@@ -191,9 +192,9 @@ int declare_rpc(struct services *s, lua_State *L, int svc_idx, const char *subje
     return 0;
 }
 
-bool is_rpc_value(lua_State *L, int idx)
+bool service_is_rpc_value(lua_State *L, int idx)
 {
-    return lua_api_is_table_of(L, idx, MS_RPC_MT);
+    return mlua_api_is_table_of(L, idx, MS_RPC_MT);
 }
 
 /* ---- for the command line and tests ---- */
@@ -303,7 +304,7 @@ int services_openapi(struct services *s, codec_buf *out, char *err, size_t errle
             lua_rawseti(L, -2, i + 1);
         }
         lua_createtable(L, 0, 3);
-        push_service_infos(s, L);
+        service_push_infos(s, L);
         lua_setfield(L, -2, "services");
         lua_pushboolean(L, s->rt->auth != NULL);
         lua_setfield(L, -2, "bearer");

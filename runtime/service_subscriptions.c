@@ -8,8 +8,8 @@
 
 #include "auth.h"
 #include "log.h"
-#include "lua_api.h"
-#include "lua_error.h"
+#include "mlua_api.h"
+#include "mlua_error.h"
 #include "nats_bridge.h"
 #include "rpc_binding.h"
 #include "trace.h"
@@ -20,10 +20,10 @@
 #include "services.h"
 #include "timers.h"
 
-void lua_sub_free(lua_sub *ls)
+void service_sub_free(service_sub *ls)
 {
     struct services *s = ls->svcs;
-    for (lua_sub **p = &s->subs; *p; p = &(*p)->next) {
+    for (service_sub **p = &s->subs; *p; p = &(*p)->next) {
         if (*p == ls) {
             *p = ls->next;
             break;
@@ -35,24 +35,24 @@ void lua_sub_free(lua_sub *ls)
     free(ls);
 }
 
-void lua_sub_release(lua_sub *ls)
+void service_sub_release(service_sub *ls)
 {
-    if (--ls->tasks == 0 && ls->unsubscribed) lua_sub_free(ls);
+    if (--ls->tasks == 0 && ls->unsubscribed) service_sub_free(ls);
 }
 
 static void on_sub_msg(void *udata, natsMsg *msg)
 {
-    lua_sub *ls = udata;
+    service_sub *ls = udata;
     struct services *s = ls->svcs;
     if (nats_bridge_misdirected(s->rt->nats, msg, false)) return; /* requests are for RPCs */
-    if (!lua_memory_admit(&s->rt->lua_mem)) {
+    if (!mlua_memory_admit(&s->rt->lua_mem)) {
         log_warn(ls->subject, "message on %s dropped: Lua memory limit reached (%zu MiB)",
                  natsMsg_GetSubject(msg), s->rt->lua_mem.limit >> 20);
         nats_bridge_release(s->rt->nats, msg);
         return;
     }
-    call_ctx *c = call_ctx_new(s, natsMsg_GetReply(msg));
-    task *t = c ? sched_task_new(s->rt->sched, call_done, c, ls->subject) : NULL;
+    call_ctx *c = service_call_ctx_new(s, natsMsg_GetReply(msg));
+    task *t = c ? sched_task_new(s->rt->sched, service_call_done, c, ls->subject) : NULL;
     if (!t) {
         free(c);
         nats_bridge_release(s->rt->nats, msg);
@@ -60,14 +60,14 @@ static void on_sub_msg(void *udata, natsMsg *msg)
     }
     lua_State *co = t->co;
     lua_rawgeti(co, LUA_REGISTRYINDEX, ls->fn_ref);
-    if (push_envelope(s, c, co, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg),
-                      natsMsg_GetSubject(msg), ls->subject) != 0) {
+    if (service_push_envelope(s, c, co, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg),
+                              natsMsg_GetSubject(msg), ls->subject) != 0) {
         sched_task_discard(t);
         free(c);
         nats_bridge_release(s->rt->nats, msg);
         return;
     }
-    take_trace(t, msg_header(msg, TRACE_HEADER));
+    service_take_trace(t, msg_header(msg, TRACE_HEADER));
     lua_pushstring(co, natsMsg_GetSubject(msg));
     nats_bridge_release(s->rt->nats, msg);
     c->sub = ls;
@@ -78,7 +78,7 @@ static void on_sub_msg(void *udata, natsMsg *msg)
 int services_subscribe(struct services *s, lua_State *L, const char *subject, const char *queue)
 {
     int fn_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* first: it may raise (out of memory) */
-    lua_sub *ls = calloc(1, sizeof *ls);
+    service_sub *ls = calloc(1, sizeof *ls);
     if (!ls || !(ls->subject = strdup(subject))) {
         free(ls);
         luaL_unref(L, LUA_REGISTRYINDEX, fn_ref);
@@ -96,26 +96,26 @@ int services_subscribe(struct services *s, lua_State *L, const char *subject, co
     s->subs = ls;
     if (!ls->sub) {
         ls->unsubscribed = true;
-        lua_sub_free(ls);
+        service_sub_free(ls);
         return -1;
     }
     return ls->id;
 }
 
-void unsubscribe_entry(struct services *s, lua_sub *ls)
+void service_unsubscribe_entry(struct services *s, service_sub *ls)
 {
     (void)s;
     if (ls->sub) nb_sub_close(ls->sub);
     ls->sub = NULL;
     ls->unsubscribed = true;
-    if (ls->tasks == 0) lua_sub_free(ls);
+    if (ls->tasks == 0) service_sub_free(ls);
 }
 
 int services_unsubscribe(struct services *s, int id)
 {
-    for (lua_sub *ls = s->subs; ls; ls = ls->next) {
+    for (service_sub *ls = s->subs; ls; ls = ls->next) {
         if (ls->id != id || ls->unsubscribed) continue;
-        unsubscribe_entry(s, ls);
+        service_unsubscribe_entry(s, ls);
         return 0;
     }
     return -1;

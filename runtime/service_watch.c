@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 
 #include "log.h"
-#include "lua_error.h"
+#include "mlua_error.h"
 #include "nats_bridge.h"
 #include "services.h"
 

@@ -39,12 +39,12 @@ void services_drain(struct services *s)
         if (e->probe) nb_sub_close(e->probe);
         e->probe = NULL;
     }
-    for (lua_sub *ls = s->subs; ls; ls = ls->next) {
+    for (service_sub *ls = s->subs; ls; ls = ls->next) {
         if (ls->sub) nb_sub_drain(ls->sub);
         ls->sub = NULL;
     }
     for (service_meta *m = s->metas; m; m = m->next) { /* the drain waits for them */
-        run_stopped(s, m->svc_ref);
+        service_run_stopped(s, m->svc_ref);
         m->svc_ref = LUA_NOREF;
     }
 }
@@ -55,21 +55,21 @@ void services_free(struct services *s)
     while (s->rpcs) {
         rpc_entry *e = s->rpcs;
         s->rpcs = e->next;
-        rpc_free(e);
+        service_rpc_free(e);
     }
     while (s->retired) {
         rpc_entry *e = s->retired;
         s->retired = e->next;
-        rpc_free(e);
+        service_rpc_free(e);
     }
     while (s->subs) {
         s->subs->unsubscribed = true;
-        lua_sub_free(s->subs);
+        service_sub_free(s->subs);
     }
     while (s->metas) {
         service_meta *m = s->metas;
         s->metas = m->next;
-        meta_free(m);
+        service_meta_free(m);
     }
     codec_buf_free(&s->scratch);
     for (int i = 0; i < s->nload_messages; i++)

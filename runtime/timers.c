@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "log.h"
-#include "lua_api.h"
+#include "mlua_api.h"
 #include "scheduler.h"
 
 #define TAG "timers"

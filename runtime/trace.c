@@ -1,7 +1,7 @@
 /* trace.c: owns the W3C traceparent format (https://www.w3.org/TR/trace-context/): which values
  * are taken from a caller, and the ids made here (random, from uv_random). The trace id of a
- * task lives on the task (scheduler.h); services.c takes it from a message, lua_api.c and
- * lua_http.c pass it on. */
+ * task lives on the task (scheduler.h); services.c takes it from a message, mlua_api.c and
+ * mlua_http.c pass it on. */
 #include "trace.h"
 
 #include <stdio.h>

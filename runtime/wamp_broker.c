@@ -22,7 +22,8 @@ static void on_event(void *udata, natsMsg *m)
     topic *t = udata;
     json_t *args, *kwargs;
     if (nats_bridge_misdirected(t->r->rt->nats, m, false)) return; /* requests are for RPCs */
-    if (envelope_split(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &args, &kwargs) != 0) {
+    if (wamp_envelope_split(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &args, &kwargs) !=
+        0) {
         log_debug(TAG, "event on %s dropped: not an [args, kwargs] envelope",
                   natsMsg_GetSubject(m));
         nats_bridge_release(t->r->rt->nats, m);
@@ -35,7 +36,7 @@ static void on_event(void *udata, natsMsg *m)
     uint64_t excluded = exclude ? strtoull(exclude, NULL, 10) : 0;
     uint64_t pub_session = publisher ? strtoull(publisher, NULL, 10) : 0;
     uint64_t pub_id = publication ? strtoull(publication, NULL, 10) : 0;
-    if (pub_id < 1 || pub_id > (uint64_t)MAX_ID) pub_id = random_id();
+    if (pub_id < 1 || pub_id > (uint64_t)MAX_ID) pub_id = wamp_random_id();
     json_t *details = json_object();
     if (strcmp(t->match, "exact") != 0)
         json_object_set_new(details, "topic", json_string(natsMsg_GetSubject(m)));
@@ -56,7 +57,7 @@ static void on_event(void *udata, natsMsg *m)
             ok[1] = wamp_encode(WAMP_MSGPACK, ev, &enc[1]) == 0;
             msgpack_done = true;
         }
-        if (ok[s->ser]) queue_bytes(s, enc[s->ser].data, enc[s->ser].len);
+        if (ok[s->ser]) wamp_queue_bytes(s, enc[s->ser].data, enc[s->ser].len);
     }
     codec_buf_free(&enc[0]);
     codec_buf_free(&enc[1]);
@@ -68,18 +69,18 @@ static void on_event(void *udata, natsMsg *m)
 static char *topic_subject(const char *uri, const char *match, const char **why)
 {
     if (strcmp(match, "exact") == 0) {
-        if (!valid_uri(uri, false)) goto bad;
+        if (!wamp_valid_uri(uri, false)) goto bad;
         return strdup(uri);
     }
     if (strcmp(match, "prefix") == 0) {
-        if (!valid_uri(uri, false)) goto bad;
+        if (!wamp_valid_uri(uri, false)) goto bad;
         size_t n = strlen(uri);
         char *sub = malloc(n + 3);
         if (sub) snprintf(sub, n + 3, "%s.>", uri);
         return sub;
     }
     if (strcmp(match, "wildcard") == 0) {
-        if (!valid_uri(uri, true)) goto bad;
+        if (!wamp_valid_uri(uri, true)) goto bad;
         /* empty components become *: "a..c" -> "a.*.c", ".b" -> "*.b" */
         size_t n = strlen(uri);
         char *sub = malloc(2 * n + 2), *o = sub;
@@ -118,7 +119,7 @@ static topic *topic_find(router *r, const char *uri, const char *match)
 
 static void topic_release(topic *t)
 {
-    if (!held_unlink_unused(&t->r->topics, &t->h)) return;
+    if (!wamp_held_unlink_unused(&t->r->topics, &t->h)) return;
     if (t->sub) nb_sub_close(t->sub);
     free(t->h.sessions.v);
     free(t->uri);
@@ -127,13 +128,13 @@ static void topic_release(topic *t)
     free(t);
 }
 
-void on_subscribe(session *s, json_t *msg)
+void wamp_on_subscribe(session *s, json_t *msg)
 {
     uint64_t req;
     json_t *opts = json_array_get(msg, 2), *uri = json_array_get(msg, 3);
-    if (json_array_size(msg) != 4 || !get_id(msg, 1, &req) || !json_is_object(opts) ||
+    if (json_array_size(msg) != 4 || !wamp_get_id(msg, 1, &req) || !json_is_object(opts) ||
         !json_is_string(uri)) {
-        protocol_violation(s, "SUBSCRIBE is [32, Request|id, Options|dict, Topic|uri]");
+        wamp_protocol_violation(s, "SUBSCRIBE is [32, Request|id, Options|dict, Topic|uri]");
         return;
     }
     const char *match = json_string_value(json_object_get(opts, "match"));
@@ -141,17 +142,18 @@ void on_subscribe(session *s, json_t *msg)
     const char *why = NULL;
     router *r = s->r;
     topic *t = topic_find(r, json_string_value(uri), match);
-    if ((!t || !ptrs_has(&t->h.sessions, s)) && s->topics.n >= r->rt->cfg.max_session_subs) {
-        send_error(s, SUBSCRIBE, req, URI_LIMIT_EXCEEDED, "too many subscriptions in this session");
+    if ((!t || !wamp_ptrs_has(&t->h.sessions, s)) && s->topics.n >= r->rt->cfg.max_session_subs) {
+        wamp_send_error(s, SUBSCRIBE, req, URI_LIMIT_EXCEEDED,
+                        "too many subscriptions in this session");
         return;
     }
     bool fresh = !t;
     char *subject = t ? NULL : topic_subject(json_string_value(uri), match, &why);
     if (!t && !subject) {
-        send_error(s, SUBSCRIBE, req, "wamp.error.invalid_uri", why ? why : "out of memory");
+        wamp_send_error(s, SUBSCRIBE, req, "wamp.error.invalid_uri", why ? why : "out of memory");
         return;
     }
-    if (!allowed(s, AUTH_SUBSCRIBE, t ? t->subject : subject, SUBSCRIBE, req, true)) {
+    if (!wamp_allowed(s, AUTH_SUBSCRIBE, t ? t->subject : subject, SUBSCRIBE, req, true)) {
         free(subject);
         return;
     }
@@ -171,44 +173,45 @@ void on_subscribe(session *s, json_t *msg)
         r->topics = &t->h;
         if (!t->sub) {
             topic_release(t);
-            send_error(s, SUBSCRIBE, req, "wamp.error.unavailable", "cannot subscribe on NATS");
+            wamp_send_error(s, SUBSCRIBE, req, "wamp.error.unavailable",
+                            "cannot subscribe on NATS");
             return;
         }
     }
-    if (!ptrs_has(&t->h.sessions, s)) {
-        ptrs_add(&t->h.sessions, s);
-        ptrs_add(&s->topics, t);
+    if (!wamp_ptrs_has(&t->h.sessions, s)) {
+        wamp_ptrs_add(&t->h.sessions, s);
+        wamp_ptrs_add(&s->topics, t);
     }
-    ack_after_flush(s, SUBSCRIBED, req, t->h.id, fresh);
+    wamp_ack_after_flush(s, SUBSCRIBED, req, t->h.id, fresh);
 }
 
-void on_unsubscribe(session *s, json_t *msg)
+void wamp_on_unsubscribe(session *s, json_t *msg)
 {
     uint64_t req;
-    topic *t = (topic *)held_leave(s, msg, s->r->topics, &s->topics, &req);
+    topic *t = (topic *)wamp_held_leave(s, msg, s->r->topics, &s->topics, &req);
     if (!t) return;
     topic_release(t);
-    send_msg(s, json_pack("[iI]", UNSUBSCRIBED, (json_int_t)req));
+    wamp_send_msg(s, json_pack("[iI]", UNSUBSCRIBED, (json_int_t)req));
 }
 
-void on_publish(session *s, json_t *msg)
+void wamp_on_publish(session *s, json_t *msg)
 {
     uint64_t req;
     json_t *opts = json_array_get(msg, 2), *uri = json_array_get(msg, 3);
-    if (json_array_size(msg) < 4 || !get_id(msg, 1, &req) || !json_is_object(opts) ||
-        !json_is_string(uri) || !args_ok(msg, 4)) {
-        protocol_violation(s,
-                           "PUBLISH is [16, Request|id, Options|dict, Topic|uri, Arguments|list, "
-                           "ArgumentsKw|dict]");
+    if (json_array_size(msg) < 4 || !wamp_get_id(msg, 1, &req) || !json_is_object(opts) ||
+        !json_is_string(uri) || !wamp_args_ok(msg, 4)) {
+        wamp_protocol_violation(
+            s, "PUBLISH is [16, Request|id, Options|dict, Topic|uri, Arguments|list, "
+               "ArgumentsKw|dict]");
         return;
     }
     bool ack = json_is_true(json_object_get(opts, "acknowledge"));
-    if (!valid_uri(json_string_value(uri), false)) {
-        if (ack) send_error(s, PUBLISH, req, "wamp.error.invalid_uri", "not a valid topic");
+    if (!wamp_valid_uri(json_string_value(uri), false)) {
+        if (ack) wamp_send_error(s, PUBLISH, req, "wamp.error.invalid_uri", "not a valid topic");
         return;
     }
-    if (!allowed(s, AUTH_PUBLISH, json_string_value(uri), PUBLISH, req, ack)) return;
-    uint64_t pub = random_id();
+    if (!wamp_allowed(s, AUTH_PUBLISH, json_string_value(uri), PUBLISH, req, ack)) return;
+    uint64_t pub = wamp_random_id();
     char pubtext[24], sesstext[24];
     snprintf(pubtext, sizeof pubtext, "%llu", (unsigned long long)pub);
     snprintf(sesstext, sizeof sesstext, "%llu", (unsigned long long)s->id);
@@ -226,23 +229,23 @@ void on_publish(session *s, json_t *msg)
     }
     headers[h] = NULL;
     size_t len;
-    char *body = envelope_text(msg, 4, &len);
+    char *body = wamp_envelope_text(msg, 4, &len);
     int rc =
         body ? nats_bridge_publish(s->r->rt->nats, json_string_value(uri), NULL, body, len, headers)
              : NB_ERROR;
     free(body);
     if (!ack) return;
     if (rc == NB_OK)
-        send_msg(s, json_pack("[iII]", PUBLISHED, (json_int_t)req, (json_int_t)pub));
+        wamp_send_msg(s, json_pack("[iII]", PUBLISHED, (json_int_t)req, (json_int_t)pub));
     else
-        send_error(s, PUBLISH, req, URI_UNAVAILABLE, "the bus is unavailable");
+        wamp_send_error(s, PUBLISH, req, URI_UNAVAILABLE, "the bus is unavailable");
 }
 
-void broker_session_end(session *s)
+void wamp_broker_session_end(session *s)
 {
     for (int i = 0; i < s->topics.n; i++) {
         topic *t = s->topics.v[i];
-        ptrs_remove(&t->h.sessions, s);
+        wamp_ptrs_remove(&t->h.sessions, s);
         topic_release(t);
     }
 }
@@ -257,12 +260,12 @@ static void on_ack_flushed(void *udata, enum nb_status status, natsMsg *reply)
     pending_call *c = udata;
     session *s = c->s;
     if (reply) nats_bridge_release(s->r->rt->nats, reply);
-    call_unlink(c);
-    send_msg(s, json_pack("[iII]", c->ack, (json_int_t)c->request, (json_int_t)c->ack_id));
+    wamp_call_unlink(c);
+    wamp_send_msg(s, json_pack("[iII]", c->ack, (json_int_t)c->request, (json_int_t)c->ack_id));
     free(c);
 }
 
-void ack_after_flush(session *s, int type, uint64_t request, uint64_t id, bool fresh)
+void wamp_ack_after_flush(session *s, int type, uint64_t request, uint64_t id, bool fresh)
 {
     pending_call *c = fresh ? calloc(1, sizeof *c) : NULL;
     if (c) {
@@ -277,5 +280,5 @@ void ack_after_flush(session *s, int type, uint64_t request, uint64_t id, bool f
         }
         free(c);
     }
-    send_msg(s, json_pack("[iII]", type, (json_int_t)request, (json_int_t)id));
+    wamp_send_msg(s, json_pack("[iII]", type, (json_int_t)request, (json_int_t)id));
 }

@@ -23,7 +23,7 @@
 
 /* ---- calls (this session is the caller) ---- */
 
-void call_unlink(pending_call *c)
+void wamp_call_unlink(pending_call *c)
 {
     for (pending_call **p = &c->s->calls; *p; p = &(*p)->next) {
         if (*p == c) {
@@ -65,54 +65,56 @@ static void on_call_reply(void *udata, enum nb_status status, natsMsg *reply)
     bool is_progress =
         status == NB_OK && natsMsgHeader_Get(reply, HDR_PROGRESS, &progress) == NATS_OK;
     if (!is_progress) {
-        call_unlink(c);
+        wamp_call_unlink(c);
         s->ncalls--;
     }
     const char *code = NULL;
     if (status == NB_OK && natsMsgHeader_Get(reply, HDR_SERVICE_ERROR_CODE, &code) == NATS_OK) {
-        send_msg(s, error_from_reply(c->request, reply));
+        wamp_send_msg(s, error_from_reply(c->request, reply));
     } else if (status == NB_OK) {
         json_t *args, *kwargs;
-        if (envelope_split(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), &args,
-                           &kwargs) == 0) {
+        if (wamp_envelope_split(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), &args,
+                                &kwargs) == 0) {
             json_t *details = is_progress ? json_pack("{sb}", "progress", 1) : json_object();
-            send_msg(s,
-                     json_pack("[iIooo]", RESULT, (json_int_t)c->request, details, args, kwargs));
+            wamp_send_msg(
+                s, json_pack("[iIooo]", RESULT, (json_int_t)c->request, details, args, kwargs));
         } else {
-            send_error(s, CALL, c->request, URI_RUNTIME_ERROR, "the reply is not [args, kwargs]");
+            wamp_send_error(s, CALL, c->request, URI_RUNTIME_ERROR,
+                            "the reply is not [args, kwargs]");
         }
     } else if (status == NB_NO_RESPONDERS) {
-        send_error(s, CALL, c->request, URI_NO_SUCH_PROCEDURE, "no service answers this procedure");
+        wamp_send_error(s, CALL, c->request, URI_NO_SUCH_PROCEDURE,
+                        "no service answers this procedure");
     } else if (status == NB_TIMEOUT) {
-        send_error(s, CALL, c->request, URI_TIMEOUT, "no reply within the call timeout");
+        wamp_send_error(s, CALL, c->request, URI_TIMEOUT, "no reply within the call timeout");
     } else {
-        send_error(s, CALL, c->request, URI_UNAVAILABLE, "the bus is unavailable");
+        wamp_send_error(s, CALL, c->request, URI_UNAVAILABLE, "the bus is unavailable");
     }
     if (reply) nats_bridge_release(s->r->rt->nats, reply);
     if (!is_progress) free(c);
 }
 
-void on_call(session *s, json_t *msg)
+void wamp_on_call(session *s, json_t *msg)
 {
     uint64_t req;
     json_t *opts = json_array_get(msg, 2), *uri = json_array_get(msg, 3);
-    if (json_array_size(msg) < 4 || !get_id(msg, 1, &req) || !json_is_object(opts) ||
-        !json_is_string(uri) || !args_ok(msg, 4)) {
-        protocol_violation(s,
-                           "CALL is [48, Request|id, Options|dict, Procedure|uri, Arguments|list, "
-                           "ArgumentsKw|dict]");
+    if (json_array_size(msg) < 4 || !wamp_get_id(msg, 1, &req) || !json_is_object(opts) ||
+        !json_is_string(uri) || !wamp_args_ok(msg, 4)) {
+        wamp_protocol_violation(
+            s, "CALL is [48, Request|id, Options|dict, Procedure|uri, Arguments|list, "
+               "ArgumentsKw|dict]");
         return;
     }
-    if (!valid_uri(json_string_value(uri), false)) {
-        send_error(s, CALL, req, "wamp.error.invalid_uri", "not a valid procedure");
+    if (!wamp_valid_uri(json_string_value(uri), false)) {
+        wamp_send_error(s, CALL, req, "wamp.error.invalid_uri", "not a valid procedure");
         return;
     }
-    if (!allowed(s, AUTH_CALL, json_string_value(uri), CALL, req, true)) return;
+    if (!wamp_allowed(s, AUTH_CALL, json_string_value(uri), CALL, req, true)) return;
     if (s->ncalls >= s->r->rt->cfg.max_session_calls) {
         char text[128];
         snprintf(text, sizeof text, "too many calls in flight in this session (limit %d)",
                  s->r->rt->cfg.max_session_calls);
-        send_error(s, CALL, req, URI_LIMIT_EXCEEDED, text);
+        wamp_send_error(s, CALL, req, URI_LIMIT_EXCEEDED, text);
         return;
     }
     double timeout = s->r->rt->cfg.call_timeout;
@@ -136,10 +138,10 @@ void on_call(session *s, json_t *msg)
     headers[h] = NULL;
     pending_call *c = calloc(1, sizeof *c);
     size_t len;
-    char *body = c ? envelope_text(msg, 4, &len) : NULL;
+    char *body = c ? wamp_envelope_text(msg, 4, &len) : NULL;
     if (!body) {
         free(c);
-        send_error(s, CALL, req, URI_RUNTIME_ERROR, "out of memory");
+        wamp_send_error(s, CALL, req, URI_RUNTIME_ERROR, "out of memory");
         return;
     }
     c->s = s;
@@ -153,7 +155,7 @@ void on_call(session *s, json_t *msg)
     free(body);
     if (rc != NB_OK) {
         free(c);
-        send_error(s, CALL, req, URI_UNAVAILABLE, "the bus is unavailable");
+        wamp_send_error(s, CALL, req, URI_UNAVAILABLE, "the bus is unavailable");
         return;
     }
     if (progress && c->req) nb_request_allow_progress(c->req, HDR_PROGRESS);
@@ -162,20 +164,20 @@ void on_call(session *s, json_t *msg)
     s->ncalls++;
 }
 
-void on_cancel(session *s, json_t *msg)
+void wamp_on_cancel(session *s, json_t *msg)
 {
     uint64_t req;
-    if (json_array_size(msg) < 2 || !get_id(msg, 1, &req) ||
+    if (json_array_size(msg) < 2 || !wamp_get_id(msg, 1, &req) ||
         (json_array_size(msg) > 2 && !json_is_object(json_array_get(msg, 2)))) {
-        protocol_violation(s, "CANCEL is [49, CALL.Request|id, Options|dict]");
+        wamp_protocol_violation(s, "CANCEL is [49, CALL.Request|id, Options|dict]");
         return;
     }
     for (pending_call *c = s->calls; c; c = c->next) {
         if (c->request != req || c->ack) continue;
-        call_unlink(c);
+        wamp_call_unlink(c);
         s->ncalls--;
         rpc_handle_cancel(s->r->rt, &(rpc_handle){c->req, c->local});
-        send_error(s, CALL, req, "wamp.error.canceled", "the call was canceled");
+        wamp_send_error(s, CALL, req, "wamp.error.canceled", "the call was canceled");
         free(c);
         return;
     }
@@ -195,7 +197,7 @@ static registration *reg_find(router *r, const char *procedure)
 
 static void reg_release(registration *g)
 {
-    if (!held_unlink_unused(&g->r->regs, &g->h)) return;
+    if (!wamp_held_unlink_unused(&g->r->regs, &g->h)) return;
     if (g->sub) nb_sub_close(g->sub);
     if (g->probe) nb_sub_close(g->probe);
     free(g->h.sessions.v);
@@ -246,7 +248,8 @@ static void on_invocation_msg(void *udata, natsMsg *m)
     if (nats_bridge_misdirected(r->rt->nats, m, true)) return; /* an event never runs an RPC */
     const char *reply = natsMsg_GetReply(m);
     json_t *args, *kwargs;
-    if (envelope_split(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &args, &kwargs) != 0) {
+    if (wamp_envelope_split(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &args, &kwargs) !=
+        0) {
         json_t *a =
             json_pack("[s]", "expected [args, kwargs] with args an array and kwargs an object");
         reply_error(r, reply, URI_INVALID_ARGUMENT, a, NULL, 400);
@@ -256,8 +259,9 @@ static void on_invocation_msg(void *udata, natsMsg *m)
     }
     session *callee = NULL;
     if (g->h.sessions.n > 0) {
-        int i = strcmp(g->invoke, "random") == 0 ? (int)(random_id() % (uint64_t)g->h.sessions.n)
-                                                 : g->rr++ % g->h.sessions.n;
+        int i = strcmp(g->invoke, "random") == 0
+                    ? (int)(wamp_random_id() % (uint64_t)g->h.sessions.n)
+                    : g->rr++ % g->h.sessions.n;
         callee = g->h.sessions.v[i];
     }
     if (callee && callee->state == S_ESTABLISHED &&
@@ -292,8 +296,8 @@ static void on_invocation_msg(void *udata, natsMsg *m)
         json_object_set_new(details, "caller_authid", json_string(id));
         json_object_set_new(details, "caller_authrole", json_string(role));
     }
-    send_msg(callee, json_pack("[iIIooo]", INVOCATION, (json_int_t)inv->id, (json_int_t)g->h.id,
-                               details, args, kwargs));
+    wamp_send_msg(callee, json_pack("[iIIooo]", INVOCATION, (json_int_t)inv->id,
+                                    (json_int_t)g->h.id, details, args, kwargs));
     nats_bridge_release(r->rt->nats, m);
 }
 
@@ -339,19 +343,19 @@ static void register_finish(session *s, uint64_t req, const char *procedure, con
     registration *g = reg_find(r, procedure);
     bool fresh = !g;
     if (g && (strcmp(invoke, "single") == 0 || strcmp(g->invoke, invoke) != 0 ||
-              ptrs_has(&g->h.sessions, s))) {
-        send_error(s, REGISTER, req, "wamp.error.procedure_already_exists",
-                   "the procedure is already registered in this process");
+              wamp_ptrs_has(&g->h.sessions, s))) {
+        wamp_send_error(s, REGISTER, req, "wamp.error.procedure_already_exists",
+                        "the procedure is already registered in this process");
         return;
     }
     if (!g) g = reg_new(r, procedure, invoke, disclose);
     if (!g) {
-        send_error(s, REGISTER, req, URI_UNAVAILABLE, "cannot subscribe on NATS");
+        wamp_send_error(s, REGISTER, req, URI_UNAVAILABLE, "cannot subscribe on NATS");
         return;
     }
-    ptrs_add(&g->h.sessions, s);
-    ptrs_add(&s->regs, g);
-    ack_after_flush(s, REGISTERED, req, g->h.id, fresh);
+    wamp_ptrs_add(&g->h.sessions, s);
+    wamp_ptrs_add(&s->regs, g);
+    wamp_ack_after_flush(s, REGISTERED, req, g->h.id, fresh);
 }
 
 /* The bus's answer to a REGISTER's probe: nobody (no responders), or a server saying whether it
@@ -360,7 +364,7 @@ static void on_probe_reply(void *udata, enum nb_status status, natsMsg *reply)
 {
     pending_call *c = udata;
     session *s = c->s;
-    call_unlink(c);
+    wamp_call_unlink(c);
     s->nprobes--;
     bool shared = false;
     if (reply) {
@@ -376,15 +380,16 @@ static void on_probe_reply(void *udata, enum nb_status status, natsMsg *reply)
                (status == NB_OK && shared && strcmp(c->invoke, "single") != 0)) {
         register_finish(s, c->request, c->procedure, c->invoke, c->disclose);
     } else if (status == NB_OK) {
-        send_error(s, REGISTER, c->request, "wamp.error.procedure_already_exists",
-                   shared ? "the procedure is served on the bus, shared: register it with invoke "
-                            "roundrobin or random to share it"
-                          : "the procedure is already served on the bus (a service or another "
-                            "session), not shared");
+        wamp_send_error(s, REGISTER, c->request, "wamp.error.procedure_already_exists",
+                        shared
+                            ? "the procedure is served on the bus, shared: register it with invoke "
+                              "roundrobin or random to share it"
+                            : "the procedure is already served on the bus (a service or another "
+                              "session), not shared");
     } else {
-        send_error(s, REGISTER, c->request, URI_UNAVAILABLE,
-                   status == NB_TIMEOUT ? "no answer from the bus on who serves the procedure"
-                                        : "the bus is unavailable");
+        wamp_send_error(s, REGISTER, c->request, URI_UNAVAILABLE,
+                        status == NB_TIMEOUT ? "no answer from the bus on who serves the procedure"
+                                             : "the bus is unavailable");
     }
     free(c->procedure);
     free(c);
@@ -400,7 +405,7 @@ static void register_probe(session *s, uint64_t req, const char *procedure, cons
     if (c) c->procedure = strdup(procedure);
     if (!c || !c->procedure) {
         free(c);
-        send_error(s, REGISTER, req, URI_RUNTIME_ERROR, "out of memory");
+        wamp_send_error(s, REGISTER, req, URI_RUNTIME_ERROR, "out of memory");
         return;
     }
     c->s = s;
@@ -412,7 +417,7 @@ static void register_probe(session *s, uint64_t req, const char *procedure, cons
                             &c->req) != NB_OK) {
         free(c->procedure);
         free(c);
-        send_error(s, REGISTER, req, URI_UNAVAILABLE, "the bus is unavailable");
+        wamp_send_error(s, REGISTER, req, URI_UNAVAILABLE, "the bus is unavailable");
         return;
     }
     c->next = s->calls;
@@ -420,31 +425,32 @@ static void register_probe(session *s, uint64_t req, const char *procedure, cons
     s->nprobes++;
 }
 
-void on_register(session *s, json_t *msg)
+void wamp_on_register(session *s, json_t *msg)
 {
     uint64_t req;
     json_t *opts = json_array_get(msg, 2), *uri = json_array_get(msg, 3);
-    if (json_array_size(msg) != 4 || !get_id(msg, 1, &req) || !json_is_object(opts) ||
+    if (json_array_size(msg) != 4 || !wamp_get_id(msg, 1, &req) || !json_is_object(opts) ||
         !json_is_string(uri)) {
-        protocol_violation(s, "REGISTER is [64, Request|id, Options|dict, Procedure|uri]");
+        wamp_protocol_violation(s, "REGISTER is [64, Request|id, Options|dict, Procedure|uri]");
         return;
     }
     const char *procedure = json_string_value(uri);
-    if (!valid_uri(procedure, false)) {
-        send_error(s, REGISTER, req, "wamp.error.invalid_uri", "not a valid procedure");
+    if (!wamp_valid_uri(procedure, false)) {
+        wamp_send_error(s, REGISTER, req, "wamp.error.invalid_uri", "not a valid procedure");
         return;
     }
-    if (!allowed(s, AUTH_REGISTER, procedure, REGISTER, req, true)) return;
+    if (!wamp_allowed(s, AUTH_REGISTER, procedure, REGISTER, req, true)) return;
     const char *invoke = json_string_value(json_object_get(opts, "invoke"));
     if (!invoke) invoke = "single";
     if (strcmp(invoke, "single") && strcmp(invoke, "roundrobin") && strcmp(invoke, "random")) {
-        send_error(s, REGISTER, req, "wamp.error.invalid_argument",
-                   "invoke must be single, roundrobin or random");
+        wamp_send_error(s, REGISTER, req, "wamp.error.invalid_argument",
+                        "invoke must be single, roundrobin or random");
         return;
     }
     router *r = s->r;
     if (s->regs.n + s->nprobes >= r->rt->cfg.max_session_regs) {
-        send_error(s, REGISTER, req, URI_LIMIT_EXCEEDED, "too many registrations in this session");
+        wamp_send_error(s, REGISTER, req, URI_LIMIT_EXCEEDED,
+                        "too many registrations in this session");
         return;
     }
     bool disclose = json_is_true(json_object_get(opts, "disclose_caller"));
@@ -454,13 +460,13 @@ void on_register(session *s, json_t *msg)
         register_probe(s, req, procedure, invoke, disclose);
 }
 
-void on_unregister(session *s, json_t *msg)
+void wamp_on_unregister(session *s, json_t *msg)
 {
     uint64_t req;
-    registration *g = (registration *)held_leave(s, msg, s->r->regs, &s->regs, &req);
+    registration *g = (registration *)wamp_held_leave(s, msg, s->r->regs, &s->regs, &req);
     if (!g) return;
     reg_release(g);
-    send_msg(s, json_pack("[iI]", UNREGISTERED, (json_int_t)req));
+    wamp_send_msg(s, json_pack("[iI]", UNREGISTERED, (json_int_t)req));
 }
 
 static invocation *inv_take(session *s, uint64_t id, bool keep)
@@ -477,14 +483,15 @@ static invocation *inv_take(session *s, uint64_t id, bool keep)
     return NULL;
 }
 
-void on_yield(session *s, json_t *msg)
+void wamp_on_yield(session *s, json_t *msg)
 {
     uint64_t req;
     json_t *opts = json_array_get(msg, 2);
-    if (json_array_size(msg) < 3 || !get_id(msg, 1, &req) || !json_is_object(opts) ||
-        !args_ok(msg, 3)) {
-        protocol_violation(s, "YIELD is [70, INVOCATION.Request|id, Options|dict, Arguments|list, "
-                              "ArgumentsKw|dict]");
+    if (json_array_size(msg) < 3 || !wamp_get_id(msg, 1, &req) || !json_is_object(opts) ||
+        !wamp_args_ok(msg, 3)) {
+        wamp_protocol_violation(
+            s, "YIELD is [70, INVOCATION.Request|id, Options|dict, Arguments|list, "
+               "ArgumentsKw|dict]");
         return;
     }
     bool progress = json_is_true(json_object_get(opts, "progress"));
@@ -492,7 +499,7 @@ void on_yield(session *s, json_t *msg)
     if (!inv) return; /* unknown or already answered: WAMP says ignore */
     if (inv->reply) {
         size_t len;
-        char *body = envelope_text(msg, 3, &len);
+        char *body = wamp_envelope_text(msg, 3, &len);
         const char *headers[] = {HDR_PROGRESS, "1", NULL};
         if (body)
             nats_bridge_publish(s->r->rt->nats, inv->reply, NULL, body, len,
@@ -505,19 +512,20 @@ void on_yield(session *s, json_t *msg)
     }
 }
 
-void on_error(session *s, json_t *msg)
+void wamp_on_error(session *s, json_t *msg)
 {
     uint64_t req;
     json_t *type = json_array_get(msg, 1), *details = json_array_get(msg, 3),
            *uri = json_array_get(msg, 4);
-    if (json_array_size(msg) < 5 || !json_is_integer(type) || !get_id(msg, 2, &req) ||
-        !json_is_object(details) || !json_is_string(uri) || !args_ok(msg, 5)) {
-        protocol_violation(s, "ERROR is [8, REQUEST.Type|int, REQUEST.Request|id, Details|dict, "
-                              "Error|uri, Arguments|list, ArgumentsKw|dict]");
+    if (json_array_size(msg) < 5 || !json_is_integer(type) || !wamp_get_id(msg, 2, &req) ||
+        !json_is_object(details) || !json_is_string(uri) || !wamp_args_ok(msg, 5)) {
+        wamp_protocol_violation(s,
+                                "ERROR is [8, REQUEST.Type|int, REQUEST.Request|id, Details|dict, "
+                                "Error|uri, Arguments|list, ArgumentsKw|dict]");
         return;
     }
     if (json_integer_value(type) != INVOCATION) {
-        protocol_violation(s, "a client sends ERROR only for an INVOCATION");
+        wamp_protocol_violation(s, "a client sends ERROR only for an INVOCATION");
         return;
     }
     invocation *inv = inv_take(s, req, false);
@@ -531,12 +539,12 @@ void on_error(session *s, json_t *msg)
     free(inv);
 }
 
-void dealer_session_end(session *s)
+void wamp_dealer_session_end(session *s)
 {
     router *r = s->r;
     for (int i = 0; i < s->regs.n; i++) {
         registration *g = s->regs.v[i];
-        ptrs_remove(&g->h.sessions, s);
+        wamp_ptrs_remove(&g->h.sessions, s);
         reg_release(g);
     }
     while (s->invs) {

@@ -176,60 +176,60 @@ typedef struct auth_job {
 } auth_job;
 
 /* wamp_router.c: helpers every part shares, and dispatch */
-int ptrs_add(ptrs *p, void *x);
-bool ptrs_remove(ptrs *p, void *x);
-bool ptrs_has(const ptrs *p, const void *x);
-bool held_unlink_unused(held **list, held *h);
+int wamp_ptrs_add(ptrs *p, void *x);
+bool wamp_ptrs_remove(ptrs *p, void *x);
+bool wamp_ptrs_has(const ptrs *p, const void *x);
+bool wamp_held_unlink_unused(held **list, held *h);
 /* UNSUBSCRIBE / UNREGISTER [type, Request|id, Id|id]: the session stops holding the topic or
  * registration with that id (on list; mine is the session's own array of them). Returns it, for
  * the caller to release and acknowledge (*req), or NULL once the message is answered (a protocol
  * violation, or no such id in this session). */
-held *held_leave(session *s, json_t *msg, held *list, ptrs *mine, uint64_t *req);
-uint64_t random_id(void);
-bool get_id(const json_t *msg, size_t i, uint64_t *out);
-bool valid_uri(const char *u, bool allow_empty_parts);
-bool allowed(session *s, enum auth_action action, const char *uri, int type, uint64_t request,
-             bool answer);
-int envelope_split(const char *data, size_t len, json_t **args, json_t **kwargs);
-char *envelope_text(const json_t *msg, size_t ai, size_t *len);
-bool args_ok(const json_t *msg, size_t ai);
-void dispatch(session *s, json_t *msg);
-void refuse_extension(session *s, json_t *msg, const char *why);
+held *wamp_held_leave(session *s, json_t *msg, held *list, ptrs *mine, uint64_t *req);
+uint64_t wamp_random_id(void);
+bool wamp_get_id(const json_t *msg, size_t i, uint64_t *out);
+bool wamp_valid_uri(const char *u, bool allow_empty_parts);
+bool wamp_allowed(session *s, enum auth_action action, const char *uri, int type, uint64_t request,
+                  bool answer);
+int wamp_envelope_split(const char *data, size_t len, json_t **args, json_t **kwargs);
+char *wamp_envelope_text(const json_t *msg, size_t ai, size_t *len);
+bool wamp_args_ok(const json_t *msg, size_t ai);
+void wamp_dispatch(session *s, json_t *msg);
+void wamp_refuse_extension(session *s, json_t *msg, const char *why);
 
 /* wamp_session.c: sending and closing (the only part that touches wslay) */
-void queue_bytes(session *s, const char *p, size_t n);
-void send_msg(session *s, json_t *msg);
-void send_error(session *s, int type, uint64_t request, const char *uri, const char *message);
-void close_session(session *s, uint16_t code, const char *reason);
-void abort_session(session *s, const char *uri, const char *message);
-void protocol_violation(session *s, const char *message);
+void wamp_queue_bytes(session *s, const char *p, size_t n);
+void wamp_send_msg(session *s, json_t *msg);
+void wamp_send_error(session *s, int type, uint64_t request, const char *uri, const char *message);
+void wamp_close_session(session *s, uint16_t code, const char *reason);
+void wamp_abort_session(session *s, const char *uri, const char *message);
+void wamp_protocol_violation(session *s, const char *message);
 /* The largest message the session reads (twice it: see wamp_router_upgrade). */
-void session_limit_messages(session *s, size_t bytes);
+void wamp_session_limit_messages(session *s, size_t bytes);
 /* Ends a session without a close handshake (the peer does not read, or does not answer). */
-void drop_session(session *s);
+void wamp_drop_session(session *s);
 
 /* wamp_join.c */
-void on_hello(session *s, json_t *msg);
-void on_authenticate(session *s, json_t *msg);
+void wamp_on_hello(session *s, json_t *msg);
+void wamp_on_authenticate(session *s, json_t *msg);
 
 /* wamp_broker.c */
-void on_subscribe(session *s, json_t *msg);
-void on_unsubscribe(session *s, json_t *msg);
-void on_publish(session *s, json_t *msg);
-void ack_after_flush(session *s, int type, uint64_t request, uint64_t id, bool fresh);
+void wamp_on_subscribe(session *s, json_t *msg);
+void wamp_on_unsubscribe(session *s, json_t *msg);
+void wamp_on_publish(session *s, json_t *msg);
+void wamp_ack_after_flush(session *s, int type, uint64_t request, uint64_t id, bool fresh);
 /* The session's subscriptions go (a topic no session holds any more is released). */
-void broker_session_end(session *s);
+void wamp_broker_session_end(session *s);
 
 /* wamp_dealer.c */
-void on_call(session *s, json_t *msg);
-void on_cancel(session *s, json_t *msg);
-void on_register(session *s, json_t *msg);
-void on_unregister(session *s, json_t *msg);
-void on_yield(session *s, json_t *msg);
-void on_error(session *s, json_t *msg);
-void call_unlink(pending_call *c);
+void wamp_on_call(session *s, json_t *msg);
+void wamp_on_cancel(session *s, json_t *msg);
+void wamp_on_register(session *s, json_t *msg);
+void wamp_on_unregister(session *s, json_t *msg);
+void wamp_on_yield(session *s, json_t *msg);
+void wamp_on_error(session *s, json_t *msg);
+void wamp_call_unlink(pending_call *c);
 /* The session's registrations go, its invocations are answered (the callee left), its calls and
  * probes are canceled. */
-void dealer_session_end(session *s);
+void wamp_dealer_session_end(session *s);
 
 #endif

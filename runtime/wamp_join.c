@@ -25,7 +25,7 @@ static json_t *welcome_details(void)
 static void establish(session *s, const char *authid, const char *authrole, const char *method)
 {
     /* from now on messages up to --body-limit (see wamp_router_upgrade) */
-    session_limit_messages(s, s->r->rt->cfg.body_limit);
+    wamp_session_limit_messages(s, s->r->rt->cfg.body_limit);
     snprintf(s->authid, sizeof s->authid, "%s", authid);
     snprintf(s->authrole, sizeof s->authrole, "%s", authrole);
     s->authmethod = method;
@@ -39,7 +39,7 @@ static void establish(session *s, const char *authid, const char *authrole, cons
     json_object_set_new(d, "authrole", json_string(s->authrole));
     json_object_set_new(d, "authmethod", json_string(method));
     json_object_set_new(d, "authprovider", json_string(s->r->rt->auth ? "file" : "none"));
-    send_msg(s, json_pack("[iIo]", WELCOME, (json_int_t)s->id, d));
+    wamp_send_msg(s, json_pack("[iIo]", WELCOME, (json_int_t)s->id, d));
     log_debug(TAG, "session %llu: %s as %s (%s)", (unsigned long long)s->id, s->authid, s->authrole,
               method);
 }
@@ -48,7 +48,7 @@ static void auth_failed(session *s, const char *why)
 {
     log_info(TAG, "session %llu: authentication of %s failed (%s)", (unsigned long long)s->id,
              s->authid[0] ? s->authid : "?", why);
-    abort_session(s, URI_AUTHENTICATION_FAILED, "authentication failed");
+    wamp_abort_session(s, URI_AUTHENTICATION_FAILED, "authentication failed");
 }
 
 #define TOO_MANY_FAILURES "too many failed sign-ins; retry later"
@@ -61,7 +61,7 @@ static bool may_try(session *s)
         return true;
     log_info(TAG, "session %llu: sign-in of %s from %s refused: too many failures",
              (unsigned long long)s->id, s->authid, s->peer[0] ? s->peer : "?");
-    abort_session(s, URI_AUTHENTICATION_FAILED, TOO_MANY_FAILURES);
+    wamp_abort_session(s, URI_AUTHENTICATION_FAILED, TOO_MANY_FAILURES);
     return false;
 }
 
@@ -82,7 +82,7 @@ static void challenge(session *s, const char *method, const char *authid)
         s->challenge = auth_cra_challenge(a, s->user, authid, s->id, salt, &iterations, &keylen);
         if (!s->challenge) {
             json_decref(extra);
-            abort_session(s, URI_AUTHENTICATION_FAILED, "cannot make a challenge");
+            wamp_abort_session(s, URI_AUTHENTICATION_FAILED, "cannot make a challenge");
             return;
         }
         json_object_set_new(extra, "challenge", json_string(s->challenge));
@@ -91,19 +91,19 @@ static void challenge(session *s, const char *method, const char *authid)
         json_object_set_new(extra, "keylen", json_integer(keylen));
     }
     s->state = S_CHALLENGED;
-    send_msg(s, json_pack("[iso]", CHALLENGE, s->authmethod, extra));
+    wamp_send_msg(s, json_pack("[iso]", CHALLENGE, s->authmethod, extra));
 }
 
-void on_hello(session *s, json_t *msg)
+void wamp_on_hello(session *s, json_t *msg)
 {
     json_t *realm = json_array_get(msg, 1), *details = json_array_get(msg, 2);
     if (json_array_size(msg) != 3 || !json_is_string(realm) || !json_is_object(details) ||
-        !valid_uri(json_string_value(realm), false)) {
-        protocol_violation(s, "HELLO is [1, Realm|uri, Details|dict]");
+        !wamp_valid_uri(json_string_value(realm), false)) {
+        wamp_protocol_violation(s, "HELLO is [1, Realm|uri, Details|dict]");
         return;
     }
     if (s->r->shutting_down) {
-        abort_session(s, "wamp.error.system_shutdown", "the router is shutting down");
+        wamp_abort_session(s, "wamp.error.system_shutdown", "the router is shutting down");
         return;
     }
     s->realm = strdup(json_string_value(realm));
@@ -115,7 +115,7 @@ void on_hello(session *s, json_t *msg)
     json_t *methods = json_object_get(details, "authmethods");
     const char *authid = json_string_value(json_object_get(details, "authid"));
     if (methods && !json_is_array(methods)) {
-        protocol_violation(s, "HELLO.Details.authmethods is a list of strings");
+        wamp_protocol_violation(s, "HELLO.Details.authmethods is a list of strings");
         return;
     }
     size_t n = methods ? json_array_size(methods) : 0;
@@ -135,9 +135,10 @@ void on_hello(session *s, json_t *msg)
             return;
         }
     }
-    abort_session(s, URI_NO_AUTH_METHOD,
-                  auth_anonymous_role(a) ? "offer ticket or wampcra (with an authid), or anonymous"
-                                         : "this router wants ticket or wampcra, with an authid");
+    wamp_abort_session(s, URI_NO_AUTH_METHOD,
+                       auth_anonymous_role(a)
+                           ? "offer ticket or wampcra (with an authid), or anonymous"
+                           : "this router wants ticket or wampcra, with an authid");
 }
 
 static void ticket_work(uv_work_t *w)
@@ -164,12 +165,12 @@ static void ticket_done(uv_work_t *w, int status)
     free(j);
 }
 
-void on_authenticate(session *s, json_t *msg)
+void wamp_on_authenticate(session *s, json_t *msg)
 {
     json_t *sig = json_array_get(msg, 1);
     if (json_array_size(msg) != 3 || !json_is_string(sig) ||
         !json_is_object(json_array_get(msg, 2))) {
-        protocol_violation(s, "AUTHENTICATE is [5, Signature|string, Extra|dict]");
+        wamp_protocol_violation(s, "AUTHENTICATE is [5, Signature|string, Extra|dict]");
         return;
     }
     if (!may_try(s)) return; /* failures may have come in since the CHALLENGE */
@@ -190,14 +191,14 @@ void on_authenticate(session *s, json_t *msg)
     if (s->r->auth_jobs >= MAX_AUTH_JOBS) {
         log_warn(TAG, "session %llu: %d tickets are being checked already: refused",
                  (unsigned long long)s->id, s->r->auth_jobs);
-        abort_session(s, URI_AUTHENTICATION_FAILED, "too many sign-ins at once, try again");
+        wamp_abort_session(s, URI_AUTHENTICATION_FAILED, "too many sign-ins at once, try again");
         return;
     }
     auth_job *j = calloc(1, sizeof *j);
     if (j) j->ticket = strdup(json_string_value(sig));
     if (!j || !j->ticket) {
         free(j);
-        abort_session(s, URI_AUTHENTICATION_FAILED, "out of memory");
+        wamp_abort_session(s, URI_AUTHENTICATION_FAILED, "out of memory");
         return;
     }
     j->r = s->r;
@@ -209,7 +210,7 @@ void on_authenticate(session *s, json_t *msg)
     if (uv_queue_work(&s->r->rt->loop, &j->work, ticket_work, ticket_done) != 0) {
         free(j->ticket);
         free(j);
-        abort_session(s, URI_AUTHENTICATION_FAILED, "cannot check the ticket now");
+        wamp_abort_session(s, URI_AUTHENTICATION_FAILED, "cannot check the ticket now");
         return;
     }
     /* counted as failed until it succeeds: tickets in flight count against the limit too */

@@ -16,7 +16,7 @@
 
 /* ---- small helpers ---- */
 
-int ptrs_add(ptrs *p, void *x)
+int wamp_ptrs_add(ptrs *p, void *x)
 {
     if (p->n == p->cap) {
         int cap = p->cap ? p->cap * 2 : 4;
@@ -29,7 +29,7 @@ int ptrs_add(ptrs *p, void *x)
     return 0;
 }
 
-bool ptrs_remove(ptrs *p, void *x)
+bool wamp_ptrs_remove(ptrs *p, void *x)
 {
     for (int i = 0; i < p->n; i++) {
         if (p->v[i] != x) continue;
@@ -39,7 +39,7 @@ bool ptrs_remove(ptrs *p, void *x)
     return false;
 }
 
-bool ptrs_has(const ptrs *p, const void *x)
+bool wamp_ptrs_has(const ptrs *p, const void *x)
 {
     for (int i = 0; i < p->n; i++)
         if (p->v[i] == x) return true;
@@ -53,7 +53,7 @@ static held *held_by_id(held *list, uint64_t id)
     return NULL;
 }
 
-bool held_unlink_unused(held **list, held *h)
+bool wamp_held_unlink_unused(held **list, held *h)
 {
     if (h->sessions.n > 0) return false;
     for (held **p = list; *p; p = &(*p)->next) {
@@ -65,29 +65,29 @@ bool held_unlink_unused(held **list, held *h)
     return true;
 }
 
-held *held_leave(session *s, json_t *msg, held *list, ptrs *mine, uint64_t *req)
+held *wamp_held_leave(session *s, json_t *msg, held *list, ptrs *mine, uint64_t *req)
 {
     int type = (int)json_integer_value(json_array_get(msg, 0));
     bool sub = type == UNSUBSCRIBE;
     uint64_t id;
-    if (json_array_size(msg) != 3 || !get_id(msg, 1, req) || !get_id(msg, 2, &id)) {
-        protocol_violation(s, sub ? "UNSUBSCRIBE is [34, Request|id, Subscription|id]"
-                                  : "UNREGISTER is [66, Request|id, Registration|id]");
+    if (json_array_size(msg) != 3 || !wamp_get_id(msg, 1, req) || !wamp_get_id(msg, 2, &id)) {
+        wamp_protocol_violation(s, sub ? "UNSUBSCRIBE is [34, Request|id, Subscription|id]"
+                                       : "UNREGISTER is [66, Request|id, Registration|id]");
         return NULL;
     }
     held *h = held_by_id(list, id);
-    if (!h || !ptrs_remove(&h->sessions, s)) {
-        send_error(s, type, *req,
-                   sub ? "wamp.error.no_such_subscription" : "wamp.error.no_such_registration",
-                   sub ? "no such subscription in this session"
-                       : "no such registration in this session");
+    if (!h || !wamp_ptrs_remove(&h->sessions, s)) {
+        wamp_send_error(s, type, *req,
+                        sub ? "wamp.error.no_such_subscription" : "wamp.error.no_such_registration",
+                        sub ? "no such subscription in this session"
+                            : "no such registration in this session");
         return NULL;
     }
-    ptrs_remove(mine, h);
+    wamp_ptrs_remove(mine, h);
     return h;
 }
 
-uint64_t random_id(void)
+uint64_t wamp_random_id(void)
 {
     uint64_t x = 0;
     if (uv_random(NULL, NULL, &x, sizeof x, 0, NULL) != 0)
@@ -96,7 +96,7 @@ uint64_t random_id(void)
 }
 
 /* An id field: an integer in [1, 2^53]. */
-bool get_id(const json_t *msg, size_t i, uint64_t *out)
+bool wamp_get_id(const json_t *msg, size_t i, uint64_t *out)
 {
     json_t *v = json_array_get(msg, i);
     if (!json_is_integer(v)) return false;
@@ -108,7 +108,7 @@ bool get_id(const json_t *msg, size_t i, uint64_t *out)
 
 /* Also refuses the system subjects ($-prefixed, such as $SRV and SERVICES_PROBE_PREFIX, and
  * _INBOX.), as the HTTP gateway does. */
-bool valid_uri(const char *u, bool allow_empty_parts)
+bool wamp_valid_uri(const char *u, bool allow_empty_parts)
 {
     if (!u[0] || strpbrk(u, " \t\r\n*>#")) return false;
     if (u[0] == '$' || strncmp(u, "_INBOX.", 7) == 0) return false;
@@ -119,22 +119,22 @@ bool valid_uri(const char *u, bool allow_empty_parts)
 
 /* Whether the session's role may do action on uri; when not, answers ERROR not_authorized (if
  * the request wants an answer: a PUBLISH only with acknowledge). */
-bool allowed(session *s, enum auth_action action, const char *uri, int type, uint64_t request,
-             bool answer)
+bool wamp_allowed(session *s, enum auth_action action, const char *uri, int type, uint64_t request,
+                  bool answer)
 {
     if (auth_allowed(s->r->rt->auth, s->authrole, action, uri)) return true;
     if (!answer) return false;
     static const char *const verbs[] = {"call", "register", "publish", "subscribe to"};
     char text[320];
     snprintf(text, sizeof text, "role %s may not %s %s", s->authrole, verbs[action], uri);
-    send_error(s, type, request, URI_NOT_AUTHORIZED, text);
+    wamp_send_error(s, type, request, URI_NOT_AUTHORIZED, text);
     return false;
 }
 
 /* ---- the NATS envelope [args, kwargs] ---- */
 
 /* Splits a NATS payload into args and kwargs (new references); -1 if it is not an envelope. */
-int envelope_split(const char *data, size_t len, json_t **args, json_t **kwargs)
+int wamp_envelope_split(const char *data, size_t len, json_t **args, json_t **kwargs)
 {
     *args = *kwargs = NULL;
     json_t *v = len ? json_loadb(data, len, JSON_ALLOW_NUL, NULL) : json_array();
@@ -154,7 +154,7 @@ int envelope_split(const char *data, size_t len, json_t **args, json_t **kwargs)
 }
 
 /* The JSON text [args, kwargs] for NATS, from message elements ai and ai+1 (optional). */
-char *envelope_text(const json_t *msg, size_t ai, size_t *len)
+char *wamp_envelope_text(const json_t *msg, size_t ai, size_t *len)
 {
     json_t *a = json_array_get(msg, ai), *k = json_array_get(msg, ai + 1);
     json_t *env = json_pack("[OO]", a ? a : json_array(), k ? k : json_object());
@@ -167,7 +167,7 @@ char *envelope_text(const json_t *msg, size_t ai, size_t *len)
     return text;
 }
 
-bool args_ok(const json_t *msg, size_t ai)
+bool wamp_args_ok(const json_t *msg, size_t ai)
 {
     json_t *a = json_array_get(msg, ai), *k = json_array_get(msg, ai + 1);
     if (json_array_size(msg) > ai + 2) return false;
@@ -180,11 +180,11 @@ static void on_goodbye(session *s, json_t *msg)
 {
     if (json_array_size(msg) != 3 || !json_is_object(json_array_get(msg, 1)) ||
         !json_is_string(json_array_get(msg, 2))) {
-        protocol_violation(s, "GOODBYE is [6, Details|dict, Reason|uri]");
+        wamp_protocol_violation(s, "GOODBYE is [6, Details|dict, Reason|uri]");
         return;
     }
-    send_msg(s, json_pack("[i{}s]", GOODBYE, "wamp.close.goodbye_and_out"));
-    close_session(s, 1000, "goodbye");
+    wamp_send_msg(s, json_pack("[i{}s]", GOODBYE, "wamp.close.goodbye_and_out"));
+    wamp_close_session(s, 1000, "goodbye");
 }
 
 /* What an established session may send, and the role that handles it. */
@@ -192,35 +192,35 @@ static const struct {
     int type;
     void (*fn)(session *s, json_t *msg);
 } established[] = {
-    {SUBSCRIBE, on_subscribe},   {UNSUBSCRIBE, on_unsubscribe},
-    {PUBLISH, on_publish},       {CALL, on_call},
-    {CANCEL, on_cancel},         {REGISTER, on_register},
-    {UNREGISTER, on_unregister}, {YIELD, on_yield},
-    {ERROR, on_error},           {GOODBYE, on_goodbye},
+    {SUBSCRIBE, wamp_on_subscribe},   {UNSUBSCRIBE, wamp_on_unsubscribe},
+    {PUBLISH, wamp_on_publish},       {CALL, wamp_on_call},
+    {CANCEL, wamp_on_cancel},         {REGISTER, wamp_on_register},
+    {UNREGISTER, wamp_on_unregister}, {YIELD, wamp_on_yield},
+    {ERROR, wamp_on_error},           {GOODBYE, on_goodbye},
 };
 
-void dispatch(session *s, json_t *msg)
+void wamp_dispatch(session *s, json_t *msg)
 {
     json_t *code = json_array_get(msg, 0);
     if (!json_is_array(msg) || !json_is_integer(code)) {
-        protocol_violation(s, "a WAMP message is an array starting with its type code");
+        wamp_protocol_violation(s, "a WAMP message is an array starting with its type code");
         return;
     }
     json_int_t type = json_integer_value(code);
     if (s->state == S_OPEN) {
         if (type == HELLO)
-            on_hello(s, msg);
+            wamp_on_hello(s, msg);
         else
-            protocol_violation(s, "the first message must be HELLO");
+            wamp_protocol_violation(s, "the first message must be HELLO");
         return;
     }
     if (s->state == S_CHALLENGED || s->state == S_VERIFYING) {
         if (type == AUTHENTICATE && s->state == S_CHALLENGED)
-            on_authenticate(s, msg);
+            wamp_on_authenticate(s, msg);
         else if (type == ABORT)
-            close_session(s, 1000, "aborted");
+            wamp_close_session(s, 1000, "aborted");
         else
-            protocol_violation(s, "after CHALLENGE the client sends AUTHENTICATE, once");
+            wamp_protocol_violation(s, "after CHALLENGE the client sends AUTHENTICATE, once");
         return;
     }
     for (size_t i = 0; i < sizeof established / sizeof established[0]; i++) {
@@ -229,27 +229,27 @@ void dispatch(session *s, json_t *msg)
             return;
         }
     }
-    protocol_violation(s, type == HELLO ? "HELLO in an established session"
-                                        : "a message type the router does not accept");
+    wamp_protocol_violation(s, type == HELLO ? "HELLO in an established session"
+                                             : "a message type the router does not accept");
 }
 
 /* A message that decoded with an unsupported msgpack extension value: a request the router
  * answers (SUBSCRIBE, CALL, ..., PUBLISH with acknowledge) gets ERROR invalid_argument and is
  * dropped; anything else, or a request id that cannot be read, ends the session. */
-void refuse_extension(session *s, json_t *msg, const char *why)
+void wamp_refuse_extension(session *s, json_t *msg, const char *why)
 {
     json_t *code = json_array_get(msg, 0);
     json_int_t type = json_is_integer(code) ? json_integer_value(code) : 0;
     uint64_t req;
     bool answerable = type == SUBSCRIBE || type == UNSUBSCRIBE || type == CALL ||
                       type == REGISTER || type == UNREGISTER || type == PUBLISH;
-    if (s->state != S_ESTABLISHED || !answerable || !get_id(msg, 1, &req)) {
-        protocol_violation(s, why);
+    if (s->state != S_ESTABLISHED || !answerable || !wamp_get_id(msg, 1, &req)) {
+        wamp_protocol_violation(s, why);
         return;
     }
     if (type == PUBLISH && !json_is_true(json_object_get(json_array_get(msg, 2), "acknowledge")))
         return;
-    send_error(s, (int)type, req, URI_INVALID_ARGUMENT, why);
+    wamp_send_error(s, (int)type, req, URI_INVALID_ARGUMENT, why);
 }
 
 /* ---- router life ---- */
@@ -302,9 +302,10 @@ void wamp_router_shutdown(struct wamp_router *r)
     }
     for (session *s = r->sessions; s; s = s->next) {
         if (s->state == S_ESTABLISHED)
-            send_msg(s, json_pack("[i{ss}s]", GOODBYE, "message", "the router is shutting down",
-                                  "wamp.close.system_shutdown"));
-        close_session(s, 1001, "shutting down");
+            wamp_send_msg(s,
+                          json_pack("[i{ss}s]", GOODBYE, "message", "the router is shutting down",
+                                    "wamp.close.system_shutdown"));
+        wamp_close_session(s, 1001, "shutting down");
     }
 }
 
@@ -316,7 +317,7 @@ static void timer_closed(uv_handle_t *h)
 void wamp_router_close(struct wamp_router *r)
 {
     while (r->sessions)
-        drop_session(r->sessions);
+        wamp_drop_session(r->sessions);
     uv_close((uv_handle_t *)&r->flush_timer, timer_closed);
     uv_close((uv_handle_t *)&r->join_timer, timer_closed);
     uv_close((uv_handle_t *)&r->idle_timer, timer_closed);

@@ -36,7 +36,7 @@ static void idle_sweep(uv_timer_t *t);
 /* ---- sending ---- */
 
 /* Ends a session without a close handshake: the peer does not read, or does not answer. */
-void drop_session(session *s)
+void wamp_drop_session(session *s)
 {
     h2o_websocket_conn_t *ws = s->ws;
     session_end(s);
@@ -59,7 +59,7 @@ static bool close_step(session *s, bool *again)
         return true;
     }
     if (uv_now(&s->r->rt->loop) > s->close_deadline) { /* the peer does not read: drop it */
-        drop_session(s);
+        wamp_drop_session(s);
         return false;
     }
     *again = true;
@@ -158,7 +158,7 @@ static ssize_t ws_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
     return (ssize_t)len;
 }
 
-void queue_bytes(session *s, const char *p, size_t n)
+void wamp_queue_bytes(session *s, const char *p, size_t n)
 {
     if (s->slow) return;
     wslay_event_context_ptr ctx = s->ws->ws_ctx;
@@ -177,17 +177,17 @@ void queue_bytes(session *s, const char *p, size_t n)
 }
 
 /* Sends msg (a reference is taken over) to the session. */
-void send_msg(session *s, json_t *msg)
+void wamp_send_msg(session *s, json_t *msg)
 {
     codec_buf *out = &s->r->out;
     codec_buf_reset(out);
-    if (msg && wamp_encode(s->ser, msg, out) == 0) queue_bytes(s, out->data, out->len);
+    if (msg && wamp_encode(s->ser, msg, out) == 0) wamp_queue_bytes(s, out->data, out->len);
     json_decref(msg);
 }
 
 /* The close frame goes after what is queued (an ABORT, a GOODBYE): wslay sends control frames
  * first and nothing after a close, so the flush queues it once the message queue is empty. */
-void close_session(session *s, uint16_t code, const char *reason)
+void wamp_close_session(session *s, uint16_t code, const char *reason)
 {
     if (s->state == S_CLOSING) return;
     s->state = S_CLOSING;
@@ -197,27 +197,27 @@ void close_session(session *s, uint16_t code, const char *reason)
     mark_dirty(s);
 }
 
-void abort_session(session *s, const char *uri, const char *message)
+void wamp_abort_session(session *s, const char *uri, const char *message)
 {
     if (s->state == S_CLOSING) return;
     log_info(TAG, "session %llu aborted: %s: %s", (unsigned long long)s->id, uri, message);
-    send_msg(s, json_pack("[i{ss}s]", ABORT, "message", message, uri));
-    close_session(s, 1000, "aborted");
+    wamp_send_msg(s, json_pack("[i{ss}s]", ABORT, "message", message, uri));
+    wamp_close_session(s, 1000, "aborted");
 }
 
-void protocol_violation(session *s, const char *message)
+void wamp_protocol_violation(session *s, const char *message)
 {
-    abort_session(s, "wamp.error.protocol_violation", message);
+    wamp_abort_session(s, "wamp.error.protocol_violation", message);
 }
 
-void send_error(session *s, int type, uint64_t request, const char *uri, const char *message)
+void wamp_send_error(session *s, int type, uint64_t request, const char *uri, const char *message)
 {
-    send_msg(s, json_pack("[iiI{}s[s]]", ERROR, type, (json_int_t)request, uri, message));
+    wamp_send_msg(s, json_pack("[iiI{}s[s]]", ERROR, type, (json_int_t)request, uri, message));
 }
 
 /* ---- session life ---- */
 
-void session_limit_messages(session *s, size_t bytes)
+void wamp_session_limit_messages(session *s, size_t bytes)
 {
     wslay_event_config_set_max_recv_msg_length(s->ws->ws_ctx, 2 * bytes);
 }
@@ -227,8 +227,8 @@ void session_limit_messages(session *s, size_t bytes)
 static void session_end(session *s)
 {
     router *r = s->r;
-    broker_session_end(s);
-    dealer_session_end(s);
+    wamp_broker_session_end(s);
+    wamp_dealer_session_end(s);
     if (s->dirty) {
         for (session **p = &r->dirty; *p; p = &(*p)->dirty_next) {
             if (*p == s) {
@@ -269,13 +269,13 @@ static void on_ws_message(h2o_websocket_conn_t *ws, const struct wslay_event_on_
         log_info(TAG, "session %llu closed: a message of %zu bytes is over the limit of %zu%s",
                  (unsigned long long)s->id, arg->msg_length, limit,
                  s->state == S_ESTABLISHED ? "" : " before WELCOME");
-        close_session(s, 1009, "message too big");
+        wamp_close_session(s, 1009, "message too big");
         return;
     }
     bool binary = arg->opcode == WSLAY_BINARY_FRAME;
     if (binary != (s->ser == WAMP_MSGPACK)) {
-        protocol_violation(s, s->ser == WAMP_MSGPACK ? "wamp.2.msgpack uses binary frames"
-                                                     : "wamp.2.json uses text frames");
+        wamp_protocol_violation(s, s->ser == WAMP_MSGPACK ? "wamp.2.msgpack uses binary frames"
+                                                          : "wamp.2.json uses text frames");
         return;
     }
     char err[160] = "";
@@ -284,13 +284,13 @@ static void on_ws_message(h2o_websocket_conn_t *ws, const struct wslay_event_on_
                                   s->r->rt->cfg.max_depth + 2, WAMP_MAX_VALUES, &unsupported, err,
                                   sizeof err);
     if (!msg) {
-        protocol_violation(s, err);
+        wamp_protocol_violation(s, err);
         return;
     }
     if (unsupported)
-        refuse_extension(s, msg, err);
+        wamp_refuse_extension(s, msg, err);
     else
-        dispatch(s, msg);
+        wamp_dispatch(s, msg);
     json_decref(msg);
 }
 
@@ -370,7 +370,7 @@ int wamp_router_upgrade(struct wamp_router *r, h2o_req_t *req)
     }
     s->r = r;
     s->ser = ser;
-    s->id = random_id();
+    s->id = wamp_random_id();
     struct sockaddr_storage peer;
     socklen_t peerlen = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&peer);
     auth_limit_peer((struct sockaddr *)&peer, peerlen, s->peer);
@@ -420,7 +420,7 @@ static void join_sweep(uv_timer_t *t)
         char text[128];
         snprintf(text, sizeof text, "no %s within %.3g s (--join-timeout)",
                  s->state == S_OPEN ? "HELLO" : "AUTHENTICATE", r->rt->cfg.join_timeout);
-        abort_session(s, "wamp.error.timeout", text);
+        wamp_abort_session(s, "wamp.error.timeout", text);
     }
     if (!waiting) uv_timer_stop(t);
 }
@@ -451,7 +451,7 @@ static void idle_sweep(uv_timer_t *t)
         if (s->state == S_CLOSING && s->close_queued && now > s->close_deadline) {
             log_info(TAG, "session %llu dropped: no answer to the close frame",
                      (unsigned long long)s->id);
-            drop_session(s);
+            wamp_drop_session(s);
             continue;
         }
         if (s->state != S_ESTABLISHED) continue;
@@ -463,8 +463,8 @@ static void idle_sweep(uv_timer_t *t)
         snprintf(text, sizeof text, "nothing received for %.3g s (--session-idle-timeout)",
                  r->rt->cfg.session_idle_timeout);
         log_info(TAG, "session %llu closed: %s", (unsigned long long)s->id, text);
-        send_msg(s, json_pack("[i{ss}s]", GOODBYE, "message", text, "wamp.close.timeout"));
-        close_session(s, 1000, "idle timeout");
+        wamp_send_msg(s, json_pack("[i{ss}s]", GOODBYE, "message", text, "wamp.close.timeout"));
+        wamp_close_session(s, 1000, "idle timeout");
     }
     if (!r->sessions) uv_timer_stop(t);
 }

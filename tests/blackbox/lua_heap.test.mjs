@@ -1,4 +1,4 @@
-// The Lua memory a call's arguments take once decoded (runtime/lua_memory.c): JSON amplifies (a
+// The Lua memory a call's arguments take once decoded (runtime/mlua_memory.c): JSON amplifies (a
 // body of [0],[0],... takes 20-odd times its size as Lua tables), and the decode runs before the
 // call's coroutine, outside the --max-lua-memory cap. One call's arguments are bounded by
 // --max-call-memory (413 beyond), the large arguments of the calls in flight together by a quarter

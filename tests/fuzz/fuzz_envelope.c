@@ -1,7 +1,7 @@
 /* fuzz_envelope.c: libFuzzer target for the RPC envelope codec (runtime/codec.c). Every input is
  * validated without Lua and decoded into Lua; the two must agree, and whatever decodes must
  * encode back, decode again and encode to a text of the same length. A metered decode (a budget
- * taken from the input's first byte, counted by lua_memory's allocator) must refuse what is
+ * taken from the input's first byte, counted by mlua_memory's allocator) must refuse what is
  * invalid, may stop valid input only with CODEC_TOO_LARGE, leaves the stack as it was when it
  * fails and allocates at most its budget plus one element's worth. A refused input gets the same
  * error text from both decodes, whatever garbage was in the buffer before, valid UTF-8
@@ -14,10 +14,10 @@
 
 #include "codec.h"
 #include "error_oracle.h"
-#include "lua_memory.h"
+#include "mlua_memory.h"
 
 static lua_State *L;
-static lua_memory mem;
+static mlua_memory mem;
 
 static void metered(const uint8_t *data, size_t size, int valid)
 {
@@ -40,7 +40,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!L) {
         L = luaL_newstate();
         codec_init(L);
-        lua_memory_attach(&mem, L, 0);
+        mlua_memory_attach(&mem, L, 0);
     }
     codec_error err, err2;
     oracle_garbage(err.msg, sizeof err.msg, 0);

@@ -13,10 +13,10 @@ mkdir -p "$out"
 cflags=(-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE
   -I"$src/runtime" -I/usr/include/luajit-2.1)
 clang "${cflags[@]}" -o "$out/fuzz_envelope" "$src/tests/fuzz/fuzz_envelope.c" "$src/runtime/codec.c" \
-  "$src/runtime/lua_memory.c" /usr/lib/x86_64-linux-gnu/libluajit-5.1.a -lm -ldl
+  "$src/runtime/mlua_memory.c" /usr/lib/x86_64-linux-gnu/libluajit-5.1.a -lm -ldl
 clang "${cflags[@]}" -o "$out/fuzz_wamp" "$src/tests/fuzz/fuzz_wamp.c" "$src/runtime/wamp_codec.c" \
   "$src/runtime/codec.c" /usr/lib/x86_64-linux-gnu/libluajit-5.1.a -ljansson -lmsgpackc -lm -ldl
-clang "${cflags[@]}" -o "$out/fuzz_path" "$src/tests/fuzz/fuzz_path.c" "$src/runtime/rpc_path.c" \
+clang "${cflags[@]}" -o "$out/fuzz_path" "$src/tests/fuzz/fuzz_path.c" "$src/runtime/http_rpc_path.c" \
   $(pkg-config --cflags --libs libh2o)
 status=0
 for t in envelope:envelope wamp:wamp_json wamp:wamp_msgpack path:path; do

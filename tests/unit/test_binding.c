@@ -5,7 +5,7 @@
  * D(...), a string describing what they received. No framework: CHECK counts and reports, main
  * returns 1 on any failure. */
 #include "codec.h"
-#include "lua_api.h"
+#include "mlua_api.h"
 #include "rpc_binding.h"
 #include "runtime.h"
 
@@ -422,9 +422,9 @@ static void test_nul_in_keyword(void)
 int main(void)
 {
     runtime_config_defaults(&rt.cfg);
-    L = lua_api_new_state(&rt);
+    L = mlua_api_new_state(&rt);
     if (!L) {
-        fprintf(stderr, "lua_api_new_state failed\n");
+        fprintf(stderr, "mlua_api_new_state failed\n");
         return 1;
     }
     rt.L = L;

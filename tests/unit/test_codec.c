@@ -16,7 +16,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "lua_memory.h"
+#include "mlua_memory.h"
 #define DIAG diag
 
 static lua_State *L;
@@ -837,14 +837,14 @@ static char *envelope_of(const char *unit, int n, size_t *len)
     return b;
 }
 
-/* The meter: the Lua memory a decode allocates (lua_memory's count) against a bound. */
+/* The meter: the Lua memory a decode allocates (mlua_memory's count) against a bound. */
 static void test_meter(void)
 {
     lua_State *M = luaL_newstate();
     codec_init(M);
-    lua_memory mem;
+    mlua_memory mem;
     memset(&mem, 0, sizeof mem);
-    lua_memory_attach(&mem, M, 0);
+    mlua_memory_attach(&mem, M, 0);
     size_t len;
     char *body = envelope_of("[0]", 10000, &len);
     codec_error err;
@@ -884,7 +884,7 @@ static void test_meter(void)
     free(body);
     free(s);
 
-    lua_memory_detach(&mem);
+    mlua_memory_detach(&mem);
     lua_close(M);
 }
 

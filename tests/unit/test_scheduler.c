@@ -2,7 +2,7 @@
  * with no bus and no HTTP: a completion after the task's deadline is dropped by the token check,
  * cancel before completion, sched_start_soon order, sleep(0) lets timers advance, a pooled
  * coroutine keeps no stale finalizer or identity, and a completion that fires before the yield
- * is dropped (see scheduler.h). The operations are timers written here, as lua_api.c's are. */
+ * is dropped (see scheduler.h). The operations are timers written here, as mlua_api.c's are. */
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdlib.h>
@@ -289,7 +289,7 @@ int main(void)
     CHECK(uv_loop_init(&rt.loop) == 0);
     rt.L = luaL_newstate();
     luaL_openlibs(rt.L);
-    lua_memory_attach(&rt.lua_mem, rt.L, 0);
+    mlua_memory_attach(&rt.lua_mem, rt.L, 0);
     rt.sched = sched_new(&rt);
     lua_register(rt.L, "wait_ms", l_wait_ms);
     lua_register(rt.L, "complete_then_wait", l_complete_then_wait);
@@ -305,7 +305,7 @@ int main(void)
 
     sched_free(rt.sched);
     run_loop(); /* the close callbacks of the scheduler's handles */
-    lua_memory_detach(&rt.lua_mem);
+    mlua_memory_detach(&rt.lua_mem);
     lua_close(rt.L);
     CHECK(uv_loop_close(&rt.loop) == 0); /* no handle left behind */
     return check_summary();

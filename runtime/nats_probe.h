@@ -1,7 +1,7 @@
-/* nats_connect_probe.h: finds a reachable NATS server (DNS lookup and TCP connect to each URL of
+/* nats_probe.h: finds a reachable NATS server (DNS lookup and TCP connect to each URL of
  * --nats in turn, on the loop) before nats_bridge.c makes its first connection. */
-#ifndef MICROSERVICE_NATS_CONNECT_PROBE_H
-#define MICROSERVICE_NATS_CONNECT_PROBE_H
+#ifndef MICROSERVICE_NATS_PROBE_H
+#define MICROSERVICE_NATS_PROBE_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -1,8 +1,8 @@
-/* lua_postgres.c: owns the Lua face of the PostgreSQL pool (microservice.core.pg_*): turning Lua
+/* mlua_postgres.c: owns the Lua face of the PostgreSQL pool (microservice.core.pg_*): turning Lua
  * arguments into text parameters, rows into Lua tables by column type, SQL errors into error
  * values carrying the SQLSTATE, and the reserved connection of a transaction (released, with a
  * ROLLBACK, if its task ends without COMMIT). lualib/microservice_postgres.lua wraps it. */
-#include "lua_postgres.h"
+#include "mlua_postgres.h"
 
 #include <lauxlib.h>
 #include <stdio.h>
@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "codec.h"
-#include "lua_api.h"
+#include "mlua_api.h"
 #include "pg_pool.h"
 #include "rpc_error.h"
 #include "scheduler.h"
@@ -209,7 +209,7 @@ typedef struct pg_op {
 static void op_cancel(sched_op *op)
 {
     pg_op *o = (pg_op *)op;
-    if (o->job) pg_job_abandon(o->job);
+    if (o->job) pg_pool_job_abandon(o->job);
     free(o);
 }
 
@@ -217,7 +217,7 @@ static void op_cancel(sched_op *op)
 static int push_unavailable(lua_State *L, const char *message)
 {
     lua_pushboolean(L, 0);
-    lua_api_push_error(L, URI_UNAVAILABLE, message);
+    mlua_api_push_error(L, URI_UNAVAILABLE, message);
     return 2;
 }
 
@@ -263,7 +263,7 @@ static void query_done(void *udata, enum pg_status st, PGresult *res, const char
 
 static pg_pool *pool_of(lua_State *L, runtime **rtp)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     *rtp = rt;
     return rt->pg;
 }
@@ -424,7 +424,7 @@ static int core_pg_state(lua_State *L)
     return 1;
 }
 
-void lua_postgres_register(lua_State *L)
+void mlua_postgres_register(lua_State *L)
 {
     static const luaL_Reg fns[] = {
         {"pg_query", core_pg_query},

@@ -1,4 +1,4 @@
-/* test_lua_memory.c: the Lua heap's allocator (runtime/lua_memory.c): the count matches LuaJIT's,
+/* test_mlua_memory.c: the Lua heap's allocator (runtime/mlua_memory.c): the count matches LuaJIT's,
  * an allocation past the cap fails only inside a resume (LUA_ERRMEM, the state usable after it),
  * admission collects once before it refuses, and the budgets of decoded call arguments. */
 #include <lauxlib.h>
@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "lua_memory.h"
+#include "mlua_memory.h"
 
 #define MB (1024 * 1024)
 
@@ -16,7 +16,7 @@ static size_t gc_total(lua_State *L)
 }
 
 /* Resumes a new coroutine running `code` as the scheduler does; returns lua_resume's code. */
-static int resume(lua_memory *m, lua_State *L, const char *code, const char **msg)
+static int resume(mlua_memory *m, lua_State *L, const char *code, const char **msg)
 {
     lua_State *co = lua_newthread(L);
     if (luaL_loadstring(co, code) != 0) return -1;
@@ -32,12 +32,12 @@ int main(void)
 {
     lua_State *L = luaL_newstate();
     luaL_openlibs(L);
-    lua_memory m;
+    mlua_memory m;
     memset(&m, 0, sizeof m);
-    lua_memory_attach(&m, L, 8 * MB);
+    mlua_memory_attach(&m, L, 8 * MB);
     CHECK(m.used == gc_total(L));
     CHECK(m.cap == 16 * MB);
-    CHECK(lua_memory_admit(&m));
+    CHECK(mlua_memory_admit(&m));
 
     const char *msg = NULL;
     const char *greedy =
@@ -61,12 +61,12 @@ int main(void)
               L, "held = {} for i = 1, 20000 do held[i] = string.rep('y', 999) .. i end") == 0);
     CHECK(m.used > m.cap);
     lua_settop(L, 0);
-    CHECK(!lua_memory_admit(&m));
+    CHECK(!mlua_memory_admit(&m));
     CHECK(m.refused_calls == 1);
     lua_pushnil(L);
     lua_setglobal(L, "held"); /* garbage now: admission collects it and admits */
     CHECK(m.used > m.limit);
-    CHECK(lua_memory_admit(&m));
+    CHECK(mlua_memory_admit(&m));
     CHECK(m.used < m.limit);
 
     /* the decoded arguments of calls: per call (413) and large ones together (503) */
@@ -75,22 +75,22 @@ int main(void)
     CHECK(luaL_dostring(L, "local t = {} for i = 1, 1000 do t[i] = {} end") == 0);
     CHECK(m.allocated - before >= 64000); /* counted, frees or not */
     char text[200];
-    CHECK(lua_memory_args_budget(&m) == MB);
-    CHECK(lua_memory_hold_args(&m, LUA_MEMORY_SMALL_ARGS) == 0); /* small: not counted */
-    size_t h1 = lua_memory_hold_args(&m, MB), h2 = lua_memory_hold_args(&m, MB / 2);
+    CHECK(mlua_memory_args_budget(&m) == MB);
+    CHECK(mlua_memory_hold_args(&m, MLUA_MEMORY_SMALL_ARGS) == 0); /* small: not counted */
+    size_t h1 = mlua_memory_hold_args(&m, MB), h2 = mlua_memory_hold_args(&m, MB / 2);
     CHECK(h1 == MB && h2 == MB / 2 && m.large_held == MB + MB / 2);
-    CHECK(lua_memory_args_budget(&m) == MB / 2); /* the room left */
-    CHECK(lua_memory_refuse_args(&m, MB / 2, text, sizeof text) == 503);
+    CHECK(mlua_memory_args_budget(&m) == MB / 2); /* the room left */
+    CHECK(mlua_memory_refuse_args(&m, MB / 2, text, sizeof text) == 503);
     CHECK(strstr(text, "retry later") != NULL || diag("%s", text));
-    CHECK(lua_memory_hold_args(&m, MB / 2) == MB / 2);
-    CHECK(lua_memory_args_budget(&m) == LUA_MEMORY_SMALL_ARGS); /* small calls still fit */
-    lua_memory_release_args(&m, h1);
-    CHECK(lua_memory_args_budget(&m) == MB);
-    CHECK(lua_memory_refuse_args(&m, MB, text, sizeof text) == 413);
+    CHECK(mlua_memory_hold_args(&m, MB / 2) == MB / 2);
+    CHECK(mlua_memory_args_budget(&m) == MLUA_MEMORY_SMALL_ARGS); /* small calls still fit */
+    mlua_memory_release_args(&m, h1);
+    CHECK(mlua_memory_args_budget(&m) == MB);
+    CHECK(mlua_memory_refuse_args(&m, MB, text, sizeof text) == 413);
     CHECK(strstr(text, "too large once decoded") != NULL || diag("%s", text));
     CHECK(m.too_large_calls == 1 && m.large_refusals == 1);
-    lua_memory_release_args(&m, h2);
-    lua_memory_release_args(&m, MB / 2);
+    mlua_memory_release_args(&m, h2);
+    mlua_memory_release_args(&m, MB / 2);
     CHECK(m.large_held == 0);
 
     /* no limit: nothing fails */
@@ -98,11 +98,11 @@ int main(void)
     CHECK(resume(&m, L,
                  "local t, c = {}, string.rep('x', 1000) for i = 1, 20000 do t[i] = c .. i end",
                  &msg) == 0);
-    CHECK(lua_memory_admit(&m));
-    CHECK(lua_memory_args_budget(&m) == SIZE_MAX);
-    CHECK(lua_memory_hold_args(&m, 100 * MB) == 0);
+    CHECK(mlua_memory_admit(&m));
+    CHECK(mlua_memory_args_budget(&m) == SIZE_MAX);
+    CHECK(mlua_memory_hold_args(&m, 100 * MB) == 0);
 
-    lua_memory_detach(&m);
+    mlua_memory_detach(&m);
     lua_close(L);
     return check_summary();
 }

@@ -1,4 +1,4 @@
-/* lua_jetstream.c: owns the C side of microservice.jetstream (lualib/microservice_jetstream.lua):
+/* mlua_jetstream.c: owns the C side of microservice.jetstream (lualib/microservice_jetstream.lua):
  * the functions of microservice.core it builds JetStream on.
  *
  *   js_request(subject, data, headers, timeout, interruptible) -> status, data, headers, reply
@@ -17,7 +17,7 @@
  * server's answer by blocking the calling thread (js_Publish, jsStream_*, kvStore_Get/Put/Update,
  * natsSubscription_Fetch), which on the loop thread would stall every other call; the JetStream
  * API subjects ($JS.API.*) answered through the bridge cost one pending request each instead. */
-#include "lua_jetstream.h"
+#include "mlua_jetstream.h"
 
 #include <lauxlib.h>
 #include <stddef.h>
@@ -27,7 +27,7 @@
 
 #include "codec.h"
 #include "jetstream.h"
-#include "lua_api.h"
+#include "mlua_api.h"
 #include "nats_bridge.h"
 #include "scheduler.h"
 #include "services.h"
@@ -160,7 +160,7 @@ static void read_headers(lua_State *L, int idx, const char **all)
 
 static int core_js_request(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     const char *subject = luaL_checkstring(L, 1);
     size_t len = 0;
     const char *data = luaL_optlstring(L, 2, "", &len);
@@ -195,7 +195,7 @@ static int core_js_request(lua_State *L)
 
 static int core_js_publish(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     const char *subject = luaL_checkstring(L, 1);
     size_t len = 0;
     const char *data = luaL_optlstring(L, 2, "", &len);
@@ -207,7 +207,7 @@ static int core_js_publish(lua_State *L)
 
 static int core_js_envelope(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     codec_buf *buf = services_scratch(rt->services);
     codec_error err;
     if (codec_encode_envelope(L, lua_isnoneornil(L, 1) ? 0 : 1, lua_isnoneornil(L, 2) ? 0 : 2, buf,
@@ -219,7 +219,7 @@ static int core_js_envelope(lua_State *L)
 
 static int core_js_unenvelope(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     size_t len = 0;
     const char *data = luaL_checklstring(L, 1, &len);
     codec_error err;
@@ -268,7 +268,7 @@ static int core_b64decode(lua_State *L)
 static int core_js_count(lua_State *L)
 {
     static const char *const what[] = {"delivered", "acked", "redelivered", "terminated", NULL};
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     const char *stream = luaL_checkstring(L, 1), *consumer = luaL_checkstring(L, 2);
     int which = luaL_checkoption(L, 3, NULL, what);
     jetstream_count(rt->js, stream, consumer, (enum js_counter)which,
@@ -278,7 +278,7 @@ static int core_js_count(lua_State *L)
 
 static int core_js_pending(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     double n = luaL_checknumber(L, 3);
     jetstream_set_pending(rt->js, luaL_checkstring(L, 1), luaL_checkstring(L, 2),
                           n > 0 ? (uint64_t)n : 0);
@@ -287,27 +287,27 @@ static int core_js_pending(lua_State *L)
 
 static int core_js_stream_state(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     jetstream_stream_state(rt->js, luaL_checkstring(L, 1), lua_toboolean(L, 2));
     return 0;
 }
 
 static int core_js_stopping(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     lua_pushboolean(L, rt->shutting_down || jetstream_stopping(rt->js));
     return 1;
 }
 
 static int core_js_has_bus(lua_State *L)
 {
-    lua_pushboolean(L, lua_api_runtime(L)->cfg.nats_url != NULL);
+    lua_pushboolean(L, mlua_api_runtime(L)->cfg.nats_url != NULL);
     return 1;
 }
 
 static int core_js_limits(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     lua_pushinteger(L, rt->cfg.max_inflight);
     lua_pushinteger(L, sched_inflight(rt->sched));
     return 2;
@@ -443,7 +443,7 @@ static void pull_close(js_pull *p)
 /* js_pull_open(stream, consumer) -> a pull handle (closed by :close() or when collected). */
 static int core_js_pull_open(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     const char *stream = luaL_checkstring(L, 1), *consumer = luaL_checkstring(L, 2);
     js_pull **pp = lua_newuserdata(L, sizeof *pp);
     *pp = NULL;
@@ -538,7 +538,7 @@ static void register_pull(lua_State *L)
     lua_pop(L, 1);
 }
 
-void lua_jetstream_register(lua_State *L)
+void mlua_jetstream_register(lua_State *L)
 {
     static const luaL_Reg fns[] = {
         {"js_request", core_js_request},

@@ -1,7 +1,7 @@
-/* lua_api.h: the Lua state of the runtime and the C functions behind require "microservice"
+/* mlua_api.h: the Lua state of the runtime and the C functions behind require "microservice"
  * (the module microservice.core, wrapped by lualib/microservice.lua). */
-#ifndef MICROSERVICE_LUA_API_H
-#define MICROSERVICE_LUA_API_H
+#ifndef MICROSERVICE_MLUA_API_H
+#define MICROSERVICE_MLUA_API_H
 
 #include <stdbool.h>
 #include <lua.h>
@@ -12,20 +12,20 @@
 #define MS_RPC_MT "microservice.rpc"     /* metatable of rpc(fn) values */
 
 /* Creates the Lua state: standard libraries, codec, cjson and lualib in package.preload. */
-lua_State *lua_api_new_state(runtime *rt);
+lua_State *mlua_api_new_state(runtime *rt);
 /* Is the value at idx a table with the registry's metatable mt (MS_ERROR_MT, MS_RPC_MT)? */
-bool lua_api_is_table_of(lua_State *L, int idx, const char *mt);
+bool mlua_api_is_table_of(lua_State *L, int idx, const char *mt);
 /* Is the value at idx an application error (created by microservice.error or a failed call)? */
-bool lua_api_is_app_error(lua_State *L, int idx);
+bool mlua_api_is_app_error(lua_State *L, int idx);
 /* Pushes an application error value {uri=, args={message}, kwargs={}, code=} with the code the
  * contract gives uri (rpc_error_code). */
-void lua_api_push_error(lua_State *L, const char *uri, const char *message);
+void mlua_api_push_error(lua_State *L, const char *uri, const char *message);
 /* The same with the code given (an error reply's Nats-Service-Error-Code). */
-void lua_api_push_error_code(lua_State *L, const char *uri, const char *message, int code);
+void mlua_api_push_error_code(lua_State *L, const char *uri, const char *message, int code);
 /* The timeout of a waiting operation that was given none: --call-timeout, or the current call's
  * time left (context().timeout_left) when that is less. */
-double lua_api_default_timeout(lua_State *L);
+double mlua_api_default_timeout(lua_State *L);
 /* The runtime that owns L (stored in the registry). */
-runtime *lua_api_runtime(lua_State *L);
+runtime *mlua_api_runtime(lua_State *L);
 
 #endif

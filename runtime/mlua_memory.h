@@ -1,14 +1,14 @@
-/* lua_memory.h: the Lua heap's allocator, wrapped around LuaJIT's own: it counts the bytes in use
- * and enforces --max-lua-memory and --max-call-memory (see lua_memory.c for the policies). */
-#ifndef MICROSERVICE_LUA_MEMORY_H
-#define MICROSERVICE_LUA_MEMORY_H
+/* mlua_memory.h: the Lua heap's allocator, wrapped around LuaJIT's own: it counts the bytes in use
+ * and enforces --max-lua-memory and --max-call-memory (see mlua_memory.c for the policies). */
+#ifndef MICROSERVICE_MLUA_MEMORY_H
+#define MICROSERVICE_MLUA_MEMORY_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <lua.h>
 
-typedef struct lua_memory {
+typedef struct mlua_memory {
     lua_Alloc base; /* LuaJIT's allocator, which does the work */
     void *base_ud;
     lua_State *L; /* while attached */
@@ -24,34 +24,34 @@ typedef struct lua_memory {
     size_t large_held; /* what the large arguments of the calls in flight took */
     uint64_t too_large_calls; /* refused: arguments over call_cap */
     uint64_t large_refusals;  /* refused: large arguments with large_cap taken */
-} lua_memory;
+} mlua_memory;
 
 /* Arguments that decode to more than this are "large": they share large_cap. */
-#define LUA_MEMORY_SMALL_ARGS ((size_t)64 * 1024)
+#define MLUA_MEMORY_SMALL_ARGS ((size_t)64 * 1024)
 
 /* Wraps L's allocator; the bytes L already holds are counted from here on. call_cap is limit / 8
  * and large_cap limit / 4 (0 with no limit); the caller may set call_cap afterwards. */
-void lua_memory_attach(lua_memory *m, lua_State *L, size_t limit);
+void mlua_memory_attach(mlua_memory *m, lua_State *L, size_t limit);
 /* Gives L its own allocator back (before lua_close, so that LuaJIT frees its arena). */
-void lua_memory_detach(lua_memory *m);
+void mlua_memory_detach(mlua_memory *m);
 /* Admission of a new call: true when the heap is under the limit, or is once a full collection
  * has run; false (counted in refused_calls) when it is still over. */
-bool lua_memory_admit(lua_memory *m);
+bool mlua_memory_admit(mlua_memory *m);
 
-/* The decoded arguments of a call (lua_memory.c says why and how they are bounded):
+/* The decoded arguments of a call (mlua_memory.c says why and how they are bounded):
  * the bound for the next decode, as a number of bytes `allocated` may grow by; */
-size_t lua_memory_args_budget(const lua_memory *m);
-/* after a decode that took `bytes`, what the call holds until lua_memory_release_args; */
-size_t lua_memory_hold_args(lua_memory *m, size_t bytes);
-void lua_memory_release_args(lua_memory *m, size_t held);
+size_t mlua_memory_args_budget(const mlua_memory *m);
+/* after a decode that took `bytes`, what the call holds until mlua_memory_release_args; */
+size_t mlua_memory_hold_args(mlua_memory *m, size_t bytes);
+void mlua_memory_release_args(mlua_memory *m, size_t held);
 /* after a decode stopped at `budget`: counts the refusal, writes its text and returns its code
  * (413: over call_cap; 503: no room left for large arguments now). */
-int lua_memory_refuse_args(lua_memory *m, size_t budget, char *text, size_t len);
+int mlua_memory_refuse_args(mlua_memory *m, size_t budget, char *text, size_t len);
 
 /* Around code that runs inside a resume but allocates on another Lua state than the running
  * coroutine (a new task's thread, the main state): an error raised there could not unwind
- * cleanly, so nothing fails in between. Returns what lua_memory_end_unfailing wants back. */
-int lua_memory_begin_unfailing(lua_memory *m);
-void lua_memory_end_unfailing(lua_memory *m, int saved);
+ * cleanly, so nothing fails in between. Returns what mlua_memory_end_unfailing wants back. */
+int mlua_memory_begin_unfailing(mlua_memory *m);
+void mlua_memory_end_unfailing(mlua_memory *m, int saved);
 
 #endif

@@ -1,4 +1,4 @@
-/* lua_testing.c: owns the test-only functions of microservice.core, used by the test runner
+/* mlua_testing.c: owns the test-only functions of microservice.core, used by the test runner
  * (lualib/microservice_test.lua) for in-process calls:
  *
  *   core.set_label(procedure | token) -> token   the current task's label (what
@@ -7,11 +7,11 @@
  *       previous label as a token (light userdata, or nil) to put back the same way. Raises when
  *       no loaded service declares the procedure.
  *   core.has_rpc(procedure) -> boolean  whether a loaded service declares it */
-#include "lua_testing.h"
+#include "mlua_testing.h"
 
 #include <lauxlib.h>
 
-#include "lua_api.h"
+#include "mlua_api.h"
 #include "scheduler.h"
 #include "services.h"
 
@@ -22,7 +22,7 @@ static int core_set_label(lua_State *L)
     if (!t) return luaL_error(L, "%s", err);
     const char *label = NULL;
     if (lua_type(L, 1) == LUA_TSTRING) {
-        runtime *rt = lua_api_runtime(L);
+        runtime *rt = mlua_api_runtime(L);
         label = services_procedure_name(rt->services, lua_tostring(L, 1));
         if (!label) return luaL_error(L, "no loaded service declares %s", lua_tostring(L, 1));
     } else if (lua_type(L, 1) == LUA_TLIGHTUSERDATA) {
@@ -40,12 +40,12 @@ static int core_set_label(lua_State *L)
 
 static int core_has_rpc(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     lua_pushboolean(L, services_procedure_name(rt->services, luaL_checkstring(L, 1)) != NULL);
     return 1;
 }
 
-void lua_testing_register(lua_State *L)
+void mlua_testing_register(lua_State *L)
 {
     lua_pushcfunction(L, core_set_label);
     lua_setfield(L, -2, "set_label");

@@ -1,8 +1,8 @@
-/* lua_http.c: owns the Lua face of the outbound HTTP client (microservice.core.http_request):
+/* mlua_http.c: owns the Lua face of the outbound HTTP client (microservice.core.http_request):
  * checking the options table, turning it into an hc_request (a json table encoded with the
  * project's codec), the waiting operation of the calling task (aborted with its transfer when the
  * task is cancelled), and the response as a Lua table. lualib/microservice_http.lua wraps it. */
-#include "lua_http.h"
+#include "mlua_http.h"
 
 #include <ctype.h>
 #include <lauxlib.h>
@@ -12,7 +12,7 @@
 
 #include "codec.h"
 #include "http_client.h"
-#include "lua_api.h"
+#include "mlua_api.h"
 #include "rpc_error.h"
 #include "scheduler.h"
 #include "services.h"
@@ -81,7 +81,7 @@ typedef struct http_op {
 static void op_cancel(sched_op *op)
 {
     http_op *o = (http_op *)op;
-    if (o->xfer) http_xfer_abort(o->xfer);
+    if (o->xfer) http_client_xfer_abort(o->xfer);
     free(o);
 }
 
@@ -102,11 +102,11 @@ static void request_done(void *udata, enum hc_status st, const hc_response *res,
     } else {
         lua_pushboolean(co, 0);
         if (st == HC_TIMEOUT)
-            lua_api_push_error(co, URI_TIMEOUT, message);
+            mlua_api_push_error(co, URI_TIMEOUT, message);
         else if (st == HC_TOO_LARGE)
-            lua_api_push_error(co, URI_LIMIT_EXCEEDED, message);
+            mlua_api_push_error(co, URI_LIMIT_EXCEEDED, message);
         else
-            lua_api_push_error(co, URI_UNAVAILABLE, message);
+            mlua_api_push_error(co, URI_UNAVAILABLE, message);
     }
     sched_op_resume(&o->base, 2);
     free(o);
@@ -198,7 +198,7 @@ static int header_lines(lua_State *L, int hidx, const char **lines, bool *has_ty
 static const char *read_limits(lua_State *L, hc_request *req)
 {
     lua_getfield(L, 1, "timeout");
-    req->timeout = lua_isnil(L, -1) ? lua_api_default_timeout(L) : lua_tonumber(L, -1);
+    req->timeout = lua_isnil(L, -1) ? mlua_api_default_timeout(L) : lua_tonumber(L, -1);
     if (!lua_isnil(L, -1) && !(lua_isnumber(L, -1) && req->timeout > 0))
         return "timeout must be a number of seconds > 0";
     lua_getfield(L, 1, "verify");
@@ -264,7 +264,7 @@ static const char *read_method(lua_State *L, hc_request *req)
 /* http_request(opts) -> true, res | false, err | false, nil, message (bad options) */
 static int core_http_request(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     const char *err;
     if (!sched_current(L, &err)) return luaL_error(L, "%s", err);
     if (!lua_istable(L, 1)) return bad(L, "%s", "the options must be a table");
@@ -309,13 +309,13 @@ static int core_http_request(lua_State *L)
     if (!o->xfer) {
         free(o);
         lua_pushboolean(L, 0);
-        lua_api_push_error(L, URI_UNAVAILABLE, msg);
+        mlua_api_push_error(L, URI_UNAVAILABLE, msg);
         return 2;
     }
     return sched_yield_op(L, &o->base);
 }
 
-void lua_http_register(lua_State *L)
+void mlua_http_register(lua_State *L)
 {
     lua_pushcfunction(L, core_http_request);
     lua_setfield(L, -2, "http_request");

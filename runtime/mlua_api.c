@@ -1,10 +1,10 @@
-/* lua_api.c: owns the Lua state's set-up and the C side of the Lua API (microservice.core):
+/* mlua_api.c: owns the Lua state's set-up and the C side of the Lua API (microservice.core):
  * sleep, call, publish, subscribe, spawn, log, json, context. lualib/microservice.lua wraps these
  * into the public API; this file and services.c are the whole C<->Lua boundary.
  *
  * Waiting functions (sleep, call) follow the cosocket pattern: they start the I/O, record a
  * sched_op and yield; the I/O callback pushes the results and resumes through the scheduler. */
-#include "lua_api.h"
+#include "mlua_api.h"
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -16,11 +16,11 @@
 #include "codec.h"
 #include "local_dispatch.h"
 #include "log.h"
-#include "lua_error.h"
-#include "lua_http.h"
-#include "lua_jetstream.h"
-#include "lua_postgres.h"
-#include "lua_testing.h"
+#include "mlua_error.h"
+#include "mlua_http.h"
+#include "mlua_jetstream.h"
+#include "mlua_postgres.h"
+#include "mlua_testing.h"
 #include "lualib_embedded.h"
 #include "nats_bridge.h"
 #include "rpc_error.h"
@@ -32,7 +32,7 @@ int luaopen_cjson(lua_State *L); /* from liblua5.1-cjson.a */
 
 static const char RUNTIME_KEY = 0; /* registry key (its address) for the runtime pointer */
 
-runtime *lua_api_runtime(lua_State *L)
+runtime *mlua_api_runtime(lua_State *L)
 {
     lua_pushlightuserdata(L, (void *)&RUNTIME_KEY);
     lua_rawget(L, LUA_REGISTRYINDEX);
@@ -41,7 +41,7 @@ runtime *lua_api_runtime(lua_State *L)
     return rt;
 }
 
-bool lua_api_is_table_of(lua_State *L, int idx, const char *mt)
+bool mlua_api_is_table_of(lua_State *L, int idx, const char *mt)
 {
     if (!lua_istable(L, idx) || !lua_getmetatable(L, idx)) return false;
     luaL_getmetatable(L, mt);
@@ -50,12 +50,12 @@ bool lua_api_is_table_of(lua_State *L, int idx, const char *mt)
     return same;
 }
 
-bool lua_api_is_app_error(lua_State *L, int idx)
+bool mlua_api_is_app_error(lua_State *L, int idx)
 {
-    return lua_api_is_table_of(L, idx, MS_ERROR_MT);
+    return mlua_api_is_table_of(L, idx, MS_ERROR_MT);
 }
 
-void lua_api_push_error_code(lua_State *L, const char *uri, const char *message, int code)
+void mlua_api_push_error_code(lua_State *L, const char *uri, const char *message, int code)
 {
     lua_createtable(L, 0, 4);
     lua_pushstring(L, uri);
@@ -74,14 +74,14 @@ void lua_api_push_error_code(lua_State *L, const char *uri, const char *message,
     lua_setmetatable(L, -2);
 }
 
-void lua_api_push_error(lua_State *L, const char *uri, const char *message)
+void mlua_api_push_error(lua_State *L, const char *uri, const char *message)
 {
-    lua_api_push_error_code(L, uri, message, rpc_error_code(uri));
+    mlua_api_push_error_code(L, uri, message, rpc_error_code(uri));
 }
 
-double lua_api_default_timeout(lua_State *L)
+double mlua_api_default_timeout(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     double t = rt->cfg.call_timeout;
     task *tk = sched_current(L, NULL);
     if (tk && tk->deadline) {
@@ -122,7 +122,7 @@ static int core_sleep(lua_State *L)
     double seconds = luaL_checknumber(L, 1);
     if (!(seconds >= 0)) return luaL_argerror(L, 1, "seconds must be a number >= 0");
     if (seconds < 0.0005) return sched_yield_turn(L); /* sleep(0): the next turn of the loop */
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     sleep_op *s = calloc(1, sizeof *s);
     if (!s) return luaL_error(L, "out of memory");
     s->base.cancel = sleep_cancel;
@@ -148,7 +148,7 @@ static void call_cancel(sched_op *op)
 }
 
 /* A reply is decoded outside a resume too (before the caller's coroutine goes on): bounded as the
- * arguments of a call are, by --max-call-memory (lua_memory.c). */
+ * arguments of a call are, by --max-call-memory (mlua_memory.c). */
 static codec_meter reply_meter(runtime *rt)
 {
     codec_meter meter = {&rt->lua_mem.allocated,
@@ -183,7 +183,7 @@ static void push_remote_error(lua_State *co, runtime *rt, natsMsg *reply)
     }
     const char *text = NULL;
     natsMsgHeader_Get(reply, HDR_SERVICE_ERROR, &text);
-    lua_api_push_error_code(co, URI_RUNTIME_ERROR, text ? text : "malformed error reply", code);
+    mlua_api_push_error_code(co, URI_RUNTIME_ERROR, text ? text : "malformed error reply", code);
 }
 
 static void call_reply_cb(void *udata, enum nb_status status, natsMsg *reply)
@@ -216,19 +216,19 @@ static void call_reply_cb(void *udata, enum nb_status status, natsMsg *reply)
             snprintf(text, sizeof text, "%s%s", rc == CODEC_TOO_LARGE ? "reply " : "", err.msg);
             lua_pop(co, 1);
             lua_pushboolean(co, 0);
-            lua_api_push_error(co, URI_RUNTIME_ERROR, text);
+            mlua_api_push_error(co, URI_RUNTIME_ERROR, text);
         }
     } else {
         lua_pushboolean(co, 0);
         switch (status) {
         case NB_NO_RESPONDERS:
-            lua_api_push_error(co, URI_NO_SUCH_PROCEDURE, "no service answers this procedure");
+            mlua_api_push_error(co, URI_NO_SUCH_PROCEDURE, "no service answers this procedure");
             break;
         case NB_TIMEOUT:
-            lua_api_push_error(co, URI_TIMEOUT, "no reply within the call timeout");
+            mlua_api_push_error(co, URI_TIMEOUT, "no reply within the call timeout");
             break;
         default:
-            lua_api_push_error(co, URI_UNAVAILABLE, "the bus is unavailable");
+            mlua_api_push_error(co, URI_UNAVAILABLE, "the bus is unavailable");
         }
     }
     if (reply) nats_bridge_release(c->rt->nats, reply);
@@ -251,10 +251,10 @@ static codec_buf *encode_envelope_arg(lua_State *L, runtime *rt, int a, int k)
 
 static int core_call(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     const char *procedure = luaL_checkstring(L, 1);
     /* without a timeout: the caller's time left (so the callee gives up when we do) */
-    double timeout = lua_isnoneornil(L, 4) ? lua_api_default_timeout(L) : luaL_checknumber(L, 4);
+    double timeout = lua_isnoneornil(L, 4) ? mlua_api_default_timeout(L) : luaL_checknumber(L, 4);
     bool allow_local = lua_isnoneornil(L, 5) || lua_toboolean(L, 5); /* opts["local"] */
     const char *err;
     task *t = sched_current(L, &err);
@@ -273,7 +273,7 @@ static int core_call(lua_State *L)
     if (rc != NB_OK) {
         free(c);
         lua_pushboolean(L, 0);
-        lua_api_push_error(L, URI_UNAVAILABLE, "the bus is unavailable");
+        mlua_api_push_error(L, URI_UNAVAILABLE, "the bus is unavailable");
         return 2;
     }
     return sched_yield_op(L, &c->base);
@@ -283,7 +283,7 @@ static int core_call(lua_State *L)
 
 static int core_publish(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     const char *subject = luaL_checkstring(L, 1);
     codec_buf *buf = encode_envelope_arg(L, rt, 2, 3);
     task *t = sched_current(L, NULL);
@@ -292,7 +292,7 @@ static int core_publish(lua_State *L)
     if (t) trace_format(traceparent, sched_trace_id(t));
     int rc = nats_bridge_publish(rt->nats, subject, NULL, buf->data, buf->len, t ? headers : NULL);
     if (rc != NB_OK) {
-        lua_api_push_error(L, URI_UNAVAILABLE, "the bus is unavailable");
+        mlua_api_push_error(L, URI_UNAVAILABLE, "the bus is unavailable");
         return lua_error(L);
     }
     return 0;
@@ -302,7 +302,7 @@ static int core_publish(lua_State *L)
 
 static int core_subscribe(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     const char *subject = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TFUNCTION);
     const char *queue = luaL_optstring(L, 3, NULL);
@@ -315,14 +315,14 @@ static int core_subscribe(lua_State *L)
 
 static int core_unsubscribe(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     lua_pushboolean(L, services_unsubscribe(rt->services, (int)luaL_checkinteger(L, 1)) == 0);
     return 1;
 }
 
 static int core_spawn(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     luaL_checktype(L, 1, LUA_TFUNCTION);
     if (services_spawn(rt->services, L, 1, lua_gettop(L) - 1) != 0)
         return luaL_error(L, "cannot spawn: out of memory");
@@ -335,7 +335,7 @@ static int core_spawn(lua_State *L)
  * that defines fn (so that a reload of that script cancels it). */
 static int core_timer_start(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     double seconds = luaL_checknumber(L, 1);
     luaL_checktype(L, 2, LUA_TFUNCTION);
     bool repeat = lua_toboolean(L, 3);
@@ -362,7 +362,7 @@ static int core_timer_start(lua_State *L)
 
 static int core_timer_cancel(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     lua_pushboolean(L, timers_cancel(rt->timers, (int)luaL_checkinteger(L, 1)));
     return 1;
 }
@@ -370,7 +370,7 @@ static int core_timer_cancel(lua_State *L)
 /* timer_stats(id) -> runs, skipped | nil (no longer active) */
 static int core_timer_stats(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     uint64_t runs, skipped;
     if (!timers_stats(rt->timers, (int)luaL_checkinteger(L, 1), &runs, &skipped)) return 0;
     lua_pushnumber(L, (lua_Number)runs);
@@ -396,7 +396,7 @@ static int core_log(lua_State *L)
 
 static int core_json_encode(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     luaL_checkany(L, 1);
     codec_buf *buf = services_scratch(rt->services);
     codec_error err;
@@ -408,7 +408,7 @@ static int core_json_encode(lua_State *L)
 
 static int core_json_decode(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
     codec_error err;
@@ -440,7 +440,7 @@ static int core_context(lua_State *L)
         lua_setfield(L, -2, "authrole");
     }
     if (t && t->deadline) {
-        runtime *rt = lua_api_runtime(L);
+        runtime *rt = mlua_api_runtime(L);
         uint64_t now = uv_now(&rt->loop);
         lua_pushnumber(L, t->deadline > now ? (double)(t->deadline - now) / 1000.0 : 0.0);
         lua_setfield(L, -2, "timeout_left");
@@ -451,7 +451,7 @@ static int core_context(lua_State *L)
 /* bind(procedure, args, kwargs) -> fn, bound arguments...: an in-process call's binding. */
 static int core_bind(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     const char *procedure = luaL_checkstring(L, 1);
     lua_settop(L, 3);
     if (lua_isnil(L, 2)) {
@@ -468,7 +468,7 @@ static int core_bind(lua_State *L)
     char err[256];
     int n = services_bind(rt->services, L, procedure, 2, 3, &uri, err, sizeof err);
     if (n < 0) {
-        lua_api_push_error(L, uri, err);
+        mlua_api_push_error(L, uri, err);
         return lua_error(L);
     }
     return n;
@@ -477,20 +477,20 @@ static int core_bind(lua_State *L)
 /* bus_connected() -> true when NATS is connected, or when there is no bus to wait for */
 static int core_bus_connected(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     lua_pushboolean(L, !rt->cfg.nats_url || nats_bridge_connected(rt->nats));
     return 1;
 }
 
 static int core_services_starting(lua_State *L)
 {
-    lua_pushinteger(L, services_starting(lua_api_runtime(L)->services));
+    lua_pushinteger(L, services_starting(mlua_api_runtime(L)->services));
     return 1;
 }
 
 static int core_now(lua_State *L)
 {
-    runtime *rt = lua_api_runtime(L);
+    runtime *rt = mlua_api_runtime(L);
     lua_pushnumber(L, (double)uv_now(&rt->loop) / 1000.0);
     return 1;
 }
@@ -546,10 +546,10 @@ static int open_core(lua_State *L)
     lua_setfield(L, -2, "error_mt");
     luaL_getmetatable(L, MS_RPC_MT);
     lua_setfield(L, -2, "rpc_mt");
-    lua_postgres_register(L);
-    lua_http_register(L);
-    lua_jetstream_register(L);
-    lua_testing_register(L);
+    mlua_postgres_register(L);
+    mlua_http_register(L);
+    mlua_jetstream_register(L);
+    mlua_testing_register(L);
     return 1;
 }
 
@@ -579,7 +579,7 @@ static void register_preloads(lua_State *L)
     lua_pop(L, 2);
 }
 
-lua_State *lua_api_new_state(runtime *rt)
+lua_State *mlua_api_new_state(runtime *rt)
 {
     lua_State *L = luaL_newstate();
     if (!L) return NULL;

@@ -1,4 +1,4 @@
-/* lua_memory.c: owns the accounting of the Lua heap and the --max-lua-memory policies.
+/* mlua_memory.c: owns the accounting of the Lua heap and the --max-lua-memory policies.
  *
  * The allocator wraps LuaJIT's own (lua_getallocf/lua_setallocf), so the arena and its speed stay
  * the same; it keeps the bytes in use, which is exactly LuaJIT's gc.total. Two policies:
@@ -18,7 +18,7 @@
  * deducted), and the decoder stops once that count grew by more than its budget (codec_meter):
  *   - per call: arguments over call_cap (--max-call-memory, default limit / 8) are refused with
  *     413, "too large once decoded"; the decode stops there, so a refused call costs at most that;
- *   - together: arguments over LUA_MEMORY_SMALL_ARGS (64 KiB) are large, and the large arguments
+ *   - together: arguments over MLUA_MEMORY_SMALL_ARGS (64 KiB) are large, and the large arguments
  *     of the calls in flight share large_cap (limit / 4); a large call that does not fit is
  *     refused with 503 (retry later) and its decode stops at the room left. Small calls are not
  *     counted there: however many large bodies a client sends, they take at most a quarter of the
@@ -26,13 +26,13 @@
  *     stays under the limit and calls with small arguments keep being admitted.
  * A call's share is given back when it ends, whatever its Lua code did with the arguments (a
  * script that keeps them past the call is bounded by the limit itself, as any allocation). */
-#include "lua_memory.h"
+#include "mlua_memory.h"
 
 #include <stdio.h>
 
 static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
-    lua_memory *m = ud;
+    mlua_memory *m = ud;
     size_t old = ptr ? osize : 0;
     if (nsize > old && m->resuming > 0 && m->cap && m->used + (nsize - old) > m->cap) {
         m->failed_allocs++;
@@ -44,7 +44,7 @@ static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     return p;
 }
 
-void lua_memory_attach(lua_memory *m, lua_State *L, size_t limit)
+void mlua_memory_attach(mlua_memory *m, lua_State *L, size_t limit)
 {
     m->base = lua_getallocf(L, &m->base_ud);
     m->L = L;
@@ -59,48 +59,48 @@ void lua_memory_attach(lua_memory *m, lua_State *L, size_t limit)
     lua_setallocf(L, counting_alloc, m);
 }
 
-void lua_memory_detach(lua_memory *m)
+void mlua_memory_detach(mlua_memory *m)
 {
     if (!m->L) return;
     lua_setallocf(m->L, m->base, m->base_ud);
     m->L = NULL;
 }
 
-bool lua_memory_admit(lua_memory *m)
+bool mlua_memory_admit(mlua_memory *m)
 {
     if (!m->limit || m->used <= m->limit) return true;
-    int saved = lua_memory_begin_unfailing(m);
+    int saved = mlua_memory_begin_unfailing(m);
     lua_gc(m->L, LUA_GCCOLLECT, 0);
-    lua_memory_end_unfailing(m, saved);
+    mlua_memory_end_unfailing(m, saved);
     if (m->used <= m->limit) return true;
     m->refused_calls++;
     return false;
 }
 
-size_t lua_memory_args_budget(const lua_memory *m)
+size_t mlua_memory_args_budget(const mlua_memory *m)
 {
     size_t budget = m->call_cap ? m->call_cap : SIZE_MAX;
     if (m->large_cap) {
         size_t room = m->large_held < m->large_cap ? m->large_cap - m->large_held : 0;
-        if (room < LUA_MEMORY_SMALL_ARGS) room = LUA_MEMORY_SMALL_ARGS;
+        if (room < MLUA_MEMORY_SMALL_ARGS) room = MLUA_MEMORY_SMALL_ARGS;
         if (room < budget) budget = room;
     }
     return budget;
 }
 
-size_t lua_memory_hold_args(lua_memory *m, size_t bytes)
+size_t mlua_memory_hold_args(mlua_memory *m, size_t bytes)
 {
-    if (!m->large_cap || bytes <= LUA_MEMORY_SMALL_ARGS) return 0;
+    if (!m->large_cap || bytes <= MLUA_MEMORY_SMALL_ARGS) return 0;
     m->large_held += bytes;
     return bytes;
 }
 
-void lua_memory_release_args(lua_memory *m, size_t held)
+void mlua_memory_release_args(mlua_memory *m, size_t held)
 {
     m->large_held -= held <= m->large_held ? held : m->large_held;
 }
 
-int lua_memory_refuse_args(lua_memory *m, size_t budget, char *text, size_t len)
+int mlua_memory_refuse_args(mlua_memory *m, size_t budget, char *text, size_t len)
 {
     if (m->call_cap && budget >= m->call_cap) {
         m->too_large_calls++;
@@ -118,14 +118,14 @@ int lua_memory_refuse_args(lua_memory *m, size_t budget, char *text, size_t len)
     return 503;
 }
 
-int lua_memory_begin_unfailing(lua_memory *m)
+int mlua_memory_begin_unfailing(mlua_memory *m)
 {
     int saved = m->resuming;
     m->resuming = 0;
     return saved;
 }
 
-void lua_memory_end_unfailing(lua_memory *m, int saved)
+void mlua_memory_end_unfailing(mlua_memory *m, int saved)
 {
     m->resuming = saved;
 }

@@ -1,7 +1,7 @@
-/* tls.c: owns the server's TLS configuration: an OpenSSL SSL_CTX (TLS 1.2 and newer, forward
+/* http_tls.c: owns the server's TLS configuration: an OpenSSL SSL_CTX (TLS 1.2 and newer, forward
  * secret AEAD ciphers for TLS 1.2) loaded from a PEM certificate chain and key, with ALPN offering
  * h2 then http/1.1 through h2o. h2o does the handshakes on the sockets it accepts. */
-#include "tls.h"
+#include "http_tls.h"
 
 #include <errno.h>
 #include <h2o.h>
@@ -45,7 +45,7 @@ static int readable(const char *what, const char *file)
     return 0;
 }
 
-SSL_CTX *tls_server_context(const char *cert_file, const char *key_file)
+SSL_CTX *http_tls_server_context(const char *cert_file, const char *key_file)
 {
     char err[256];
     if (readable("certificate", cert_file) != 0 || readable("key", key_file) != 0) return NULL;

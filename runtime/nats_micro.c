@@ -1,9 +1,9 @@
-/* service_api.c: owns the NATS service API (ADR-32, the protocol of `nats micro`), which Debian's
+/* nats_micro.c: owns the NATS service API (ADR-32, the protocol of `nats micro`), which Debian's
  * nats.c 3.4.1 predates: every loaded Lua service answers $SRV.PING, $SRV.INFO and $SRV.STATS,
  * plain and with the .<name> and .<name>.<id> suffixes, with the io.nats.micro.v1.*_response
  * documents. The subscriptions are per process (not queue groups: every instance answers), and a
  * request without a name gets one reply per service of the process. */
-#include "service_api.h"
+#include "nats_micro.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -18,13 +18,13 @@
 
 enum verb { PING, INFO, STATS };
 
-struct service_api {
+struct nats_micro {
     runtime *rt;
     nb_sub *subs[6];
 };
 
 typedef struct request {
-    struct service_api *api;
+    struct nats_micro *api;
     enum verb verb;
     const char *name; /* NULL: any */
     const char *id;   /* NULL: any */
@@ -91,7 +91,7 @@ static void answer(void *u, const service_desc *d)
 /* $SRV.<VERB>[.<name>[.<id>]] */
 static void on_request(void *udata, natsMsg *m)
 {
-    struct service_api *api = udata;
+    struct nats_micro *api = udata;
     char subject[256], reply[256];
     snprintf(subject, sizeof subject, "%s", natsMsg_GetSubject(m));
     snprintf(reply, sizeof reply, "%s", natsMsg_GetReply(m) ? natsMsg_GetReply(m) : "");
@@ -116,9 +116,9 @@ static void on_request(void *udata, natsMsg *m)
     services_each_service(api->rt->services, answer, &r);
 }
 
-struct service_api *service_api_start(runtime *rt)
+struct nats_micro *nats_micro_start(runtime *rt)
 {
-    struct service_api *api = calloc(1, sizeof *api);
+    struct nats_micro *api = calloc(1, sizeof *api);
     if (!api) return NULL;
     api->rt = rt;
     static const char *const subjects[] = {"$SRV.PING",   "$SRV.INFO",   "$SRV.STATS",
@@ -130,7 +130,7 @@ struct service_api *service_api_start(runtime *rt)
     return api;
 }
 
-void service_api_stop(struct service_api *api)
+void nats_micro_stop(struct nats_micro *api)
 {
     if (!api) return;
     for (int i = 0; i < 6; i++)

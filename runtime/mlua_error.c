@@ -1,16 +1,16 @@
-/* lua_error.c: owns the one way the runtime runs Lua under protection and the one format of a Lua
+/* mlua_error.c: owns the one way the runtime runs Lua under protection and the one format of a Lua
  * error: the message (a Lua error starts with the service's file:line), then the traceback trimmed
  * of the runtime's own frames (C functions and lualib/) so that what remains points at the
  * service's code. Run-time errors (the scheduler, after lua_resume), load-time errors
  * (services), the OpenAPI document and the test runner (microservice.core.traceback) all use it.
  * Application errors (microservice.error values) are values, not failures: they pass through. */
-#include "lua_error.h"
+#include "mlua_error.h"
 
 #include <lauxlib.h>
 #include <stdbool.h>
 #include <string.h>
 
-#include "lua_api.h"
+#include "mlua_api.h"
 
 /* Replaces the traceback on top of L by the same without the runtime's own frames (C functions
  * and lualib/), so that what remains points at the service's code. */
@@ -53,7 +53,7 @@ void mlua_push_traceback(lua_State *L, lua_State *co, int level)
 
 int mlua_traceback(lua_State *L)
 {
-    if (lua_api_is_app_error(L, 1)) return 1;
+    if (mlua_api_is_app_error(L, 1)) return 1;
     int level = (int)luaL_optinteger(L, 2, 1);
     lua_settop(L, 1);
     mlua_push_traceback(L, L, level);

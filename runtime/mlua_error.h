@@ -1,7 +1,7 @@
-/* lua_error.h: the one protected-call path for Lua and the one error format (message with the
+/* mlua_error.h: the one protected-call path for Lua and the one error format (message with the
  * service's file:line first, then the traceback without the runtime's own frames). */
-#ifndef MICROSERVICE_LUA_ERROR_H
-#define MICROSERVICE_LUA_ERROR_H
+#ifndef MICROSERVICE_MLUA_ERROR_H
+#define MICROSERVICE_MLUA_ERROR_H
 
 #include <lua.h>
 

@@ -1,9 +1,9 @@
-/* test_watch.c: owns `microservice test --watch`: the test run happens in a child process (the
- * same program, without --watch), so every run starts from freshly loaded services; the parent
+/* command_test_watch.c: owns `microservice test --watch`: the test run happens in a child process
+ * (the same program, without --watch), so every run starts from freshly loaded services; the parent
  * waits with inotify for a saved .lua or .sql file in the watched folders and runs again. The
  * watched folders: the services folder and its migrations/, the folder of each test file given,
  * and, without files, the folders searched for them (lualib/microservice_test.lua). */
-#include "test_watch.h"
+#include "command_test_watch.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -106,7 +106,8 @@ static void run_once(char **child_argv)
     fprintf(stderr, "microservice test: watching for saved .lua and .sql files (Ctrl-C stops)\n");
 }
 
-int test_watch(int argc, char **argv, const char *services_dir, bool services_given, int first_file)
+int command_test_watch(int argc, char **argv, const char *services_dir, bool services_given,
+                       int first_file)
 {
     int fd = inotify_init1(IN_CLOEXEC);
     if (fd < 0) {

@@ -1,11 +1,11 @@
-/* nats_connect_probe.c: owns the search for a reachable NATS server before the first connection.
+/* nats_probe.c: owns the search for a reachable NATS server before the first connection.
  * nats.c's own retry on a failed first connect cannot be used with its libuv adapter (the
  * adapter's first attach must happen on the loop thread, and the retry runs on nats.c's reconnect
  * thread, so it fails forever). So the loop finds a reachable server itself without blocking: an
  * asynchronous DNS lookup and TCP connect to each URL in turn, and only when one answers does
  * nats_bridge.c call natsConnection_Connect (quick, the server is known to be there). Once
  * connected, nats.c reconnects by itself. */
-#include "nats_connect_probe.h"
+#include "nats_probe.h"
 
 #include <stdio.h>
 #include <string.h>
