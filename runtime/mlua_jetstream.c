@@ -457,8 +457,10 @@ static int core_js_pull_open(lua_State *L)
     snprintf(p->next, sizeof p->next, "$JS.API.CONSUMER.MSG.NEXT.%s.%s", stream, consumer);
     p->sub = nats_bridge_subscribe(rt->nats, p->inbox, NULL, pull_msg_cb, p);
     if (!p->sub) {
+        char inbox[sizeof p->inbox];
+        memcpy(inbox, p->inbox, sizeof inbox);
         free(p);
-        return luaL_error(L, "js_pull: cannot subscribe %s", p->inbox);
+        return luaL_error(L, "js_pull: cannot subscribe %s", inbox);
     }
     *pp = p;
     return 1;
