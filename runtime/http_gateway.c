@@ -259,7 +259,7 @@ static void call_dispose(void *p)
         call->gw->stats.abandoned_unsent++; /* it never reaches the bus */
     } else {
         call->gw->stats.abandoned_sent++;
-        rpc_handle_cancel(call->gw->rt, &call->handle);
+        local_dispatch_cancel(call->gw->rt, &call->handle);
     }
     if (call->conn) call->conn->resets++;
     call_end(call);
@@ -385,10 +385,10 @@ static bool authorize_call(struct http_gateway *gw, h2o_req_t *req, const char *
 static void send_call(gw_call *call)
 {
     struct http_gateway *gw = call->gw;
-    int rc =
-        rpc_call_start(gw->rt, true, call->subject, call->req->entity.base, call->req->entity.len,
-                       call->trace[0] ? call->trace : NULL, call->authid, call->authrole,
-                       call->timeout, on_reply, call, &call->handle);
+    int rc = local_dispatch_start(gw->rt, true, call->subject, call->req->entity.base,
+                                  call->req->entity.len, call->trace[0] ? call->trace : NULL,
+                                  call->authid, call->authrole, call->timeout, on_reply, call,
+                                  &call->handle);
     if (rc == NB_OK) {
         call->state = CALL_PENDING;
         return;

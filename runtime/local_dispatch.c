@@ -248,9 +248,10 @@ static local_call *local_call_new(local_dispatch *ld, const char *subject, const
     return lc;
 }
 
-int rpc_call_start(runtime *rt, bool allow_local, const char *subject, const char *data, size_t len,
-                   const char *const *headers, const char *authid, const char *authrole,
-                   double timeout_s, nb_reply_fn fn, void *udata, rpc_handle *out)
+int local_dispatch_start(runtime *rt, bool allow_local, const char *subject, const char *data,
+                         size_t len, const char *const *headers, const char *authid,
+                         const char *authrole, double timeout_s, nb_reply_fn fn, void *udata,
+                         rpc_handle *out)
 {
     out->bus = NULL;
     out->local = NULL;
@@ -289,7 +290,7 @@ static void cancel_bus(runtime *rt, nb_request *r)
         nats_bridge_publish(rt->nats, SERVICES_CANCEL_SUBJECT, NULL, reply, (size_t)n, NULL);
 }
 
-void rpc_handle_cancel(runtime *rt, rpc_handle *h)
+void local_dispatch_cancel(runtime *rt, rpc_handle *h)
 {
     if (h->bus) cancel_bus(rt, h->bus);
     local_call *lc = h->local;

@@ -143,7 +143,7 @@ typedef struct call_op {
 static void call_cancel(sched_op *op)
 {
     call_op *c = (call_op *)op;
-    rpc_handle_cancel(c->rt, &c->handle);
+    local_dispatch_cancel(c->rt, &c->handle);
     free(c);
 }
 
@@ -268,8 +268,8 @@ static int core_call(lua_State *L)
     char traceparent[TRACEPARENT_LEN + 1];
     trace_format(traceparent, sched_trace_id(t)); /* the trace goes on */
     const char *headers[] = {TRACE_HEADER, traceparent, NULL};
-    int rc = rpc_call_start(rt, allow_local, procedure, buf->data, buf->len, headers, t->authid,
-                            t->authrole, timeout, call_reply_cb, c, &c->handle);
+    int rc = local_dispatch_start(rt, allow_local, procedure, buf->data, buf->len, headers,
+                                  t->authid, t->authrole, timeout, call_reply_cb, c, &c->handle);
     if (rc != NB_OK) {
         free(c);
         lua_pushboolean(L, 0);

@@ -307,7 +307,7 @@ void service_take_trace(task *t, const char *traceparent)
     if (traceparent) trace_parse(traceparent, strlen(traceparent), t->trace_id);
 }
 
-const char *msg_header(natsMsg *msg, const char *name)
+const char *service_msg_header(natsMsg *msg, const char *name)
 {
     const char *v = NULL;
     return natsMsgHeader_Get(msg, name, &v) == NATS_OK ? v : NULL;
@@ -384,10 +384,13 @@ void service_on_rpc_msg(void *udata, natsMsg *msg)
     rpc_entry *e = udata;
     struct services *s = e->svcs;
     if (nats_bridge_misdirected(s->rt->nats, msg, true)) return; /* an event never runs an RPC */
-    services_call in = {
-        natsMsg_GetData(msg),         (size_t)natsMsg_GetDataLength(msg), 0, NULL, NULL,
-        msg_header(msg, TRACE_HEADER)};
-    const char *timeout = msg_header(msg, NB_HDR_TIMEOUT);
+    services_call in = {natsMsg_GetData(msg),
+                        (size_t)natsMsg_GetDataLength(msg),
+                        0,
+                        NULL,
+                        NULL,
+                        service_msg_header(msg, TRACE_HEADER)};
+    const char *timeout = service_msg_header(msg, NB_HDR_TIMEOUT);
     if (timeout) in.timeout_s = strtod(timeout, NULL) / 1000.0;
     if (!auth_identity_of(s->rt->auth, msg, &in.authid, &in.authrole))
         in.authid = in.authrole = NULL;
@@ -399,7 +402,7 @@ void service_on_rpc_msg(void *udata, natsMsg *msg)
 /* A caller abandoned the request whose reply subject is the body: if this process serves it, its
  * task is abandoned as a gone in-process caller's would be. A linear search: cancels are rare
  * (abandoned calls only) and the list is bounded by --max-inflight. */
-void on_cancel_msg(void *udata, natsMsg *msg)
+void service_on_cancel_msg(void *udata, natsMsg *msg)
 {
     struct services *s = udata;
     const char *reply = natsMsg_GetData(msg);
@@ -415,7 +418,7 @@ void on_cancel_msg(void *udata, natsMsg *msg)
 task *services_call_local(struct services *s, const char *procedure, const services_call *in,
                           services_reply_fn fn, void *udata, bool *found)
 {
-    rpc_entry *e = rpc_find(s, procedure);
+    rpc_entry *e = service_rpc_find(s, procedure);
     *found = e && !e->shared; /* shared: balanced with WAMP callees over the bus */
     if (!*found) return NULL;
     reply_to to = {NULL, fn, udata};
@@ -424,7 +427,7 @@ task *services_call_local(struct services *s, const char *procedure, const servi
 
 bool services_serves_alone(struct services *s, const char *procedure)
 {
-    rpc_entry *e = rpc_find(s, procedure);
+    rpc_entry *e = service_rpc_find(s, procedure);
     return e && !e->shared;
 }
 

@@ -120,7 +120,7 @@ void service_run_stopped(struct services *s, int ref);
 int service_declare_rpc(struct services *s, lua_State *L, int svc_idx, const char *subject,
                         const char *file, bool *added);
 bool service_is_rpc_value(lua_State *L, int idx);
-rpc_entry *rpc_find(struct services *s, const char *subject);
+rpc_entry *service_rpc_find(struct services *s, const char *subject);
 void service_rpc_free(rpc_entry *e);
 void service_rpc_release(struct services *s, rpc_entry *e);
 void service_rpc_retire(struct services *s, rpc_entry *e);
@@ -129,11 +129,11 @@ void service_rpc_retire(struct services *s, rpc_entry *e);
 call_ctx *service_call_ctx_new(struct services *s, const char *reply);
 void service_call_done(task *t, enum task_end how, lua_State *co, int nres);
 void service_on_rpc_msg(void *udata, natsMsg *msg);
-void on_cancel_msg(void *udata, natsMsg *msg);
+void service_on_cancel_msg(void *udata, natsMsg *msg);
 int service_push_envelope(struct services *s, call_ctx *c, lua_State *co, const char *data,
                           size_t len, const char *subject, const char *label);
 void service_take_trace(task *t, const char *traceparent);
-const char *msg_header(natsMsg *msg, const char *name);
+const char *service_msg_header(natsMsg *msg, const char *name);
 
 /* service_subscriptions.c: microservice.subscribe */
 void service_sub_free(service_sub *ls);

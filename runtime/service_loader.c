@@ -415,8 +415,8 @@ int services_load_dir(struct services *s, const char *dir)
     free(names);
     log_info(TAG, "%d RPCs from %s", rpcs, dir);
     if (!s->cancel_sub)
-        s->cancel_sub =
-            nats_bridge_subscribe(s->rt->nats, SERVICES_CANCEL_SUBJECT, NULL, on_cancel_msg, s);
+        s->cancel_sub = nats_bridge_subscribe(s->rt->nats, SERVICES_CANCEL_SUBJECT, NULL,
+                                              service_on_cancel_msg, s);
     nats_bridge_confirm(s->rt->nats);
     return rpcs;
 }

@@ -92,7 +92,7 @@ void service_rpc_retire(struct services *s, rpc_entry *e)
     rpc_maybe_free(s, e);
 }
 
-rpc_entry *rpc_find(struct services *s, const char *subject)
+rpc_entry *service_rpc_find(struct services *s, const char *subject)
 {
     for (rpc_entry *e = s->rpcs; e; e = e->next)
         if (strcmp(e->subject, subject) == 0) return e;
@@ -156,7 +156,7 @@ static void rpc_probe_subscribe(struct services *s, rpc_entry *e, const char *bu
 int service_declare_rpc(struct services *s, lua_State *L, int svc_idx, const char *subject,
                         const char *file, bool *added)
 {
-    rpc_entry *e = rpc_find(s, subject);
+    rpc_entry *e = service_rpc_find(s, subject);
     *added = false;
     if (e && strcmp(e->file, file) != 0) {
         log_error(TAG, "%s: %s is already declared by %s; skipped", file, subject, e->file);
@@ -255,14 +255,14 @@ int services_print(struct services *s, FILE *out)
 
 const char *services_procedure_name(struct services *s, const char *procedure)
 {
-    rpc_entry *e = rpc_find(s, procedure);
+    rpc_entry *e = service_rpc_find(s, procedure);
     return e ? e->subject : NULL;
 }
 
 int services_bind(struct services *s, lua_State *L, const char *procedure, int args_idx,
                   int kwargs_idx, const char **uri, char *err, size_t errlen)
 {
-    rpc_entry *e = rpc_find(s, procedure);
+    rpc_entry *e = service_rpc_find(s, procedure);
     if (!e) {
         *uri = URI_NO_SUCH_PROCEDURE;
         snprintf(err, errlen, "no loaded service declares %s", procedure);

@@ -67,7 +67,7 @@ static void on_sub_msg(void *udata, natsMsg *msg)
         nats_bridge_release(s->rt->nats, msg);
         return;
     }
-    service_take_trace(t, msg_header(msg, TRACE_HEADER));
+    service_take_trace(t, service_msg_header(msg, TRACE_HEADER));
     lua_pushstring(co, natsMsg_GetSubject(msg));
     nats_bridge_release(s->rt->nats, msg);
     c->sub = ls;

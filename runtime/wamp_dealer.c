@@ -148,8 +148,9 @@ void wamp_on_call(session *s, json_t *msg)
     c->request = req;
     c->progress = progress;
     rpc_handle handle;
-    int rc = rpc_call_start(s->r->rt, true, json_string_value(uri), body, len, h ? headers : NULL,
-                            s->authid, s->authrole, timeout, on_call_reply, c, &handle);
+    int rc =
+        local_dispatch_start(s->r->rt, true, json_string_value(uri), body, len, h ? headers : NULL,
+                             s->authid, s->authrole, timeout, on_call_reply, c, &handle);
     c->req = handle.bus;
     c->local = handle.local;
     free(body);
@@ -176,7 +177,7 @@ void wamp_on_cancel(session *s, json_t *msg)
         if (c->request != req || c->ack) continue;
         wamp_call_unlink(c);
         s->ncalls--;
-        rpc_handle_cancel(s->r->rt, &(rpc_handle){c->req, c->local});
+        local_dispatch_cancel(s->r->rt, &(rpc_handle){c->req, c->local});
         wamp_send_error(s, CALL, req, "wamp.error.canceled", "the call was canceled");
         free(c);
         return;
@@ -562,7 +563,7 @@ void wamp_dealer_session_end(session *s)
         if (c->ack)
             nb_request_cancel(c->req); /* not a CALL */
         else
-            rpc_handle_cancel(s->r->rt, &(rpc_handle){c->req, c->local});
+            local_dispatch_cancel(s->r->rt, &(rpc_handle){c->req, c->local});
         free(c->procedure);
         free(c);
     }
