@@ -197,14 +197,12 @@ void wamp_on_unsubscribe(session *s, json_t *msg)
 void wamp_on_publish(session *s, json_t *msg)
 {
     uint64_t req;
-    json_t *opts = json_array_get(msg, 2), *uri = json_array_get(msg, 3);
-    if (json_array_size(msg) < 4 || !wamp_get_id(msg, 1, &req) || !json_is_object(opts) ||
-        !json_is_string(uri) || !wamp_args_ok(msg, 4)) {
-        wamp_protocol_violation(
-            s, "PUBLISH is [16, Request|id, Options|dict, Topic|uri, Arguments|list, "
-               "ArgumentsKw|dict]");
+    json_t *opts, *uri;
+    if (!wamp_request_head(s, msg,
+                           "PUBLISH is [16, Request|id, Options|dict, Topic|uri, Arguments|list, "
+                           "ArgumentsKw|dict]",
+                           &req, &opts, &uri))
         return;
-    }
     bool ack = json_is_true(json_object_get(opts, "acknowledge"));
     if (!wamp_valid_uri(json_string_value(uri), false)) {
         if (ack) wamp_send_error(s, PUBLISH, req, "wamp.error.invalid_uri", "not a valid topic");

@@ -97,14 +97,12 @@ static void on_call_reply(void *udata, enum nb_status status, natsMsg *reply)
 void wamp_on_call(session *s, json_t *msg)
 {
     uint64_t req;
-    json_t *opts = json_array_get(msg, 2), *uri = json_array_get(msg, 3);
-    if (json_array_size(msg) < 4 || !wamp_get_id(msg, 1, &req) || !json_is_object(opts) ||
-        !json_is_string(uri) || !wamp_args_ok(msg, 4)) {
-        wamp_protocol_violation(
-            s, "CALL is [48, Request|id, Options|dict, Procedure|uri, Arguments|list, "
-               "ArgumentsKw|dict]");
+    json_t *opts, *uri;
+    if (!wamp_request_head(s, msg,
+                           "CALL is [48, Request|id, Options|dict, Procedure|uri, Arguments|list, "
+                           "ArgumentsKw|dict]",
+                           &req, &opts, &uri))
         return;
-    }
     if (!wamp_valid_uri(json_string_value(uri), false)) {
         wamp_send_error(s, CALL, req, "wamp.error.invalid_uri", "not a valid procedure");
         return;

@@ -193,6 +193,8 @@ bool wamp_allowed(session *s, enum auth_action action, const char *uri, int type
 int wamp_envelope_split(const char *data, size_t len, json_t **args, json_t **kwargs);
 char *wamp_envelope_text(const json_t *msg, size_t ai, size_t *len);
 bool wamp_args_ok(const json_t *msg, size_t ai);
+bool wamp_request_head(session *s, json_t *msg, const char *shape, uint64_t *req, json_t **opts,
+                       json_t **uri);
 void wamp_dispatch(session *s, json_t *msg);
 void wamp_refuse_extension(session *s, json_t *msg, const char *why);
 

@@ -174,6 +174,22 @@ bool wamp_args_ok(const json_t *msg, size_t ai)
     return (!a || json_is_array(a)) && (!k || json_is_object(k));
 }
 
+/* The head PUBLISH and CALL share, [TYPE, Request|id, Options|dict, Uri|uri, Arguments|list,
+ * ArgumentsKw|dict]: its request id, options and URI, or false after a protocol violation that
+ * quotes shape. */
+bool wamp_request_head(session *s, json_t *msg, const char *shape, uint64_t *req, json_t **opts,
+                       json_t **uri)
+{
+    *opts = json_array_get(msg, 2);
+    *uri = json_array_get(msg, 3);
+    if (json_array_size(msg) < 4 || !wamp_get_id(msg, 1, req) || !json_is_object(*opts) ||
+        !json_is_string(*uri) || !wamp_args_ok(msg, 4)) {
+        wamp_protocol_violation(s, shape);
+        return false;
+    }
+    return true;
+}
+
 /* ---- dispatch ---- */
 
 static void on_goodbye(session *s, json_t *msg)
