@@ -24,6 +24,7 @@ h.test('the RSS criterion: flat series pass, leaks fail', () => {
     series(60, (i) => base + (i % 10) * 400), // sawtooth: buffers filled and released
     series(60, (i) => (i < 15 ? 60 * 1024 + i * 6 * 1024 : base) + noise(i)), // warm-up (quarantine filling), then a plateau
     series(60, (i) => base + noise(i) + (i % 12 === 5 ? 6 * 1024 : 0)), // a peak at each restart, in every third
+    series(60, (i) => base + noise(i) + (i === 48 ? 8 * 1024 : 0)), // one peak sampled, in the last third only
     series(600, (i) => base + noise(i) + 3 * 1024 * (1 - Math.exp(-i / 60))), // settles early in a long run
   ];
   for (const [k, s] of flat.entries()) {
@@ -35,6 +36,7 @@ h.test('the RSS criterion: flat series pass, leaks fail', () => {
     series(60, (i) => base + noise(i) + i * 512), // 0.5 MiB/s, noisy
     series(600, (i) => base + noise(i) + i * 60), // 60 kB/s (3.5 MiB/min) for 10 minutes
     series(60, (i) => base + (i >= 45 ? 20 * 1024 : 0)), // a jump in the last third that stays
+    series(60, (i) => base + noise(i) + (i >= 48 ? 10 * 1024 : 0)), // a jump that stays for 12 of the last 20 s
   ];
   for (const [k, s] of leaks.entries()) {
     const j = judgeRss(s);
