@@ -238,8 +238,10 @@ h.test('--http off with TLS, two workers: the plain port is closed, HTTPS and WS
       w.closeSession(s);
       agent.destroy();
     }
+    // the first worker to answer made startTls return; wait for the other to be listening too
+    await h.waitFor(() => (r.log().match(/listening on https:/g) || []).length === 2,
+      { what: 'each worker to listen on the TLS port' });
     const log = r.log();
-    assert.equal((log.match(/listening on https:/g) || []).length, 2, 'each worker listens on the TLS port');
     assert.doesNotMatch(log, /listening on http:/);
   } finally {
     const exit = await r.stop();
