@@ -8,13 +8,17 @@
  * NATS request, so no reply is ever written to a freed request. h2o itself answers 413 over the
  * body limit (max_request_entity_size).
  *
- * Calls are not published from h2o's on_req: they are queued and sent by a uv_prepare handle, i.e.
- * once the loop turn has read (and h2o has parsed) everything that arrived. An HTTP/2 stream reset
- * in the same turn (RST_STREAM right after HEADERS) disposes its call while queued: it never
- * reaches the bus. HTTP/2 rapid reset: a connection whose calls end by reset (before their answer)
- * more than RESET_BUDGET times and more often than they are answered is shut when it opens the
- * next one (h2o 2.2 has no public GOAWAY: shutdown(2) makes h2o see the end of the socket and close
- * the connection, which disposes its calls), logged once and counted.
+ * Calls over the bus are not published from h2o's on_req: they are queued and sent by a uv_prepare
+ * handle (the turn's end), i.e. once the loop turn has read (and h2o has parsed) everything that
+ * arrived. An HTTP/2 stream reset in the same turn (RST_STREAM right after HEADERS) disposes its
+ * call while queued: it never reaches the bus. A call served in-process is handed to local_dispatch
+ * at once, which starts it in the check phase of the same turn (a reset before then cancels it
+ * unstarted), so it is usually answered in the turn its request came; the turn's end then re-arms
+ * the HTTP/1 connection (epoll_rearm.c: no epoll_ctl per request). HTTP/2 rapid reset: a connection
+ * whose calls end by reset (before their answer) more than RESET_BUDGET times and more often than
+ * they are answered is shut when it opens the next one (h2o 2.2 has no public GOAWAY: shutdown(2)
+ * makes h2o see the end of the socket and close the connection, which disposes its calls), logged
+ * once and counted.
  *
  * With a certificate a second listener speaks TLS (http_tls.c; h2 or http/1.1 by ALPN, so WSS too)
  * into the same h2o context; with --http-redirect the plain one answers 308 to it, except /healthz
@@ -33,6 +37,7 @@
 #include "auth_limit.h"
 #include "codec.h"
 #include "jetstream.h"
+#include "epoll_rearm.h"
 #include "local_dispatch.h"
 #include "log.h"
 #include "nats_bridge.h"
@@ -64,6 +69,8 @@ typedef struct gw_conn {
     uint64_t resets;   /* calls whose request went away before the answer (stream reset) */
     uint64_t answered; /* calls answered */
     bool cut;          /* shut for rapid reset */
+    bool rearm;        /* on http_gateway.rearm: answered in the turn its request came */
+    struct gw_conn *rearm_next;
 } gw_conn;
 
 /* Calls in flight on one connection (HTTP/2 multiplexes them), keyed by h2o's connection id,
@@ -93,8 +100,11 @@ struct http_gateway {
     int by_fd_len;
     int inflight;                       /* calls queued or waiting for their reply */
     struct gw_call *queue, *queue_tail; /* calls to send at the end of the loop turn */
-    uv_prepare_t flush;
-    bool flush_closed;
+    uv_prepare_t turn_end;              /* the end of each loop turn, right before the poll */
+    bool turn_end_closed;
+    uint64_t turn;  /* loop turns (polls) so far */
+    gw_conn *rearm; /* HTTP/1 connections to hand to epoll_rearm_stream at the turn's end */
+    bool use_rearm; /* --http1-rearm and a libuv that epoll_rearm knows */
     http_gateway_stats stats;
     conn_calls *conn_calls[CONN_BUCKETS]; /* see conn_calls */
     uint64_t close_started;
@@ -118,6 +128,7 @@ typedef struct gw_call {
     conn_calls *cc;    /* its connection's count, held while queued or pending */
     enum call_state state;
     struct gw_call *prev, *next;   /* the queue, while queued */
+    uint64_t turn;                 /* the loop turn in which the request came */
     char *subject;                 /* in the request's pool */
     const char *authid, *authrole; /* the caller (NULL: auth is off) */
     const char *trace[3];          /* the request's traceparent header, or {NULL} */
@@ -257,34 +268,67 @@ static void call_dispose(void *p)
     /* the client went away (stream reset, or the connection closed) before the reply */
     if (call->state == CALL_QUEUED) {
         call->gw->stats.abandoned_unsent++; /* it never reaches the bus */
-    } else {
+    } else if (local_dispatch_cancel(call->gw->rt, &call->handle)) {
         call->gw->stats.abandoned_sent++;
-        local_dispatch_cancel(call->gw->rt, &call->handle);
+    } else {
+        call->gw->stats.abandoned_unsent++; /* in-process, cancelled before it started */
     }
     if (call->conn) call->conn->resets++;
     call_end(call);
 }
 
-static int reply_status(natsMsg *reply)
+/* The connections answered in the loop turn in which their request came: h2o has started reading
+ * them again (its write callbacks ran before this), and the loop has not polled since it stopped,
+ * so epoll still watches them (epoll_rearm.c). */
+static void rearm_connections(struct http_gateway *gw)
 {
-    const char *code = NULL;
-    if (natsMsgHeader_Get(reply, HDR_SERVICE_ERROR_CODE, &code) != NATS_OK || !code) return 200;
+    while (gw->rearm) {
+        gw_conn *c = gw->rearm;
+        gw->rearm = c->rearm_next;
+        c->rearm_next = NULL;
+        c->rearm = false;
+        if (epoll_rearm_stream((uv_stream_t *)&c->tcp)) gw->stats.rearmed++;
+    }
+}
+
+/* An HTTP/1 connection answered in the turn its request came (h2o stopped reading it for the
+ * request in that turn) is re-armed at the turn's end. */
+static void rearm_later(struct http_gateway *gw, gw_conn *c, h2o_req_t *req, uint64_t turn)
+{
+    if (!gw->use_rearm || !c || c->rearm || turn != gw->turn || req->version >= 0x200) return;
+    c->rearm = true;
+    c->rearm_next = gw->rearm;
+    gw->rearm = c;
+}
+
+static void forget_rearm(struct http_gateway *gw, gw_conn *c)
+{
+    for (gw_conn **p = &gw->rearm; c->rearm && *p; p = &(*p)->rearm_next) {
+        if (*p != c) continue;
+        *p = c->rearm_next;
+        c->rearm = false;
+    }
+}
+
+static int reply_status(const nb_reply *reply)
+{
+    const char *code = nb_reply_header(reply, HDR_SERVICE_ERROR_CODE);
+    if (!code) return 200;
     int status = atoi(code);
     return (status >= 200 && status <= 599) ? status : 500;
 }
 
-static void on_reply(void *udata, enum nb_status status, natsMsg *reply)
+static void on_reply(void *udata, enum nb_status status, const nb_reply *reply)
 {
     gw_call *call = udata;
     struct http_gateway *gw = call->gw;
     call_end(call);
     if (call->conn) call->conn->answered++;
     h2o_req_t *req = call->req;
+    rearm_later(gw, call->conn, req, call->turn);
     switch (status) {
     case NB_OK:
-        respond(gw, req, reply_status(reply), natsMsg_GetData(reply),
-                (size_t)natsMsg_GetDataLength(reply));
-        nats_bridge_release(gw->rt->nats, reply);
+        respond(gw, req, reply_status(reply), reply->data, reply->len);
         break;
     case NB_NO_RESPONDERS:
         respond_error(gw, req, URI_NO_SUCH_PROCEDURE, "no service answers this procedure");
@@ -399,23 +443,33 @@ static void send_call(gw_call *call)
                                        : "the request could not be sent");
 }
 
-/* The end of the loop turn: every call still queued (its request did not go away) is sent.
- * Answering one that fails may let h2o run more requests, which queue behind. */
-static void flush_calls(uv_prepare_t *p)
+/* Every call still queued (its request did not go away) is sent. Answering one that fails may
+ * let h2o run more requests, which queue behind. */
+static void flush_calls(struct http_gateway *gw)
 {
-    struct http_gateway *gw = p->data;
     while (gw->queue) {
         gw_call *call = gw->queue;
         queue_unlink(gw, call);
         call->state = CALL_PENDING; /* not queued any more; send_call settles it */
         send_call(call);
     }
-    uv_prepare_stop(p);
 }
 
+/* The end of every loop turn, right before the poll. */
+static void on_turn_end(uv_prepare_t *p)
+{
+    struct http_gateway *gw = p->data;
+    flush_calls(gw);
+    rearm_connections(gw);
+    gw->turn++;
+}
+
+/* A call over the bus waits for the end of the turn (so an HTTP/2 stream reset read in the same
+ * turn keeps it off the bus); one that runs in-process starts now: local_dispatch defers it to
+ * the check phase of this turn, and a reset before then cancels it unstarted. */
 static void queue_call(struct http_gateway *gw, gw_call *call)
 {
-    if (gw->flush_closed) { /* the gateway is closing: no end of turn to wait for */
+    if (gw->turn_end_closed || local_dispatch_runs_here(gw->rt, true, call->subject)) {
         call->state = CALL_PENDING;
         send_call(call);
         return;
@@ -428,7 +482,6 @@ static void queue_call(struct http_gateway *gw, gw_call *call)
     else
         gw->queue = call;
     gw->queue_tail = call;
-    uv_prepare_start(&gw->flush, flush_calls);
 }
 
 /* The accepted connection a request came on (NULL if not known). */
@@ -541,6 +594,7 @@ static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, const char *subje
     call->authrole = authrole;
     forward_trace(req, call->trace);
     call->timeout = request_timeout(gw, req);
+    call->turn = gw->turn;
     call->cc = cc;
     if (cc) cc->count++;
     gw->inflight++;
@@ -696,6 +750,7 @@ static void connection_closed(uv_handle_t *h)
     gw_conn *conn = (gw_conn *)h;
     struct http_gateway *gw = conn->gw;
     if (conn->fd >= 0 && gw->by_fd[conn->fd] == conn) gw->by_fd[conn->fd] = NULL;
+    forget_rearm(gw, conn);
     if (conn->prev)
         conn->prev->next = conn->next;
     else
@@ -782,8 +837,11 @@ struct http_gateway *http_gateway_new(runtime *rt)
     gw->tls_accept_ctx.ssl_ctx = gw->ssl_ctx;
     uv_timer_init(&rt->loop, &gw->close_timer);
     gw->close_timer.data = gw;
-    uv_prepare_init(&rt->loop, &gw->flush);
-    gw->flush.data = gw;
+    uv_prepare_init(&rt->loop, &gw->turn_end);
+    gw->turn_end.data = gw;
+    uv_prepare_start(&gw->turn_end, on_turn_end);
+    uv_unref((uv_handle_t *)&gw->turn_end); /* it keeps nothing alive */
+    gw->use_rearm = rt->cfg.http1_rearm && epoll_rearm_supported();
     return gw;
 }
 
@@ -873,7 +931,7 @@ static void close_timer_closed(uv_handle_t *h)
     if (gw->on_closed) gw->on_closed(gw->on_closed_arg);
 }
 
-static void flush_closed(uv_handle_t *h)
+static void turn_end_closed(uv_handle_t *h)
 {
     struct http_gateway *gw = h->data;
     uv_close((uv_handle_t *)&gw->close_timer, close_timer_closed);
@@ -908,9 +966,9 @@ static void close_tick(uv_timer_t *t)
     } else {
         log_warn(TAG, "%d connections still open at exit", gw->connections);
     }
-    flush_calls(&gw->flush); /* calls of connections still open: the bus is closed, 503 */
-    gw->flush_closed = true;
-    uv_close((uv_handle_t *)&gw->flush, flush_closed);
+    flush_calls(gw); /* calls of connections still open: the bus is closed, 503 */
+    gw->turn_end_closed = true;
+    uv_close((uv_handle_t *)&gw->turn_end, turn_end_closed);
 }
 
 void http_gateway_close(struct http_gateway *g, void (*on_closed)(void *arg), void *arg)

@@ -12,6 +12,7 @@ typedef struct http_gateway_stats {
     uint64_t abandoned_unsent;  /* calls whose request went away before they were sent */
     uint64_t abandoned_sent;    /* calls whose request went away while waiting for the reply */
     uint64_t rapid_reset_conns; /* connections shut for HTTP/2 rapid reset */
+    uint64_t rearmed;           /* HTTP/1 read restarts that needed no epoll_ctl (epoll_rearm.c) */
 } http_gateway_stats;
 
 struct http_gateway *http_gateway_new(runtime *rt);

@@ -11,7 +11,8 @@
  * also serves a request taken from NATS (the envelope is decoded from the encoded body, so the
  * callee gets copies of the caller's tables; binding, schemas, Lua memory admission, deadline
  * from the caller's timeout, metrics, $SRV.STATS). Its reply is the bytes and headers a bus reply
- * would carry, wrapped in a natsMsg, so the callers read both the same way. The caller's
+ * would carry, handed over as an nb_reply (no natsMsg, which nats.c would free on its collector
+ * thread), so the callers read both the same way. The caller's
  * identity is handed over as is: inside one process there is nothing to sign.
  *
  * A call is started in the check phase of the loop turn in which it was made, never on the
@@ -69,7 +70,8 @@ static void idle_cb(uv_idle_t *h)
     (void)h;
 }
 
-/* The callee's reply (services.h): to the caller as a natsMsg, as a bus reply would come. */
+/* The callee's reply (services.h): to the caller as an nb_reply without a message, read as a
+ * bus reply is (nats_bridge.h). */
 static void local_reply(void *udata, int status, const char *data, size_t len,
                         const char *const *headers)
 {
@@ -86,20 +88,11 @@ static void local_reply(void *udata, int status, const char *data, size_t len,
         fn(u, status, NULL);
         return;
     }
-    natsMsg *m = NULL;
-    natsStatus st = natsMsg_Create(&m, "_LOCAL", NULL, data, (int)len);
-    for (int i = 0; st == NATS_OK && headers && headers[i] && headers[i + 1]; i += 2)
-        st = natsMsgHeader_Set(m, headers[i], headers[i + 1]);
-    if (st != NATS_OK) {
-        log_error(TAG, "cannot hand a reply over: %s", natsStatus_GetText(st));
-        natsMsg_Destroy(m);
-        fn(u, NB_ERROR, NULL);
-        return;
-    }
-    fn(u, NB_OK, m);
+    nb_reply reply = {NULL, data, len, headers};
+    fn(u, NB_OK, &reply);
 }
 
-static void bus_reply(void *udata, enum nb_status status, natsMsg *reply)
+static void bus_reply(void *udata, enum nb_status status, const nb_reply *reply)
 {
     local_call *lc = udata;
     nb_reply_fn fn = lc->fn;
@@ -209,7 +202,7 @@ void local_dispatch_close(local_dispatch *ld)
 /* In-process when allowed, on, not in `microservice test --nats` (its RPCs live on private
  * subjects there), a loaded Lua service declares subject and does not share it with WAMP callees
  * (shared = true asks for balancing over the bus), and --max-inflight is not reached. */
-static bool goes_local(runtime *rt, bool allow_local, const char *subject)
+bool local_dispatch_runs_here(runtime *rt, bool allow_local, const char *subject)
 {
     local_dispatch *ld = rt->local;
     return allow_local && ld && !ld->closing && rt->cfg.prefer_local &&
@@ -256,7 +249,7 @@ int local_dispatch_start(runtime *rt, bool allow_local, const char *subject, con
     out->bus = NULL;
     out->local = NULL;
     local_dispatch *ld = rt->local;
-    if (!goes_local(rt, allow_local, subject)) {
+    if (!local_dispatch_runs_here(rt, allow_local, subject)) {
         if (ld) ld->bus_calls++;
         return nats_bridge_request_as(rt->nats, subject, data, len, headers, authid, authrole,
                                       timeout_s, fn, udata, &out->bus);
@@ -290,22 +283,27 @@ static void cancel_bus(runtime *rt, nb_request *r)
         nats_bridge_publish(rt->nats, SERVICES_CANCEL_SUBJECT, NULL, reply, (size_t)n, NULL);
 }
 
-void local_dispatch_cancel(runtime *rt, rpc_handle *h)
+bool local_dispatch_cancel(runtime *rt, rpc_handle *h)
 {
+    bool on_bus = h->bus != NULL;
     if (h->bus) cancel_bus(rt, h->bus);
     local_call *lc = h->local;
     h->bus = NULL;
     h->local = NULL;
-    if (!lc) return;
+    if (!lc) return on_bus;
     lc->fn = NULL; /* queued: freed when the queue is taken; running: freed by its reply */
     if (lc->bus) {
         cancel_bus(rt, lc->bus);
         free(lc);
-    } else if (lc->task) {
+        return true;
+    }
+    if (lc->task) {
         /* its pending operation (e.g. an outbound HTTP transfer) is aborted; local_reply frees
          * lc. A callee running right now (it cancelled its own caller) ends by itself. */
         sched_abandon(lc->task, "its caller went away (timeout, cancel or disconnect)");
+        return true;
     }
+    return false; /* still queued: it never started */
 }
 
 void local_dispatch_counters(const local_dispatch *ld, uint64_t *local_calls, uint64_t *bus_calls)

@@ -26,17 +26,20 @@ void local_dispatch_close(local_dispatch *ld);
 
 /* Starts a call of subject with the envelope data: in-process when allow_local, --prefer-local is
  * on and a loaded Lua service declares subject, else nats_bridge_request_as (same arguments,
- * same contract: fn runs later, exactly once unless cancelled, with a natsMsg reply the callee
- * releases with nats_bridge_release). Returns NB_OK, or what nats_bridge_request_as returned
+ * same contract: fn runs later, exactly once unless cancelled, with an nb_reply that lives for
+ * the callback only). Returns NB_OK, or what nats_bridge_request_as returned
  * (then fn never runs). */
 int local_dispatch_start(runtime *rt, bool allow_local, const char *subject, const char *data,
                          size_t len, const char *const *headers, const char *authid,
                          const char *authrole, double timeout_s, nb_reply_fn fn, void *udata,
                          rpc_handle *out);
+/* True when local_dispatch_start would run this call in-process (see local_dispatch.c). */
+bool local_dispatch_runs_here(runtime *rt, bool allow_local, const char *subject);
 /* The caller is gone: fn will not run. An in-process callee is cancelled (its pending operation,
  * e.g. an outbound HTTP transfer, is aborted); over the bus, the serving process is told to do
- * the same (SERVICES_CANCEL_SUBJECT). Safe on an empty handle; not after fn ran. */
-void local_dispatch_cancel(runtime *rt, rpc_handle *h);
+ * the same (SERVICES_CANCEL_SUBJECT). Safe on an empty handle; not after fn ran. Returns whether
+ * the call had reached a callee or the bus (false: it was still waiting to start). */
+bool local_dispatch_cancel(runtime *rt, rpc_handle *h);
 
 /* Calls taken in-process and sent over the bus since start, for /metrics. */
 void local_dispatch_counters(const local_dispatch *ld, uint64_t *local_calls, uint64_t *bus_calls);

@@ -161,6 +161,10 @@ void metrics_render(runtime *rt, codec_buf *out)
                "Connections closed for resetting calls faster than they were answered.");
         put(out, "microservice_http2_rapid_reset_total %llu\n",
             (unsigned long long)st->rapid_reset_conns);
+        header(out, "microservice_http1_rearmed_total", "counter",
+               "HTTP/1 connections read again after an answer without an epoll_ctl "
+               "(--http1-rearm).");
+        put(out, "microservice_http1_rearmed_total %llu\n", (unsigned long long)st->rearmed);
         header(out, "microservice_http_calls_in_flight", "gauge",
                "HTTP calls queued or waiting for their reply (--max-http-inflight).");
         put(out, "microservice_http_calls_in_flight %d\n", http_gateway_inflight(rt->http));

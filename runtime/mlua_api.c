@@ -158,15 +158,13 @@ static codec_meter reply_meter(runtime *rt)
 
 /* Turns an error reply's body {"error": uri, "args": [...], "kwargs": {...}} into an error value
  * (a body too large once decoded: the error header's text alone). */
-static void push_remote_error(lua_State *co, runtime *rt, natsMsg *reply)
+static void push_remote_error(lua_State *co, runtime *rt, const nb_reply *reply)
 {
-    const char *code_text = NULL;
-    natsMsgHeader_Get(reply, HDR_SERVICE_ERROR_CODE, &code_text);
+    const char *code_text = nb_reply_header(reply, HDR_SERVICE_ERROR_CODE);
     int code = code_text ? atoi(code_text) : 500;
     codec_error err;
     codec_meter meter = reply_meter(rt);
-    if (codec_decode_metered(co, natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply),
-                             rt->cfg.max_depth, &meter, &err) == 0) {
+    if (codec_decode_metered(co, reply->data, reply->len, rt->cfg.max_depth, &meter, &err) == 0) {
         if (lua_istable(co, -1)) {
             lua_getfield(co, -1, "error");
             if (lua_type(co, -1) == LUA_TSTRING) {
@@ -181,34 +179,30 @@ static void push_remote_error(lua_State *co, runtime *rt, natsMsg *reply)
         }
         lua_pop(co, 1);
     }
-    const char *text = NULL;
-    natsMsgHeader_Get(reply, HDR_SERVICE_ERROR, &text);
+    const char *text = nb_reply_header(reply, HDR_SERVICE_ERROR);
     mlua_api_push_error_code(co, URI_RUNTIME_ERROR, text ? text : "malformed error reply", code);
 }
 
-static void call_reply_cb(void *udata, enum nb_status status, natsMsg *reply)
+static void call_reply_cb(void *udata, enum nb_status status, const nb_reply *reply)
 {
     call_op *c = udata;
     c->handle.bus = NULL;
     c->handle.local = NULL;
     lua_State *co = sched_op_target(&c->base);
     if (!co) {
-        if (reply) nats_bridge_release(c->rt->nats, reply);
         free(c);
         return;
     }
     int nret = 2;
-    const char *code = NULL;
-    if (status == NB_OK && natsMsgHeader_Get(reply, HDR_SERVICE_ERROR_CODE, &code) == NATS_OK) {
+    if (status == NB_OK && nb_reply_header(reply, HDR_SERVICE_ERROR_CODE)) {
         lua_pushboolean(co, 0);
         push_remote_error(co, c->rt, reply);
     } else if (status == NB_OK) {
         codec_error err;
         codec_meter meter = reply_meter(c->rt);
         lua_pushboolean(co, 1);
-        int rc = codec_decode_envelope_metered(co, natsMsg_GetData(reply),
-                                               (size_t)natsMsg_GetDataLength(reply),
-                                               c->rt->cfg.max_depth, &meter, &err);
+        int rc = codec_decode_envelope_metered(co, reply->data, reply->len, c->rt->cfg.max_depth,
+                                               &meter, &err);
         if (rc == 0) {
             nret = 3;
         } else {
@@ -231,7 +225,6 @@ static void call_reply_cb(void *udata, enum nb_status status, natsMsg *reply)
             mlua_api_push_error(co, URI_UNAVAILABLE, "the bus is unavailable");
         }
     }
-    if (reply) nats_bridge_release(c->rt->nats, reply);
     sched_op_resume(&c->base, nret);
     free(c);
 }

@@ -105,23 +105,19 @@ static const char *status_name(enum nb_status st)
     }
 }
 
-static void reply_cb(void *udata, enum nb_status st, natsMsg *reply)
+static void reply_cb(void *udata, enum nb_status st, const nb_reply *reply)
 {
     js_op *o = udata;
     o->req = NULL;
     op_unlist(o);
     lua_State *co = sched_op_target(&o->base);
     if (!co) {
-        if (reply) nats_bridge_release(o->rt->nats, reply);
         free(o);
         return;
     }
     lua_pushstring(co, status_name(st));
     int n = 1;
-    if (reply) {
-        n += push_body(co, reply);
-        nats_bridge_release(o->rt->nats, reply);
-    }
+    if (reply) n += push_body(co, reply->msg); /* always over the bus: nats-server's API */
     sched_op_resume(&o->base, n);
     free(o);
 }

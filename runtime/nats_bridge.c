@@ -49,6 +49,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "auth.h"
 #include "log.h"
@@ -246,19 +247,38 @@ static void request_free_cb(uv_handle_t *h)
     free(h->data);
 }
 
+const char *nb_reply_header(const nb_reply *r, const char *name)
+{
+    const char *v = NULL;
+    if (r->msg) return natsMsgHeader_Get(r->msg, name, &v) == NATS_OK ? v : NULL;
+    for (int i = 0; r->headers && r->headers[i] && r->headers[i + 1]; i += 2)
+        if (strcasecmp(r->headers[i], name) == 0) return r->headers[i + 1];
+    return NULL;
+}
+
+/* Hands a message to fn as an nb_reply (NULL without one), then releases it. */
+static void reply_to(nats_bridge *nb, nb_reply_fn fn, void *udata, enum nb_status status,
+                     natsMsg *msg)
+{
+    nb_reply view = {msg, NULL, 0, NULL};
+    if (msg) {
+        view.data = natsMsg_GetData(msg);
+        view.len = (size_t)natsMsg_GetDataLength(msg);
+    }
+    if (fn) fn(udata, status, msg ? &view : NULL);
+    if (msg) nats_bridge_release(nb, msg);
+}
+
 /* The one end of every request: out of the table, timer closed, memory freed with the timer. */
 static void request_end(nb_request *r, enum nb_status status, natsMsg *reply)
 {
     nb_reply_fn fn = r->fn;
     void *udata = r->udata;
-    if (r->nb->probe == r) r->nb->probe = NULL;
+    nats_bridge *nb = r->nb;
+    if (nb->probe == r) nb->probe = NULL;
     uv_timer_stop(&r->timer);
     uv_close((uv_handle_t *)&r->timer, request_free_cb);
-    if (fn) {
-        fn(udata, status, reply);
-    } else if (reply) {
-        nats_bridge_release(r->nb, reply);
-    }
+    reply_to(nb, fn, udata, status, reply);
 }
 
 static void request_timeout_cb(uv_timer_t *t)
@@ -428,7 +448,7 @@ static void deliver_reply(nats_bridge *nb, natsMsg *msg)
     nb_request *r = table_find(nb, id);
     if (r && r->progress_header && r->fn &&
         natsMsgHeader_Get(msg, r->progress_header, &progress) == NATS_OK) {
-        r->fn(r->udata, NB_OK, msg); /* a progress reply: the request stays pending */
+        reply_to(nb, r->fn, r->udata, NB_OK, msg); /* progress: the request stays pending */
         return;
     }
     r = table_take(nb, id);
@@ -1013,10 +1033,10 @@ const char *nats_bridge_state(nats_bridge *nb)
     }
 }
 
-static void probe_done(void *udata, enum nb_status status, natsMsg *reply)
+static void probe_done(void *udata, enum nb_status status, const nb_reply *reply)
 {
+    (void)reply;
     nats_bridge *nb = udata;
-    if (reply) nats_bridge_release(nb, reply);
     if (status == NB_OK) {
         if (!nb->confirmed)
             log_info(TAG, "ready: %d subscriptions confirmed by the server", nb->nsubs);

@@ -27,9 +27,22 @@ typedef struct nb_request nb_request;
 
 /* A message for a subscription, on the loop thread. The callee owns msg (natsMsg_Destroy). */
 typedef void (*nb_msg_fn)(void *udata, natsMsg *msg);
-/* The end of a request, on the loop thread, exactly once unless cancelled. reply is non-NULL for
- * NB_OK only and owned by the callee. */
-typedef void (*nb_reply_fn)(void *udata, enum nb_status status, natsMsg *reply);
+/* A reply as its reader sees it, whether it came over the bus (msg is the message; data, len and
+ * headers are read from it) or from a callee of this process (local_dispatch.c: msg is NULL;
+ * headers is name, value, ..., NULL). It lives for the reply callback only: its maker frees it
+ * after the callback returns, so a reader copies what it keeps. */
+typedef struct nb_reply {
+    natsMsg *msg;
+    const char *data;
+    size_t len;
+    const char *const *headers;
+} nb_reply;
+/* The value of the reply's header name, or NULL. */
+const char *nb_reply_header(const nb_reply *r, const char *name);
+
+/* The end of a request, on the loop thread, exactly once unless cancelled (a progress reply, see
+ * nb_request_allow_progress, comes before it). reply is non-NULL for NB_OK only. */
+typedef void (*nb_reply_fn)(void *udata, enum nb_status status, const nb_reply *reply);
 
 nats_bridge *nats_bridge_new(runtime *rt);
 /* Starts connecting; an unreachable server is retried in the background. -1 on a bad URL. */

@@ -78,12 +78,11 @@ static int parse_workers(runtime_config *cfg, const option_row *o, const char *a
     return 0;
 }
 
-/* on or off; the message of a bad value is the row's. */
+/* on or off, into the row's bool field; the message of a bad value is the row's. */
 static int parse_on_off(runtime_config *cfg, const option_row *o, const char *arg)
 {
-    (void)o;
     if (strcmp(arg, "on") != 0 && strcmp(arg, "off") != 0) return -1;
-    cfg->prefer_local = strcmp(arg, "on") == 0;
+    *(bool *)((char *)cfg + o->offset) = strcmp(arg, "on") == 0;
     return 0;
 }
 
@@ -213,12 +212,20 @@ const option_row options[] = {
      .min = 0, .max = 1 << 20, .def = 10000, .arg = "N", .flags = OPTION_RUNTIME,
      .help = "more outbound HTTP requests that wait for one of them, in order\n"
              "(default 10000); beyond, a request fails at once (unavailable)"},
-    {.name = "prefer-local", .kind = OPTION_CUSTOM, .parse = parse_on_off, .def_str = "on",
+    {.name = "prefer-local", .kind = OPTION_CUSTOM, .parse = parse_on_off,
+     .offset = FIELD(prefer_local), .def_str = "on",
      .env = "MICROSERVICE_PREFER_LOCAL", .arg = "on|off", .flags = OPTION_RUNTIME,
      .bad = "wants on or off, got '%s'",
      .help = "a call of an RPC that a Lua service of this process serves\n"
              "runs in-process, not over NATS (default on, or\n"
              "$MICROSERVICE_PREFER_LOCAL); see docs/local-dispatch.md"},
+    {.name = "http1-rearm", .kind = OPTION_CUSTOM, .parse = parse_on_off,
+     .offset = FIELD(http1_rearm), .def_str = "on", .env = "MICROSERVICE_HTTP1_REARM",
+     .arg = "on|off", .flags = OPTION_RUNTIME, .bad = "wants on or off, got '%s'",
+     .help = "keep an HTTP/1 connection registered in epoll while h2o pauses\n"
+             "reading it for a request answered at once: no epoll_ctl per\n"
+             "request (default on, or $MICROSERVICE_HTTP1_REARM); see\n"
+             "docs/operations.md"},
     {.name = "max-session-calls", .kind = OPTION_INT, .offset = FIELD(max_session_calls),
      .min = 1, .max = 1 << 20, .def = 1000, .arg = "N", .flags = OPTION_RUNTIME,
      .help = "calls in flight per WAMP session (default 1000)"},

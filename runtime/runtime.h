@@ -77,6 +77,7 @@ typedef struct runtime_config {
     int http_client_queue; /* more outbound HTTP requests waiting for one of them */
     bool no_hooks;         /* the services' started / stopped are not run (`microservice list`) */
     bool prefer_local;     /* calls of RPCs served here run in-process (local_dispatch.h) */
+    bool http1_rearm;      /* HTTP/1 read restarts without epoll_ctl (epoll_rearm.h) */
 } runtime_config;
 
 struct scheduler;

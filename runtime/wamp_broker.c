@@ -252,12 +252,12 @@ void wamp_broker_session_end(session *s)
 
 /* SUBSCRIBED / REGISTERED once the server has the new NATS subscription, so that a publication
  * or call made right after, from anywhere, reaches it. */
-static void on_ack_flushed(void *udata, enum nb_status status, natsMsg *reply)
+static void on_ack_flushed(void *udata, enum nb_status status, const nb_reply *reply)
 {
     (void)status;
+    (void)reply;
     pending_call *c = udata;
     session *s = c->s;
-    if (reply) nats_bridge_release(s->r->rt->nats, reply);
     wamp_call_unlink(c);
     wamp_send_msg(s, json_pack("[iII]", c->ack, (json_int_t)c->request, (json_int_t)c->ack_id));
     free(c);

@@ -34,12 +34,10 @@ void wamp_call_unlink(pending_call *c)
 }
 
 /* An error reply's body {"error": uri, "args": [...], "kwargs": {...}} as an ERROR message. */
-static json_t *error_from_reply(uint64_t request, natsMsg *reply)
+static json_t *error_from_reply(uint64_t request, const nb_reply *reply)
 {
-    const char *code = NULL;
-    natsMsgHeader_Get(reply, HDR_SERVICE_ERROR_CODE, &code);
-    json_t *body = json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply),
-                              JSON_ALLOW_NUL, NULL);
+    const char *code = nb_reply_header(reply, HDR_SERVICE_ERROR_CODE);
+    json_t *body = json_loadb(reply->data, reply->len, JSON_ALLOW_NUL, NULL);
     const char *uri = json_string_value(json_object_get(body, "error"));
     json_t *args = json_object_get(body, "args"), *kwargs = json_object_get(body, "kwargs");
     json_t *details = json_object();
@@ -49,32 +47,27 @@ static json_t *error_from_reply(uint64_t request, natsMsg *reply)
     if (json_is_array(args)) json_array_set(e, 5, args);
     if (json_is_object(kwargs)) json_array_set(e, 6, kwargs);
     if (!uri) {
-        const char *text = NULL;
-        natsMsgHeader_Get(reply, HDR_SERVICE_ERROR, &text);
+        const char *text = nb_reply_header(reply, HDR_SERVICE_ERROR);
         json_array_set_new(e, 5, json_pack("[s]", text ? text : "malformed error reply"));
     }
     json_decref(body);
     return e;
 }
 
-static void on_call_reply(void *udata, enum nb_status status, natsMsg *reply)
+static void on_call_reply(void *udata, enum nb_status status, const nb_reply *reply)
 {
     pending_call *c = udata;
     session *s = c->s;
-    const char *progress = NULL;
-    bool is_progress =
-        status == NB_OK && natsMsgHeader_Get(reply, HDR_PROGRESS, &progress) == NATS_OK;
+    bool is_progress = status == NB_OK && nb_reply_header(reply, HDR_PROGRESS);
     if (!is_progress) {
         wamp_call_unlink(c);
         s->ncalls--;
     }
-    const char *code = NULL;
-    if (status == NB_OK && natsMsgHeader_Get(reply, HDR_SERVICE_ERROR_CODE, &code) == NATS_OK) {
+    if (status == NB_OK && nb_reply_header(reply, HDR_SERVICE_ERROR_CODE)) {
         wamp_send_msg(s, error_from_reply(c->request, reply));
     } else if (status == NB_OK) {
         json_t *args, *kwargs;
-        if (wamp_envelope_split(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), &args,
-                                &kwargs) == 0) {
+        if (wamp_envelope_split(reply->data, reply->len, &args, &kwargs) == 0) {
             json_t *details = is_progress ? json_pack("{sb}", "progress", 1) : json_object();
             wamp_send_msg(
                 s, json_pack("[iIooo]", RESULT, (json_int_t)c->request, details, args, kwargs));
@@ -90,7 +83,6 @@ static void on_call_reply(void *udata, enum nb_status status, natsMsg *reply)
     } else {
         wamp_send_error(s, CALL, c->request, URI_UNAVAILABLE, "the bus is unavailable");
     }
-    if (reply) nats_bridge_release(s->r->rt->nats, reply);
     if (!is_progress) free(c);
 }
 
@@ -359,7 +351,7 @@ static void register_finish(session *s, uint64_t req, const char *procedure, con
 
 /* The bus's answer to a REGISTER's probe: nobody (no responders), or a server saying whether it
  * shares the procedure. */
-static void on_probe_reply(void *udata, enum nb_status status, natsMsg *reply)
+static void on_probe_reply(void *udata, enum nb_status status, const nb_reply *reply)
 {
     pending_call *c = udata;
     session *s = c->s;
@@ -367,11 +359,9 @@ static void on_probe_reply(void *udata, enum nb_status status, natsMsg *reply)
     s->nprobes--;
     bool shared = false;
     if (reply) {
-        json_t *v =
-            json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, NULL);
+        json_t *v = json_loadb(reply->data, reply->len, 0, NULL);
         shared = json_is_true(json_object_get(v, "shared"));
         json_decref(v);
-        nats_bridge_release(s->r->rt->nats, reply);
     }
     if (s->state != S_ESTABLISHED) {
         /* closing: nothing more to say */
