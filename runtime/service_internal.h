@@ -37,6 +37,7 @@ typedef struct rpc_entry {
     bool retired;  /* no longer declared: on the retired list */
     bool draining; /* its subscription may still deliver what the server sent before */
     struct rpc_entry *next;
+    struct rpc_entry *hash_next; /* its bucket of services.rpc_index */
 } rpc_entry;
 
 typedef struct service_sub {
@@ -71,10 +72,15 @@ typedef struct call_ctx {
 
 #define LOAD_MESSAGES_MAX 16
 
+/* Buckets of the index of declared RPCs by subject: every call served here looks its procedure
+ * up, so the lookup stays short with hundreds of RPCs. */
+#define SERVICES_RPC_BUCKETS 512
+
 struct services {
     runtime *rt;
     rpc_entry *rpcs;
     int nrpcs;
+    rpc_entry *rpc_index[SERVICES_RPC_BUCKETS]; /* the entries of rpcs by subject */
     service_sub *subs;
     int next_sub_id;
     rpc_entry *retired;         /* no longer declared, calls still running */

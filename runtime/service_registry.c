@@ -74,9 +74,28 @@ static void rpc_sub_gone(void *udata)
 }
 
 /* No longer declared: no new calls (the subscription drains), freed after the last one. */
+static rpc_entry **rpc_bucket(struct services *s, const char *subject)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)subject; *p; p++)
+        h = (h ^ *p) * 16777619u;
+    return &s->rpc_index[h % SERVICES_RPC_BUCKETS];
+}
+
+static void rpc_index_remove(struct services *s, rpc_entry *e)
+{
+    for (rpc_entry **p = rpc_bucket(s, e->subject); *p; p = &(*p)->hash_next) {
+        if (*p != e) continue;
+        *p = e->hash_next;
+        e->hash_next = NULL;
+        return;
+    }
+}
+
 void service_rpc_retire(struct services *s, rpc_entry *e)
 {
     list_remove(&s->rpcs, e);
+    rpc_index_remove(s, e);
     s->nrpcs--;
     e->retired = true;
     e->next = s->retired;
@@ -94,7 +113,7 @@ void service_rpc_retire(struct services *s, rpc_entry *e)
 
 rpc_entry *service_rpc_find(struct services *s, const char *subject)
 {
-    for (rpc_entry *e = s->rpcs; e; e = e->next)
+    for (rpc_entry *e = *rpc_bucket(s, subject); e; e = e->hash_next)
         if (strcmp(e->subject, subject) == 0) return e;
     return NULL;
 }
@@ -186,6 +205,9 @@ int service_declare_rpc(struct services *s, lua_State *L, int svc_idx, const cha
     rpc_probe_subscribe(s, e, bus_subject);
     e->next = s->rpcs;
     s->rpcs = e;
+    rpc_entry **bucket = rpc_bucket(s, e->subject);
+    e->hash_next = *bucket;
+    *bucket = e;
     s->nrpcs++;
     *added = true;
     log_debug(TAG, "%s: RPC %s", file, subject);
