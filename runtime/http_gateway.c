@@ -464,12 +464,15 @@ static void on_turn_end(uv_prepare_t *p)
     gw->turn++;
 }
 
-/* A call over the bus waits for the end of the turn (so an HTTP/2 stream reset read in the same
- * turn keeps it off the bus); one that runs in-process starts now: local_dispatch defers it to
- * the check phase of this turn, and a reset before then cancels it unstarted. */
+/* A call waits for the end of the turn, so that an HTTP/2 stream reset read in the same turn
+ * cancels it before it is sent (and one in-process waits for the next turn's check phase, so a
+ * reset read by that poll cancels it too). An HTTP/1 call served in-process has no reset to wait
+ * for: it goes to local_dispatch at once, which starts it in the check phase of this turn, so it
+ * is answered in the turn its request came (and the connection is re-armed). */
 static void queue_call(struct http_gateway *gw, gw_call *call)
 {
-    if (gw->turn_end_closed || local_dispatch_runs_here(gw->rt, true, call->subject)) {
+    if (gw->turn_end_closed ||
+        (call->req->version < 0x200 && local_dispatch_runs_here(gw->rt, true, call->subject))) {
         call->state = CALL_PENDING;
         send_call(call);
         return;
