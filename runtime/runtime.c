@@ -54,14 +54,35 @@ static void on_signal(uv_signal_t *h, int signum)
     runtime_shutdown(rt);
 }
 
+/* A worker sharing the port listens once it can answer: when the bus is ready, or (see
+ * listen_without_bus) when the RPCs it serves itself are all it can answer. */
 static void listen_when_ready(void *arg)
 {
     runtime *rt = arg;
-    if (rt->shutting_down || !rt->http) return;
+    if (rt->shutting_down || !rt->http || rt->listening) return;
+    uv_timer_stop(&rt->listen_timer);
     if (http_gateway_listen(rt->http) != 0) {
         log_error(TAG, "cannot listen: this worker stops");
         runtime_shutdown(rt);
+        return;
     }
+    rt->listening = true;
+}
+
+/* Seconds a worker that serves RPCs in-process waits for the bus before it listens anyway: its
+ * own RPCs answer without NATS (local_dispatch.h), so a bus that is down at start-up must not
+ * keep every worker off the port. */
+#define LISTEN_WITHOUT_BUS_MS 3000
+
+static void listen_without_bus(uv_timer_t *t)
+{
+    runtime *rt = t->data;
+    if (rt->listening || nats_bridge_ready(rt->nats)) return;
+    log_warn(TAG,
+             "NATS is not reachable after %d s: listening anyway; the %d RPCs served here answer "
+             "in-process, calls of others get 503 until the bus is back",
+             LISTEN_WITHOUT_BUS_MS / 1000, services_rpc_count(rt->services));
+    listen_when_ready(rt);
 }
 
 /* The bus pauses its intake while --max-inflight calls run (resumed by nats_bridge_kick). */
@@ -146,6 +167,8 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
             nats_bridge_on_ready(rt->nats, listen_when_ready, rt);
         } else if (http_gateway_listen(rt->http) != 0) {
             return -1;
+        } else {
+            rt->listening = true;
         }
     }
     uv_signal_init(&rt->loop, &rt->sigint);
@@ -155,6 +178,10 @@ int runtime_init(runtime *rt, const runtime_config *cfg)
     uv_signal_start(&rt->sigterm, on_signal, SIGTERM);
     uv_timer_init(&rt->loop, &rt->drain_timer);
     rt->drain_timer.data = rt;
+    uv_timer_init(&rt->loop, &rt->listen_timer);
+    rt->listen_timer.data = rt;
+    if (rt->http && !rt->listening && cfg->prefer_local && services_rpc_count(rt->services) > 0)
+        uv_timer_start(&rt->listen_timer, listen_without_bus, LISTEN_WITHOUT_BUS_MS, 0);
     return 0;
 }
 
@@ -181,6 +208,7 @@ static void http_closed(void *arg)
     uv_close((uv_handle_t *)&rt->sigint, handle_closed);
     uv_close((uv_handle_t *)&rt->sigterm, handle_closed);
     uv_close((uv_handle_t *)&rt->drain_timer, handle_closed);
+    uv_close((uv_handle_t *)&rt->listen_timer, handle_closed);
     log_info(TAG, "stopped");
     /* a connection that would not close keeps the loop alive: do not wait for it */
     if (rt->http && http_gateway_connections(rt->http) > 0) uv_stop(&rt->loop);

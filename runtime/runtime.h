@@ -117,6 +117,8 @@ typedef struct runtime {
     struct local_dispatch *local; /* in-process calls (local_dispatch.h) */
     uv_signal_t sigint, sigterm;
     uv_timer_t drain_timer;
+    uv_timer_t listen_timer; /* a worker listens without the bus after a while (runtime.c) */
+    bool listening;          /* the HTTP gateway listens */
     uint64_t drain_deadline; /* uv_now() ms */
     bool shutting_down;
     bool finished; /* set once every subsystem is closed */

@@ -274,3 +274,30 @@ h.test('--workers auto runs one worker per core', { timeout: 30000 }, async () =
     await kill(rt);
   }
 });
+
+h.test('--workers 2 started while NATS is down: both listen after a few seconds and answer the RPCs they serve in-process; /healthz says degraded', { timeout: 60000 }, async (t) => {
+  if (!h.preferLocal) return t.skip('every call goes over the bus (--prefer-local off): nothing to answer without it');
+  const downPort = await h.freePort(); // nothing listens there
+  let rt;
+  try {
+    rt = await h.startRuntime({ dir, natsUrl: `nats://127.0.0.1:${downPort}`, servicesDir: sdir, name: 'workers-nobus',
+      args: ['--workers', '2'], ready: false });
+    await h.waitFor(() => childrenOf(rt.proc.pid).length === 2, { timeout: 15000, what: '2 worker processes' });
+    const kids = childrenOf(rt.proc.pid);
+    const seen = new Set();
+    await h.waitFor(async () => {
+      const r = await rawPost(rt.port, 'workers_service.pid', [['nobus'], {}], 2000);
+      if (r.status === 200) seen.add(r.json[0][0]);
+      return seen.size === 2;
+    }, { timeout: 20000, interval: 20, what: `both workers to answer without NATS (seen ${[...seen]})` });
+    for (const p of seen) assert.ok(kids.includes(p), `pid ${p} is a worker`);
+    const r = await fetch(rt.url('/healthz'), { headers: { connection: 'close' } });
+    const j = await r.json();
+    assert.equal(r.status, 200);
+    assert.equal(j.status, 'degraded');
+    assert.notEqual(j.nats, 'connected');
+    assert.match(rt.log(), /NATS is not reachable after \d+ s: listening anyway/);
+  } finally {
+    await kill(rt);
+  }
+});
