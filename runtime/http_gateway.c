@@ -11,10 +11,11 @@
  * Calls over the bus are not published from h2o's on_req: they are queued and sent by a uv_prepare
  * handle (the turn's end), i.e. once the loop turn has read (and h2o has parsed) everything that
  * arrived. An HTTP/2 stream reset in the same turn (RST_STREAM right after HEADERS) disposes its
- * call while queued: it never reaches the bus. A call served in-process is handed to local_dispatch
- * at once, which starts it in the check phase of the same turn (a reset before then cancels it
- * unstarted), so it is usually answered in the turn its request came; the turn's end then re-arms
- * the HTTP/1 connection (epoll_rearm.c: no epoll_ctl per request). HTTP/2 rapid reset: a connection
+ * call while queued: it never reaches the bus (an HTTP/2 call served in-process waits the same way,
+ * then starts in the next check phase). An HTTP/1 call served in-process is handed to
+ * local_dispatch at once, which starts it in the check phase of the same turn, so it is usually
+ * answered in the turn its request came; the turn's end then re-arms the connection
+ * (epoll_rearm.c: no epoll_ctl per request). HTTP/2 rapid reset: a connection
  * whose calls end by reset (before their answer) more than RESET_BUDGET times and more often than
  * they are answered is shut when it opens the next one (h2o 2.2 has no public GOAWAY: shutdown(2)
  * makes h2o see the end of the socket and close the connection, which disposes its calls), logged
