@@ -20,7 +20,7 @@
  *   those of its uv/unix.h and src/queue.h; 1.45 changed the poller);
  * - the watcher wants reading and nothing else, is queued as a change, and believes it is not
  *   registered; the loop still points at it;
- * - the loop's table of watchers is under 1,023 entries: then at most 1,023 descriptors are
+ * - the loop's table of watchers has at most 1,023 entries: then at most 1,023 descriptors are
  *   registered, fewer than libuv's 1,024 events per epoll_wait, so a poll is one epoll_wait and
  *   cannot have reported (and dropped) the descriptor after its own read callback stopped it.
  * The caller's part (the loop has not polled since the stop) is http_gateway.c's turn count. */

@@ -69,7 +69,7 @@ static void listen_when_ready(void *arg)
     rt->listening = true;
 }
 
-/* Seconds a worker that serves RPCs in-process waits for the bus before it listens anyway: its
+/* How long a worker that serves RPCs in-process waits for the bus before it listens anyway: its
  * own RPCs answer without NATS (local_dispatch.h), so a bus that is down at start-up must not
  * keep every worker off the port. */
 #define LISTEN_WITHOUT_BUS_MS 3000

@@ -73,7 +73,7 @@ static void rpc_sub_gone(void *udata)
     rpc_maybe_free(e->svcs, e);
 }
 
-/* No longer declared: no new calls (the subscription drains), freed after the last one. */
+/* The bucket of services.rpc_index that holds subject. */
 static rpc_entry **rpc_bucket(struct services *s, const char *subject)
 {
     uint32_t h = 2166136261u; /* FNV-1a */
@@ -92,6 +92,7 @@ static void rpc_index_remove(struct services *s, rpc_entry *e)
     }
 }
 
+/* No longer declared: no new calls (the subscription drains), freed after the last one. */
 void service_rpc_retire(struct services *s, rpc_entry *e)
 {
     list_remove(&s->rpcs, e);
