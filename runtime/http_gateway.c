@@ -624,17 +624,19 @@ static void respond_health(struct http_gateway *gw, h2o_req_t *req)
     int unreachable = jetstream_health(rt->js, streams, sizeof streams);
     bool bus = nats_bridge_ready(rt->nats);
     bool local = rt->cfg.prefer_local && services_rpc_count(rt->services) > 0;
+    /* services of the start-up load whose started function (or streams) still runs */
+    int starting = services_startup_pending(rt->services);
     bool ok = (bus || local) && !rt->shutting_down && (!rt->pg || strcmp(pg, "connected") == 0) &&
-              unreachable == 0;
+              unreachable == 0 && starting == 0;
     char body[1536];
     int n = snprintf(body, sizeof body,
                      "{\"status\":\"%s\",\"nats\":\"%s\",\"postgres\":\"%s\",\"rpcs\":%d,"
-                     "\"local_dispatch\":%s,\"inflight\":%d,\"http_inflight\":%d,"
-                     "\"shutting_down\":%s%s}",
+                     "\"services_starting\":%d,\"local_dispatch\":%s,\"inflight\":%d,"
+                     "\"http_inflight\":%d,\"shutting_down\":%s%s}",
                      !ok   ? "unavailable"
                      : bus ? "ok"
                            : "degraded",
-                     nats_bridge_state(rt->nats), pg, services_rpc_count(rt->services),
+                     nats_bridge_state(rt->nats), pg, services_rpc_count(rt->services), starting,
                      rt->cfg.prefer_local ? "true" : "false", sched_inflight(rt->sched),
                      gw->inflight, rt->shutting_down ? "true" : "false", streams);
     respond(gw, req, ok ? 200 : 503, body, (size_t)n);

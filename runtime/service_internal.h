@@ -88,6 +88,7 @@ struct services {
     const char *loading_file;
     unsigned load_gen;
     struct pending_load *pending; /* versions whose started function runs */
+    bool loading_dir;             /* services_load_dir runs: its loads are the start-up's */
     int load_errors;              /* scripts that failed to load, since start */
     /* the first line of the first LOAD_MESSAGES_MAX of those errors (for `microservice test`) */
     char *load_messages[LOAD_MESSAGES_MAX];
@@ -113,6 +114,7 @@ typedef struct pending_load {
     unsigned gen;
     int svc_ref;
     bool reload;
+    bool startup;    /* loaded with the services folder at start: /healthz waits for it */
     bool superseded; /* a newer version was saved, or the script removed, meanwhile */
     struct pending_load *next;
 } pending_load;

@@ -121,6 +121,14 @@ int services_starting(struct services *s)
     return n;
 }
 
+int services_startup_pending(struct services *s)
+{
+    int n = 0;
+    for (pending_load *p = s->pending; p; p = p->next)
+        n += p->startup;
+    return n;
+}
+
 int services_load_errors(struct services *s)
 {
     return s->load_errors;
@@ -323,6 +331,7 @@ static int start_version(struct services *s, int svc, const char *path, unsigned
     p->s = s;
     p->gen = gen;
     p->reload = reload;
+    p->startup = s->loading_dir;
     lua_pushvalue(L, svc);
     p->svc_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     p->next = s->pending;
@@ -405,6 +414,7 @@ int services_load_dir(struct services *s, const char *dir)
     closedir(d);
     if (n) qsort(names, n, sizeof *names, compare_names);
     int rpcs = 0;
+    s->loading_dir = true;
     for (size_t i = 0; i < n; i++) {
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
@@ -412,8 +422,16 @@ int services_load_dir(struct services *s, const char *dir)
         if (c > 0) rpcs += c;
         free(names[i]);
     }
+    s->loading_dir = false;
     free(names);
-    log_info(TAG, "%d RPCs from %s", rpcs, dir);
+    int starting = services_startup_pending(s);
+    if (starting)
+        log_info(TAG,
+                 "%d RPCs from %s, %d more services starting (their started functions or "
+                 "streams run)",
+                 rpcs, dir, starting);
+    else
+        log_info(TAG, "%d RPCs from %s", rpcs, dir);
     if (!s->cancel_sub)
         s->cancel_sub = nats_bridge_subscribe(s->rt->nats, SERVICES_CANCEL_SUBJECT, NULL,
                                               service_on_cancel_msg, s);

@@ -46,6 +46,8 @@ int services_spawn(struct services *s, lua_State *L, int fn_idx, int nargs);
 const char *services_loading(struct services *s, unsigned *gen);
 /* How many service versions wait for their started function to return. */
 int services_starting(struct services *s);
+/* Of those, the ones loaded with the services folder at start (/healthz is 503 until 0). */
+int services_startup_pending(struct services *s);
 /* A buffer for encoding on the loop thread; reset at each call. */
 codec_buf *services_scratch(struct services *s);
 int services_rpc_count(struct services *s);

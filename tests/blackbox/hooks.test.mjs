@@ -58,8 +58,16 @@ before(async () => {
   const sub = nc.subscribe('hooks.event');
   (async () => { for await (const m of sub) events.push(JSON.parse(h.sc.decode(m.data))[0]); })();
   await nc.flush();
-  rt = await h.startRuntime({ dir, natsUrl: nats.url, servicesDir: sdir });
+  // /healthz stays 503 while a service of the start-up load is in its started function: wait
+  // for the process to be up otherwise (NATS connected, greeting.lua served).
+  rt = await h.startRuntime({ dir, natsUrl: nats.url, servicesDir: sdir, ready: false });
+  await h.waitFor(async () => (await health()).body.nats === 'connected', { what: '/healthz to say NATS is connected' });
 });
+
+async function health() {
+  const r = await fetch(rt.url('/healthz'), { signal: AbortSignal.timeout(2000) });
+  return { status: r.status, body: await r.json() };
+}
 
 after(async () => {
   if (nc) await nc.close().catch(() => {});
@@ -76,10 +84,15 @@ h.test('microservice list reads the scripts without running started', async () =
 h.test('the RPCs are served only once started has returned; started may wait and call', async () => {
   // (its 'starting' event may go out before the bus is connected)
   assert.equal(await version(), 404, 'not served while started runs');
+  const before = await health();
+  assert.equal(before.status, 503, 'not ready while a service of the start-up load starts');
+  assert.equal(before.body.services_starting, 1);
   await openGate(1);
   const started = events.find((e) => e[0] === 1 && e[1] === 'started');
   assert.deepEqual(started.slice(2), ['hook_svc', 'Hello, hooks ']);
   assert.deepEqual(await version(), [1, true]);
+  const ready = await health();
+  assert.deepEqual([ready.status, ready.body.status, ready.body.services_starting], [200, 'ok', 0]);
 });
 
 h.test('a reload: the old version serves while the new one starts, then its stopped runs', async () => {
@@ -87,6 +100,7 @@ h.test('a reload: the old version serves while the new one starts, then its stop
   await waitEvent(2, 'starting');
   assert.deepEqual(await version(), [1, true], 'the previous version serves meanwhile');
   assert.ok(!has(1, 'stopping'), 'stopped waits for the new version to take over');
+  assert.equal((await health()).status, 200, 'a reload does not take the process out of the pool');
   await openGate(2);
   await waitEvent(1, 'stopped');
   const stopping = events.find((e) => e[0] === 1 && e[1] === 'stopping');

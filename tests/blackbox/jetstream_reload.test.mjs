@@ -43,6 +43,9 @@ h.test('a reloaded script\'s durable subscription hands over to the new version'
   fs.mkdirSync(sdir);
   fs.writeFileSync(path.join(sdir, 'jsreload.lua'), script('v1'));
   const rt = await h.startRuntime({ dir, natsUrl: nats.url, servicesDir: sdir });
+  // /healthz says ok only once the streams the services declare exist
+  const jsm = await nc.jetstreamManager();
+  assert.equal((await jsm.streams.info('RL')).config.name, 'RL');
   await publish('before');
   await h.waitFor(() => handled.some(([id]) => id === 'before'), { what: 'v1 handled an event' });
   fs.writeFileSync(path.join(sdir, 'jsreload.lua'), script('v2'));
