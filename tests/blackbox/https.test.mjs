@@ -291,22 +291,25 @@ h.test('bad start-ups: usage errors exit 2; a missing or mismatched certificate 
 
 h.test('SIGTERM: idle keep-alive HTTP/1.1 and HTTP/2 TLS connections are closed, the exit is clean', async () => {
   const agent = new https.Agent({ ca: ca(), keepAlive: true });
-  const { status, idle } = await new Promise((resolve, reject) => {
+  const { status, body, idle } = await new Promise((resolve, reject) => {
     https.get(rt.tlsUrl('/healthz'), { agent }, (res) => {
       const socket = res.socket; // back in the agent's pool, idle, once the body is read
-      res.resume();
-      res.on('end', () => resolve({ status: res.statusCode, idle: socket }));
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => { text += d; });
+      res.on('end', () => resolve({ status: res.statusCode, body: text, idle: socket }));
     }).on('error', reject);
   });
-  assert.equal(status, 200);
+  assert.equal(status, 200, body);
   const idleClosed = new Promise((resolve) => idle.once('close', resolve));
   const session = http2.connect(`https://127.0.0.1:${tlsPort}`, { ca: ca() });
   session.on('error', () => {});
   await new Promise((resolve, reject) => { session.once('connect', resolve); session.once('error', reject); });
   const h2Closed = new Promise((resolve) => session.once('close', resolve));
   const exit = await Promise.race([rt.stop('SIGTERM'), h.sleep(15000).then(() => null)]);
-  assert.ok(exit, 'exited within 15 s with idle TLS connections open');
-  assert.equal(exit.code, 0, `exit code ${exit.code}`);
+  const log = () => `\n----- ${rt.logFile} -----\n${h.tail(rt.logFile, 30)}`;
+  assert.ok(exit, `exited within 15 s with idle TLS connections open${log()}`);
+  assert.deepEqual([exit.code, exit.signal], [0, null], `the exit${log()}`);
   await w.withTimeout(idleClosed, 5000, 'the idle HTTP/1.1 TLS connection to close');
   await w.withTimeout(h2Closed, 5000, 'the HTTP/2 TLS session to close');
   agent.destroy();
