@@ -188,7 +188,7 @@ int command_call(int argc, char **argv)
         goto done;
     }
     if (st == NATS_OK) st = natsOptions_SetTimeout(no, 2000);
-    if (st == NATS_OK) st = natsConnection_Connect(&nc, no);
+    if (st == NATS_OK) st = nats_auth_connect(&nc, no, auth);
     if (st != NATS_OK) {
         natsStatus last = NATS_OK;
         const char *detail = nats_GetLastError(&last);

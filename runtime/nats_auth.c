@@ -274,6 +274,24 @@ int nats_auth_apply(natsOptions *o, const char *urls, const nats_auth_config *a,
     return 0;
 }
 
+/* nats.c 3.4.1 (Debian 12) leaves the signature out of CONNECT when its first byte is 0: its
+ * base64 encoder takes a buffer starting with 0 for an empty string (util.c, _base64Encode; fixed
+ * upstream by nats.c PR #705, in 3.8). nats-server then refuses the NKey or JWT sign-in
+ * ("Signature missing", an authorization violation): one connection in 256. Ed25519 signatures
+ * are deterministic, but the server sends a new nonce on every connection, so a refused sign-in
+ * is tried again at once; SIGN_IN_ATTEMPTS make a spurious refusal a 1 in 256^4 event, while a
+ * real one (a wrong key) costs four quick refusals. */
+#define SIGN_IN_ATTEMPTS 4
+
+natsStatus nats_auth_connect(natsConnection **nc, natsOptions *o, const nats_auth_config *a)
+{
+    bool signs = a->nkey_seed_file || a->creds_file;
+    natsStatus st = natsConnection_Connect(nc, o);
+    for (int i = 1; signs && st == NATS_CONNECTION_AUTH_FAILED && i < SIGN_IN_ATTEMPTS; i++)
+        st = natsConnection_Connect(nc, o);
+    return st;
+}
+
 void nats_auth_redact(const char *urls, char *out, size_t outlen)
 {
     size_t o = 0;

@@ -1289,7 +1289,7 @@ static int open_inbox(nats_bridge *nb)
 
 static int connect_now(nats_bridge *nb)
 {
-    natsStatus st = natsConnection_Connect(&nb->nc, nb->opts);
+    natsStatus st = nats_auth_connect(&nb->nc, nb->opts, &nb->rt->cfg.nats_auth);
     if (st != NATS_OK) {
         /* A server answered but refused us (credentials, TLS): the same cause is logged once and
          * retried with a growing wait, as the server's configuration may still change. */
