@@ -21,6 +21,10 @@ enum nb_status {
 /* Every request carries how long (ms) its caller waits; a service abandons the call after it. */
 #define NB_HDR_TIMEOUT "Microservice-Timeout"
 
+/* How long a process that used nats.c waits for the library's threads at exit (nats_CloseAndWait,
+ * once every connection is destroyed). */
+#define NATS_CLOSE_WAIT_MS 2000
+
 typedef struct nats_bridge nats_bridge;
 typedef struct nb_sub nb_sub;
 typedef struct nb_request nb_request;

@@ -331,6 +331,8 @@ int runtime_run(runtime *rt)
     auth_limit_free(rt->auth_limit);
     rt->auth_limit = NULL;
     if (uv_loop_close(&rt->loop) != 0) log_open_handles(&rt->loop);
-    nats_Close();
+    /* waits for nats.c's threads: exit() must not run the library's destructors under them */
+    if (nats_CloseAndWait(NATS_CLOSE_WAIT_MS) == NATS_TIMEOUT)
+        log_warn(TAG, "nats.c's threads did not end within %d ms", NATS_CLOSE_WAIT_MS);
     return rc;
 }
