@@ -44,22 +44,23 @@ end)
 
 -- start(tag, seconds): a timer made by a call (owned by this script all the same), publishing
 -- [[VERSION, tag, n], {}] on timers.tick; returns its id. cancel(id) cancels it (true if it was
--- active); after(tag, seconds) publishes [[VERSION, tag, 1], {}] once.
-local made = {}
+-- active) and says how many ticks it published; after(tag, seconds) publishes
+-- [[VERSION, tag, 1], {}] once.
+local made, published = {}, {}
 svc.start = rpc(function(tag, seconds)
-  local n = 0
-  local h = ms.every(seconds, function()
-    n = n + 1
-    ms.publish("timers.tick", { VERSION, tag, n }, {})
+  local h
+  h = ms.every(seconds, function()
+    published[h.id] = published[h.id] + 1
+    ms.publish("timers.tick", { VERSION, tag, published[h.id] }, {})
   end)
-  made[h.id] = h
+  made[h.id], published[h.id] = h, 0
   return { h.id }
 end)
 
 svc.cancel = rpc(function(id)
   local h = made[id]
   local was = h:cancel()
-  return { was, h:runs() == nil, h:cancel() }
+  return { was, h:runs() == nil, h:cancel(), published[id] }
 end)
 
 svc.after = rpc(function(tag, seconds)
