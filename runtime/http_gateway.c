@@ -26,6 +26,7 @@
  * which health checkers probe in plain HTTP. */
 #include "http_gateway.h"
 
+#include <errno.h>
 #include <h2o.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,7 +106,9 @@ struct http_gateway {
     bool turn_end_closed;
     uint64_t turn;  /* loop turns (polls) so far */
     gw_conn *rearm; /* HTTP/1 connections to hand to epoll_rearm_stream at the turn's end */
-    bool use_rearm; /* --http1-rearm and a libuv that epoll_rearm knows */
+    struct gw_call *watched; /* pending calls of plain HTTP/1 connections (see peer_check) */
+    uv_timer_t peer_timer;   /* runs peer_check while calls are watched */
+    bool use_rearm;          /* --http1-rearm and a libuv that epoll_rearm knows */
     http_gateway_stats stats;
     conn_calls *conn_calls[CONN_BUCKETS]; /* see conn_calls */
     uint64_t close_started;
@@ -134,6 +137,9 @@ typedef struct gw_call {
     const char *authid, *authrole; /* the caller (NULL: auth is off) */
     const char *trace[3];          /* the request's traceparent header, or {NULL} */
     double timeout;
+    bool watch;                              /* plain HTTP/1: its client's close is looked for */
+    struct gw_call *watch_prev, *watch_next; /* http_gateway.watched, while pending */
+    uint64_t since;                          /* when it was sent (loop ms) */
 } gw_call;
 
 static const char *reason_phrase(int status)
@@ -206,6 +212,8 @@ static void respond_error(struct http_gateway *gw, h2o_req_t *req, const char *u
 
 /* ---- the RPC route ---- */
 
+static bool over_tls(h2o_req_t *req);
+
 /* The count of connection id, created at 0 when absent (NULL without memory). */
 static conn_calls *conn_calls_get(struct http_gateway *gw, uint64_t id)
 {
@@ -252,10 +260,22 @@ static void queue_unlink(struct http_gateway *gw, gw_call *call)
     call->prev = call->next = NULL;
 }
 
+static void unwatch(gw_call *call)
+{
+    struct http_gateway *gw = call->gw;
+    if (call->watch_prev)
+        call->watch_prev->watch_next = call->watch_next;
+    else if (gw->watched == call)
+        gw->watched = call->watch_next;
+    if (call->watch_next) call->watch_next->watch_prev = call->watch_prev;
+    call->watch_prev = call->watch_next = NULL;
+}
+
 /* A queued or pending call ends: answered, refused, or its request went away. */
 static void call_end(gw_call *call)
 {
     if (call->state == CALL_QUEUED) queue_unlink(call->gw, call);
+    if (call->watch) unwatch(call);
     call->state = CALL_DONE;
     call->gw->inflight--;
     if (call->cc) conn_calls_put(call->gw, call->cc);
@@ -426,6 +446,59 @@ static bool authorize_call(struct http_gateway *gw, h2o_req_t *req, const char *
     return true;
 }
 
+/* A plain HTTP/1 client that closes its connection while its call runs: h2o 2.2 does not read the
+ * connection during a request, so it would only see the close when it writes the answer. Every
+ * PEER_CHECK_MS the sockets of the calls pending for that long are peeked at: the end of the
+ * stream (or a reset) cancels the call like a stream reset does (an abandoned call), and answers
+ * 499 (nginx's "client closed request", counted in the responses by status; nobody reads it: the
+ * write fails and h2o closes the connection). A socket
+ * with unread bytes (a pipelined request, or TLS records) tells nothing and is left alone. */
+#define PEER_CHECK_MS 1000
+
+static void peer_gone(gw_call *call)
+{
+    struct http_gateway *gw = call->gw;
+    if (local_dispatch_cancel(gw->rt, &call->handle))
+        gw->stats.abandoned_sent++;
+    else
+        gw->stats.abandoned_unsent++;
+    call_end(call);
+    respond_error_status(gw, call->req, 499, URI_CANCELED, "the client closed the connection");
+}
+
+static bool peer_closed(int fd)
+{
+    char b;
+    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+static void peer_check(uv_timer_t *t)
+{
+    struct http_gateway *gw = t->data;
+    uint64_t now = uv_now(t->loop);
+    gw_call *call = gw->watched;
+    while (call) {
+        gw_call *next = call->watch_next; /* peer_gone unlinks call */
+        if (now - call->since >= PEER_CHECK_MS && call->conn->fd >= 0 &&
+            peer_closed(call->conn->fd))
+            peer_gone(call);
+        call = next;
+    }
+    if (!gw->watched) uv_timer_stop(t);
+}
+
+static void watch(struct http_gateway *gw, gw_call *call)
+{
+    call->since = uv_now(&gw->rt->loop);
+    call->watch_prev = NULL;
+    call->watch_next = gw->watched;
+    if (gw->watched) gw->watched->watch_prev = call;
+    gw->watched = call;
+    if (!uv_is_active((uv_handle_t *)&gw->peer_timer) && !gw->turn_end_closed)
+        uv_timer_start(&gw->peer_timer, peer_check, PEER_CHECK_MS, PEER_CHECK_MS);
+}
+
 /* Publishes a queued call; answers the request itself when it cannot be sent. */
 static void send_call(gw_call *call)
 {
@@ -436,6 +509,7 @@ static void send_call(gw_call *call)
                                   &call->handle);
     if (rc == NB_OK) {
         call->state = CALL_PENDING;
+        if (call->watch && call->conn) watch(gw, call);
         return;
     }
     call_end(call);
@@ -598,6 +672,7 @@ static int handle_rpc(struct http_gateway *gw, h2o_req_t *req, const char *subje
     call->authrole = authrole;
     forward_trace(req, call->trace);
     call->timeout = request_timeout(gw, req);
+    call->watch = req->version < 0x200 && !over_tls(req);
     call->turn = gw->turn;
     call->cc = cc;
     if (cc) cc->count++;
@@ -843,6 +918,9 @@ struct http_gateway *http_gateway_new(runtime *rt)
     gw->tls_accept_ctx.ssl_ctx = gw->ssl_ctx;
     uv_timer_init(&rt->loop, &gw->close_timer);
     gw->close_timer.data = gw;
+    uv_timer_init(&rt->loop, &gw->peer_timer);
+    gw->peer_timer.data = gw;
+    uv_unref((uv_handle_t *)&gw->peer_timer); /* the calls keep the process alive, not this */
     uv_prepare_init(&rt->loop, &gw->turn_end);
     gw->turn_end.data = gw;
     uv_prepare_start(&gw->turn_end, on_turn_end);
@@ -937,10 +1015,16 @@ static void close_timer_closed(uv_handle_t *h)
     if (gw->on_closed) gw->on_closed(gw->on_closed_arg);
 }
 
-static void turn_end_closed(uv_handle_t *h)
+static void peer_timer_closed(uv_handle_t *h)
 {
     struct http_gateway *gw = h->data;
     uv_close((uv_handle_t *)&gw->close_timer, close_timer_closed);
+}
+
+static void turn_end_closed(uv_handle_t *h)
+{
+    struct http_gateway *gw = h->data;
+    uv_close((uv_handle_t *)&gw->peer_timer, peer_timer_closed);
 }
 
 /* Ends idle keep-alive connections (h2o 2.2 leaves HTTP/1 ones open after a shutdown request):

@@ -13,6 +13,7 @@
 #define URI_TIMEOUT "wamp.error.timeout"
 #define URI_UNAVAILABLE "wamp.error.unavailable"
 #define URI_LIMIT_EXCEEDED "wamp.error.limit_exceeded"
+#define URI_CANCELED "wamp.error.canceled"
 
 #define HDR_SERVICE_ERROR "Nats-Service-Error"
 #define HDR_SERVICE_ERROR_CODE "Nats-Service-Error-Code"
