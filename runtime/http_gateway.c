@@ -282,11 +282,9 @@ static void call_end(gw_call *call)
     call->cc = NULL;
 }
 
-static void call_dispose(void *p)
+/* The client went away before the reply: the callee is cancelled, the call counted and ended. */
+static void call_abandon(gw_call *call)
 {
-    gw_call *call = p;
-    if (call->state == CALL_DONE) return;
-    /* the client went away (stream reset, or the connection closed) before the reply */
     if (call->state == CALL_QUEUED) {
         call->gw->stats.abandoned_unsent++; /* it never reaches the bus */
     } else if (local_dispatch_cancel(call->gw->rt, &call->handle)) {
@@ -294,8 +292,16 @@ static void call_dispose(void *p)
     } else {
         call->gw->stats.abandoned_unsent++; /* in-process, cancelled before it started */
     }
-    if (call->conn) call->conn->resets++;
     call_end(call);
+}
+
+static void call_dispose(void *p)
+{
+    gw_call *call = p;
+    if (call->state == CALL_DONE) return;
+    /* a stream reset, or the connection closed */
+    if (call->conn) call->conn->resets++;
+    call_abandon(call);
 }
 
 /* The connections answered in the loop turn in which their request came: h2o has started reading
@@ -449,21 +455,17 @@ static bool authorize_call(struct http_gateway *gw, h2o_req_t *req, const char *
 /* A plain HTTP/1 client that closes its connection while its call runs: h2o 2.2 does not read the
  * connection during a request, so it would only see the close when it writes the answer. Every
  * PEER_CHECK_MS the sockets of the calls pending for that long are peeked at: the end of the
- * stream (or a reset) cancels the call like a stream reset does (an abandoned call), and answers
- * 499 (nginx's "client closed request", counted in the responses by status; nobody reads it: the
- * write fails and h2o closes the connection). A socket
- * with unread bytes (a pipelined request, or TLS records) tells nothing and is left alone. */
+ * stream (or a reset) abandons the call like a stream reset does, and answers 499 (nginx's "client
+ * closed request", counted in the responses by status; nobody reads it: the write fails and h2o
+ * closes the connection). A socket with unread bytes (a pipelined request, or TLS records) tells
+ * nothing and is left alone. */
 #define PEER_CHECK_MS 1000
 
 static void peer_gone(gw_call *call)
 {
-    struct http_gateway *gw = call->gw;
-    if (local_dispatch_cancel(gw->rt, &call->handle))
-        gw->stats.abandoned_sent++;
-    else
-        gw->stats.abandoned_unsent++;
-    call_end(call);
-    respond_error_status(gw, call->req, 499, URI_CANCELED, "the client closed the connection");
+    call_abandon(call);
+    respond_error_status(call->gw, call->req, 499, URI_CANCELED,
+                         "the client closed the connection");
 }
 
 static bool peer_closed(int fd)
